@@ -1,0 +1,1 @@
+"""Sub-commands of ``steward``; each module exposes ``register(subparsers)``."""
