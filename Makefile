@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/hadolint Dockerfile.proxy Dockerfile.operator
+	$(BIN)/hadolint Dockerfile.proxy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -245,7 +245,12 @@ def encode(message: m.Message) -> bytes:
     """The wire bytes of one message."""
     if isinstance(message, m.SSLResponse):
         return b"S" if message.accepted else b"N"
-    body = message._body()
+    try:
+        body = message._body()
+    except (ValueError, struct.error) as exc:
+        # A field out of range for its wire type (a count above 65535, an OID
+        # above 2**32, a format code that is not one byte, ...).
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     if not message.TYPE:
         return _I32.pack(len(body) + 4) + body
     if len(body) + 4 > 0x7FFFFFFF:

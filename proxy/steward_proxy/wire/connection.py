@@ -112,6 +112,8 @@ class _Connection:
 
     def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.state = S.STARTUP
+        # Which request the SSL_NEGOTIATION answer is for: 'S' accepts SSL, 'G' GSS.
+        self._accept_byte = b"S"
         self._reader = MessageReader(
             max_message_size=max_message_size, startup=self._reads_frontend
         )
@@ -121,6 +123,9 @@ class _Connection:
     def _advance(self, message: m.Message) -> None:
         state = self.state
         if state is S.READY:
+            if not message.TYPE:
+                # Startup-phase packets have no type byte and would desync the stream.
+                raise LocalProtocolError(f"{type(message).__name__} is not allowed in state ready")
             if type(message) is m.Terminate:
                 self.state = S.CLOSED
             return
@@ -132,6 +137,8 @@ class _Connection:
             ) from None
         if self._reads_frontend:
             self._reader.startup = self.state is S.STARTUP
+        if self.state is S.SSL_NEGOTIATION:
+            self._accept_byte = b"G" if type(message) is m.GSSENCRequest else b"S"
 
     def _fail(self) -> None:
         self.state = S.ERROR
@@ -146,6 +153,10 @@ class _Connection:
     def pending(self) -> int:
         """Bytes received but not yet turned into events."""
         return self._reader.pending
+
+    def take_pending(self) -> bytes:
+        """Remove and return bytes received but not yet read, to hand them on."""
+        return self._reader.take_pending()
 
     def next_frame(self) -> Frame | None:
         """The next raw frame, for the READY phase's pass-through path."""
@@ -190,16 +201,19 @@ class _Connection:
 
     def send(self, message: m.Message) -> bytes:
         """Advance the state for an outgoing message and return its bytes."""
-        if self._reads_frontend == message.FRONTEND and not isinstance(
-            message, m.CopyData | m.CopyDone | m.SSLResponse
-        ):
-            raise LocalProtocolError(f"this side cannot send {type(message).__name__}")
         try:
+            if self._reads_frontend == message.FRONTEND and not isinstance(
+                message, m.CopyData | m.CopyDone
+            ):
+                raise LocalProtocolError(f"this side cannot send {type(message).__name__}")
+            data = encode(message)
+            if isinstance(message, m.SSLResponse) and message.accepted:
+                data = self._accept_byte
             self._advance(message)
         except LocalProtocolError:
             self._fail()
             raise
-        return encode(message)
+        return data
 
 
 class ServerConnection(_Connection):
@@ -231,12 +245,12 @@ class ClientConnection(_Connection):
             if self._reader.pending == 0:
                 return CONNECTION_CLOSED if self._reader.at_eof else NEED_DATA
             answer = self._reader.take_pending()
-            if answer[:1] not in (b"S", b"N"):
+            if answer[:1] not in (self._accept_byte, b"N"):
                 # A server too old for SSL answers with an ErrorResponse.
                 raise RemoteProtocolError(f"invalid response to SSL request: {answer[:1]!r}")
             if len(answer) > 1:
                 raise RemoteProtocolError("received unencrypted data after SSL response")
-            message = m.SSLResponse(answer == b"S")
+            message = m.SSLResponse(answer == self._accept_byte)
             self._advance(message)
             return message
         return super()._next_event()

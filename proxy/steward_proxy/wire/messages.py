@@ -130,7 +130,7 @@ class BodyReader:
 
 
 def _values(values: tuple[bytes | None, ...]) -> bytes:
-    out = [_I16.pack(len(values))]
+    out = [_H.pack(len(values))]
     for value in values:
         if value is None:
             out.append(_I32.pack(-1))
@@ -141,7 +141,7 @@ def _values(values: tuple[bytes | None, ...]) -> bytes:
 
 
 def _int16s(items: tuple[int, ...]) -> bytes:
-    return _I16.pack(len(items)) + b"".join(_I16.pack(i) for i in items)
+    return _H.pack(len(items)) + b"".join(_I16.pack(i) for i in items)
 
 
 class Message:
@@ -317,13 +317,13 @@ class Parse(Message):
 
     def _body(self) -> bytes:
         types = b"".join(_U32.pack(t) for t in self.param_types)
-        return _cstr(self.name) + _cstr(self.query) + _I16.pack(len(self.param_types)) + types
+        return _cstr(self.name) + _cstr(self.query) + _H.pack(len(self.param_types)) + types
 
     @classmethod
     def _parse(cls, r: BodyReader) -> Parse:
         name = r.cstring()
         query = r.cstring()
-        types = tuple(r.uint32() for _ in range(r.int16()))
+        types = tuple(r.uint32() for _ in range(r.uint16()))
         r.end()
         return cls(name, query, types)
 
@@ -351,9 +351,9 @@ class Bind(Message):
     def _parse(cls, r: BodyReader) -> Bind:
         portal = r.cstring()
         statement = r.cstring()
-        formats = tuple(r.int16() for _ in range(r.int16()))
-        params = tuple(r.value() for _ in range(r.int16()))
-        results = tuple(r.int16() for _ in range(r.int16()))
+        formats = tuple(r.int16() for _ in range(r.uint16()))
+        params = tuple(r.value() for _ in range(r.uint16()))
+        results = tuple(r.int16() for _ in range(r.uint16()))
         r.end()
         return cls(portal, statement, formats, params, results)
 
@@ -486,8 +486,8 @@ class FunctionCall(Message):
     @classmethod
     def _parse(cls, r: BodyReader) -> FunctionCall:
         oid = r.uint32()
-        formats = tuple(r.int16() for _ in range(r.int16()))
-        args = tuple(r.value() for _ in range(r.int16()))
+        formats = tuple(r.int16() for _ in range(r.uint16()))
+        args = tuple(r.value() for _ in range(r.uint16()))
         result = r.int16()
         r.end()
         return cls(oid, formats, args, result)
@@ -733,7 +733,7 @@ class RowDescription(Message):
     TYPE: ClassVar[bytes] = b"T"
 
     def _body(self) -> bytes:
-        parts = [_I16.pack(len(self.fields))]
+        parts = [_H.pack(len(self.fields))]
         for f in self.fields:
             parts.append(_cstr(f.name))
             parts.append(
@@ -746,7 +746,7 @@ class RowDescription(Message):
     @classmethod
     def _parse(cls, r: BodyReader) -> RowDescription:
         fields = []
-        for _ in range(r.int16()):
+        for _ in range(r.uint16()):
             name = r.cstring()
             values = _FIELD.unpack(r.raw(_FIELD.size))
             fields.append(FieldDescription(name, *values))
@@ -764,7 +764,7 @@ class DataRow(Message):
 
     @classmethod
     def _parse(cls, r: BodyReader) -> DataRow:
-        values = tuple(r.value() for _ in range(r.int16()))
+        values = tuple(r.value() for _ in range(r.uint16()))
         r.end()
         return cls(values)
 
@@ -778,7 +778,7 @@ class CommandComplete(Message):
     def rows(self) -> int | None:
         """The row count a tag such as ``SELECT 5`` or ``INSERT 0 3`` carries."""
         last = self.tag.rpartition(" ")[2]
-        return int(last) if last.isdigit() else None
+        return int(last) if last.isascii() and last.isdigit() else None
 
     def _body(self) -> bytes:
         return _cstr(self.tag)
@@ -828,7 +828,7 @@ class _Fields(Message):
         return self.get(SEVERITY_NONLOCALIZED) or self.get(SEVERITY) or ""
 
     def _body(self) -> bytes:
-        return b"".join(_bytes(k) + _cstr(v) for k, v in self.fields) + b"\0"
+        return b"".join(k.encode("latin-1") + _cstr(v) for k, v in self.fields) + b"\0"
 
     @classmethod
     def _parse(cls, r: BodyReader) -> _Fields:
@@ -929,7 +929,7 @@ class ParameterDescription(Message):
     TYPE: ClassVar[bytes] = b"t"
 
     def _body(self) -> bytes:
-        return _I16.pack(len(self.type_oids)) + b"".join(_U32.pack(t) for t in self.type_oids)
+        return _H.pack(len(self.type_oids)) + b"".join(_U32.pack(t) for t in self.type_oids)
 
     @classmethod
     def _parse(cls, r: BodyReader) -> ParameterDescription:
@@ -949,7 +949,7 @@ class _CopyResponse(Message):
     @classmethod
     def _parse(cls, r: BodyReader) -> _CopyResponse:
         fmt = ord(r.byte())
-        columns = tuple(r.int16() for _ in range(r.int16()))
+        columns = tuple(r.int16() for _ in range(r.uint16()))
         r.end()
         return cls(fmt, columns)  # type: ignore[call-arg]
 
@@ -1005,7 +1005,7 @@ class NegotiateProtocolVersion(Message):
     @classmethod
     def _parse(cls, r: BodyReader) -> NegotiateProtocolVersion:
         minor = r.int32()
-        names = tuple(r.cstring() for _ in range(r.int32()))
+        names = tuple(r.cstring() for _ in range(r.uint32()))
         r.end()
         return cls(minor, names)
 

@@ -1,0 +1,141 @@
+"""pgbench directly against PostgreSQL and through ``steward proxy``, in one run.
+
+Starts a throwaway PostgreSQL (fsync off), initialises pgbench tables, starts the
+proxy in front of it (allow-all policy for the ``pgbench`` user, audit log on),
+then runs the same select-only pgbench workload directly and through the proxy
+for each query mode and prints TPS and the proxied/direct ratio. Nothing is
+asserted: numbers depend on the machine. Usage::
+
+    .venv/bin/python bench/pgbench_proxy.py [--seconds 15] [--clients 8] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from steward_proxy.localpg import LocalPostgres, free_port, wait_for_port
+
+POLICY = """\
+apiVersion: steward.dev/v1alpha1
+kind: DatabaseAccessPolicy
+metadata: {name: bench-allow-all}
+spec:
+  subjects: [{kind: User, name: pgbench}]
+  defaultAction: allow
+"""
+
+
+def pgbench(
+    pg: LocalPostgres, args: list[str], *, port: int, user: str, password: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password:
+        env["PGPASSWORD"] = password
+    argv = [pg.bin("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", user, *args, pg.dbname]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def tps(output: str) -> float:
+    match = re.search(r"^tps = ([\d.]+)", output, re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"no tps in pgbench output:\n{output}")
+    return float(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15, help="duration of each run")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument(
+        "--modes", default="simple,prepared", help="pgbench query modes, comma-separated"
+    )
+    parser.add_argument(
+        "--upstream-user",
+        default=LocalPostgres.SCRAM_USER,
+        choices=[LocalPostgres.SCRAM_USER, LocalPostgres.MD5_USER, LocalPostgres.TRUST_USER],
+        help="role (and so auth method) for the proxy's upstream login and the direct runs",
+    )
+    args = parser.parse_args(argv)
+
+    user = args.upstream_user
+    with (
+        tempfile.TemporaryDirectory(prefix="steward-bench-") as tmp,
+        LocalPostgres(fast=True) as pg,
+    ):
+        su, su_pw = LocalPostgres.SUPERUSER, pg.passwords[LocalPostgres.SUPERUSER]
+        print(f"initialising pgbench tables (scale {args.scale}) ...", flush=True)
+        pgbench(pg, ["-i", "-q", "-s", str(args.scale)], port=pg.port, user=su, password=su_pw)
+        pg.execute("VACUUM ANALYZE;")
+
+        workdir = Path(tmp)
+        (workdir / "policy.yaml").write_text(POLICY)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "STEWARD_"))}
+        if pg.passwords[user]:
+            env["STEWARD_UPSTREAM_PASSWORD"] = pg.passwords[user]
+        proxy_argv = [
+            sys.executable, "-m", "steward_proxy", "proxy",
+            "--listen", f"127.0.0.1:{port}",
+            "--upstream", pg.dsn(user, password=""),
+            "--policy", str(workdir / "policy.yaml"),
+            "--audit-log", str(workdir / "audit.jsonl"),
+            "--max-connections", str(args.clients * 4),
+        ]  # fmt: skip
+        log_path = workdir / "proxy.log"
+        with log_path.open("wb") as log:
+            proxy = subprocess.Popen(proxy_argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_for_port("127.0.0.1", port, process=proxy)
+            run = ["-S", "-n", "-c", str(args.clients), "-j", str(args.jobs)]
+            run += ["-T", str(args.seconds)]
+            rows = []
+            for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+                mode_args = [*run, "-M", mode]
+                print(f"pgbench -M {mode}: direct ...", flush=True)
+                direct = tps(
+                    pgbench(
+                        pg, mode_args, port=pg.port, user=user, password=pg.passwords[user]
+                    ).stdout
+                )
+                print(f"pgbench -M {mode}: through steward proxy ...", flush=True)
+                proxied = tps(pgbench(pg, mode_args, port=port, user="pgbench", password="").stdout)
+                rows.append((mode, direct, proxied))
+        except BaseException:
+            print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise
+        finally:
+            if proxy.poll() is None:
+                proxy.send_signal(signal.SIGTERM)
+                try:
+                    proxy.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proxy.kill()
+                    proxy.wait()
+        audit = workdir / "audit.jsonl"
+        audit_lines = len(audit.read_bytes().splitlines()) if audit.exists() else 0
+
+    print()
+    print(
+        f"pgbench -S, {args.clients} clients, {args.jobs} threads, {args.seconds}s per run, "
+        f"scale {args.scale}; proxy exit code {proxy.returncode}, {audit_lines} audit records"
+    )
+    print(f"{'mode':<10} {'direct TPS':>12} {'proxied TPS':>12} {'proxy/direct':>13}")
+    for mode, direct, proxied in rows:
+        print(f"{mode:<10} {direct:>12.0f} {proxied:>12.0f} {proxied / direct:>13.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""A throwaway Kubernetes control plane (etcd + kube-apiserver) for the e2e tests."""

@@ -1,0 +1,166 @@
+"""``steward proxy``: run the governed PostgreSQL proxy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from steward_proxy import wire
+
+log = logging.getLogger("steward.proxy")
+
+
+class AuditWriterLike(Protocol):
+    def sync(self) -> None: ...
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "proxy",
+        help="run the governed PostgreSQL proxy",
+        description="Accept PostgreSQL clients, govern every statement, relay to the upstream.",
+    )
+    p.add_argument("--listen", type=host_port, default=("127.0.0.1", 6432), metavar="HOST:PORT")
+    p.add_argument(
+        "--upstream",
+        required=True,
+        metavar="URL",
+        help="postgresql://USER[:PASS]@HOST:PORT/DB[?sslmode=...]",
+    )
+    p.add_argument("--upstream-password-file", metavar="FILE")
+    p.add_argument(
+        "--policy", action="append", required=True, metavar="PATH", help="file or directory"
+    )
+    p.add_argument("--identity", metavar="SUBJECT", help="fixed subject (sidecar mode)")
+    p.add_argument("--identity-group", action="append", default=[], metavar="NAME")
+    p.add_argument("--audit-log", default="steward-audit.log", metavar="FILE")
+    p.add_argument("--audit-fsync", choices=("always", "interval", "never"), default="interval")
+    p.add_argument("--audit-max-bytes", type=int, default=0, metavar="N", help="rotate at N bytes")
+    p.add_argument("--admin", type=host_port, metavar="HOST:PORT", help="health and metrics")
+    p.add_argument("--hash-key-file", metavar="FILE", help="key for the hash masking strategy")
+    p.add_argument("--max-connections", type=int, default=100)
+    p.add_argument("--idle-timeout", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--max-message-size", type=int, default=wire.DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES"
+    )
+    p.add_argument("--tls-cert", metavar="FILE")
+    p.add_argument("--tls-key", metavar="FILE")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def upstream_password(args: argparse.Namespace) -> str | None:
+    if args.upstream_password_file:
+        return Path(args.upstream_password_file).read_text().rstrip("\n")
+    return os.environ.get("STEWARD_UPSTREAM_PASSWORD")
+
+
+def run(args: argparse.Namespace) -> int:
+    from steward_proxy.admin import AdminServer
+    from steward_proxy.audit import AuditWriter
+    from steward_proxy.metrics import ProxyMetrics
+    from steward_proxy.policy import PolicyError, load_policy_set
+    from steward_proxy.server import ProxyServer, ProxySettings, install_uvloop
+    from steward_proxy.upstream import UpstreamTarget
+
+    configure_logging(args.log_level)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("steward proxy: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        target = UpstreamTarget.from_url(args.upstream, password=upstream_password(args))
+    except (ValueError, OSError) as exc:
+        print(f"steward proxy: bad upstream: {exc}", file=sys.stderr)
+        return 2
+    try:
+        policies = load_policy_set(args.policy)
+    except PolicyError as exc:
+        print("steward proxy: policy does not load; refusing to start:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 2
+    settings = ProxySettings(
+        listen_host=args.listen[0],
+        listen_port=args.listen[1],
+        upstream=target,
+        identity=args.identity,
+        identity_groups=tuple(args.identity_group),
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        max_message_size=args.max_message_size,
+        connect_timeout=args.connect_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    try:
+        audit = AuditWriter(args.audit_log, fsync=args.audit_fsync, max_bytes=args.audit_max_bytes)
+    except Exception as exc:
+        print(f"steward proxy: cannot open audit log {args.audit_log}: {exc}", file=sys.stderr)
+        return 2
+    metrics = ProxyMetrics()
+    server = ProxyServer(settings, policies, audit, metrics)
+    audit.write(
+        "policy.loaded",
+        policy=",".join(p.key for p in policies.policies),
+        fingerprint=policies.compiled_hash,
+        decision="allow",
+    )
+    admin = None
+    if args.admin:
+        admin = AdminServer(args.admin, server)
+        admin.start()
+
+    async def main() -> None:
+        await server.start()
+        syncer = asyncio.create_task(_sync_audit(audit))
+        try:
+            await server.serve()
+        finally:
+            syncer.cancel()
+
+    loop_factory = install_uvloop()
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
+    except OSError as exc:
+        print(
+            f"steward proxy: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        if admin:
+            admin.stop()
+        audit.close()
+    log.info("stopped")
+    return 0
+
+
+async def _sync_audit(audit: AuditWriterLike) -> None:
+    """Let an ``interval`` fsync policy act even when no statements arrive."""
+    while True:
+        await asyncio.sleep(1.0)
+        audit.sync()

@@ -1,0 +1,90 @@
+"""Judging statements against the policies that cover a subject.
+
+Pure: no I/O. Within a policy the guardrails are tried in order and the first
+that matches decides; when none matches, the policy's ``defaultAction`` does.
+Across the statements of one query string and across several policies the most
+restrictive decision wins (deny > review > log > allow); between equally
+restrictive decisions the first statement, then the first policy (by
+``namespace/name``), is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from steward_proxy.policy.model import ACTION_RANK, Action, Policy, StatementLike
+
+_VERB = {
+    "deny": "denied by",
+    "review": "held for review by",
+    "log": "logged by",
+    "allow": "allowed by",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for a statement: what to do, and which policy and rule said so."""
+
+    action: Action
+    policy: str | None
+    rule: str | None
+    message: str
+
+    @property
+    def rank(self) -> int:
+        return ACTION_RANK[self.action]
+
+
+NO_POLICY = Decision(action="deny", policy=None, rule=None, message="no policy covers this subject")
+EMPTY_QUERY = Decision(action="allow", policy=None, rule=None, message="empty query")
+
+
+def decide_one(policy: Policy, statement: StatementLike) -> Decision:
+    """The decision of one policy on one statement."""
+    for guardrail in policy.guardrails:
+        if guardrail.matches(statement):
+            verb = _VERB[guardrail.action]
+            message = f"statement {verb} policy {policy.key} rule {guardrail.name}"
+            if guardrail.message:
+                message = f"{message}: {guardrail.message}"
+            return Decision(guardrail.action, policy.key, guardrail.name, message)
+    action = policy.default_action
+    return Decision(
+        action,
+        policy.key,
+        None,
+        f"statement {_VERB[action]} policy {policy.key} (defaultAction: {action})",
+    )
+
+
+def decide_each(
+    policies: Sequence[Policy], statements: Sequence[StatementLike]
+) -> tuple[Decision, ...]:
+    """One combined decision per statement, in statement order."""
+    return tuple(_combine(decide_one(p, s) for p in policies) for s in statements)
+
+
+def decide(policies: Sequence[Policy], statements: Sequence[StatementLike]) -> Decision:
+    """The decision for a whole query string: the most restrictive over its parts.
+
+    No policies means no access (deny); no statements (an empty query) is allowed.
+    """
+    if not policies:
+        return NO_POLICY
+    if not statements:
+        return EMPTY_QUERY
+    return _combine(decide_one(p, s) for s in statements for p in policies)
+
+
+def _combine(decisions: Iterable[Decision]) -> Decision:
+    best: Decision | None = None
+    for decision in decisions:
+        if best is None or decision.rank > best.rank:
+            best = decision
+            if best.action == "deny":
+                break
+    if best is None:
+        return NO_POLICY
+    return best

@@ -1,0 +1,364 @@
+"""The compiled policy model: frozen dataclasses the proxy consults per connection.
+
+Pure: no I/O. ``compile.py`` builds these from validated documents; ``decide.py``
+judges statements against them. Globs are compiled to regular expressions once,
+when a ``Guardrail`` or ``MaskingColumnRule`` is built, so a decision does no
+pattern translation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import translate
+from typing import Any, Literal, Protocol
+
+Action = Literal["allow", "deny", "review", "log"]
+DefaultAction = Literal["allow", "deny"]
+SubjectKind = Literal["ServiceAccount", "User", "Group"]
+
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+USER_PREFIX = "user:"
+GROUP_PREFIX = "group:"
+
+# Most restrictive last: combining decisions keeps the highest rank.
+ACTION_RANK: Mapping[str, int] = {"allow": 0, "log": 1, "review": 2, "deny": 3}
+
+
+class StatementLike(Protocol):
+    """What a decision needs to know about one statement (``sql.StatementInfo`` fits).
+
+    ``command`` is the command tag, ``tables`` are ``schema.table`` names,
+    ``functions`` lower-case function names, ``has_where`` whether an UPDATE or
+    DELETE has a WHERE clause.
+    """
+
+    @property
+    def command(self) -> str: ...
+    @property
+    def tables(self) -> tuple[str, ...]: ...
+    @property
+    def functions(self) -> tuple[str, ...]: ...
+    @property
+    def has_where(self) -> bool: ...
+
+
+class PolicyError(Exception):
+    """Policy documents that do not load, validate or compile; ``errors`` lists each."""
+
+    def __init__(self, errors: list[str] | tuple[str, ...]) -> None:
+        self.errors: tuple[str, ...] = tuple(errors)
+        super().__init__("\n".join(self.errors) if self.errors else "invalid policy")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is connected: ``user:NAME`` or ``system:serviceaccount:NS:NAME``, plus groups.
+
+    Groups may be given bare (``dba``) or prefixed (``group:dba``); they are kept
+    bare.
+    """
+
+    subject: str
+    groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not is_valid_subject(self.subject):
+            raise ValueError(
+                f"invalid subject {self.subject!r}: expected user:NAME or "
+                "system:serviceaccount:NAMESPACE:NAME"
+            )
+        groups = tuple(g.removeprefix(GROUP_PREFIX) for g in self.groups)
+        if any(not g for g in groups):
+            raise ValueError("a group name must not be empty")
+        object.__setattr__(self, "groups", groups)
+
+
+def is_valid_subject(subject: str) -> bool:
+    """Whether ``subject`` is ``user:NAME`` or ``system:serviceaccount:NS:NAME``."""
+    if subject.startswith(SERVICE_ACCOUNT_PREFIX):
+        namespace, sep, name = subject[len(SERVICE_ACCOUNT_PREFIX) :].partition(":")
+        return bool(namespace and sep and name and ":" not in name)
+    return subject.startswith(USER_PREFIX) and len(subject) > len(USER_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One entry of ``subjects``, ``exemptSubjects`` or ``approvers``.
+
+    A ServiceAccount's namespace is filled in at compile time (the policy's own
+    namespace when the document omits it).
+    """
+
+    kind: SubjectKind
+    name: str
+    namespace: str | None = None
+
+    def matches(self, identity: Identity) -> bool:
+        if self.kind == "ServiceAccount":
+            return identity.subject == f"{SERVICE_ACCOUNT_PREFIX}{self.namespace}:{self.name}"
+        if self.kind == "User":
+            return identity.subject == f"{USER_PREFIX}{self.name}"
+        return self.name in identity.groups
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelectorRequirement:
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsSecretRef:
+    name: str
+    username_key: str = "username"
+    password_key: str = "password"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseRef:
+    host: str
+    name: str
+    port: int = 5432
+    credentials_secret_ref: CredentialsSecretRef | None = None
+
+
+_UNBOUNDED = frozenset({"UPDATE", "DELETE"})
+
+
+def qualify_table(name: str) -> str:
+    """``orders`` -> ``public.orders``; ``db.s.t`` -> ``s.t``; ``s.t`` unchanged."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return f"public.{name}"
+    return ".".join(parts[-2:])
+
+
+def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns))
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrail:
+    """One ordered rule of a policy. Every criterion given must hold for a match.
+
+    ``statements`` are command tags as ``sql.StatementInfo.command`` gives them
+    (``CREATE`` for every CREATE statement, see ``sql.commands``). ``tables`` are
+    globs over ``schema.table`` (already qualified with ``public.``).
+    ``functions`` are globs over lower-case function names: a pattern without a
+    dot is compared with the unqualified name. ``without_where`` matches only
+    UPDATE and DELETE that have no WHERE clause, also one inside ``WITH``,
+    ``EXPLAIN ANALYZE`` or ``PREPARE`` (then the statement's own tag is another,
+    and ``statements`` naming UPDATE or DELETE still counts as matched).
+    """
+
+    name: str
+    statements: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    without_where: bool = False
+    action: Action = "deny"
+    message: str = ""
+    _statement_set: frozenset[str] = field(
+        default=frozenset(), init=False, repr=False, compare=False
+    )
+    _tables_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _qualified_functions_re: re.Pattern[str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _bare_functions_re: re.Pattern[str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        qualified = tuple(p.lower() for p in self.functions if "." in p)
+        bare = tuple(p.lower() for p in self.functions if "." not in p)
+        set_ = object.__setattr__
+        set_(self, "_statement_set", frozenset(self.statements))
+        set_(self, "_tables_re", _glob_regex(self.tables))
+        set_(self, "_qualified_functions_re", _glob_regex(qualified))
+        set_(self, "_bare_functions_re", _glob_regex(bare))
+
+    def matches(self, statement: StatementLike) -> bool:
+        command = statement.command
+        if self.without_where:
+            if statement.has_where:
+                return False
+            # has_where is False only when an UPDATE or DELETE without WHERE runs,
+            # possibly inside WITH, EXPLAIN ANALYZE or PREPARE under another tag.
+            if self._statement_set and not (
+                command in self._statement_set or not self._statement_set.isdisjoint(_UNBOUNDED)
+            ):
+                return False
+        elif self._statement_set and command not in self._statement_set:
+            return False
+        if self._tables_re is not None:
+            pattern = self._tables_re
+            if not any(pattern.fullmatch(qualify_table(t)) for t in statement.tables):
+                return False
+        if self.functions:
+            return any(self._function_matches(f.lower()) for f in statement.functions)
+        return True
+
+    def _function_matches(self, function: str) -> bool:
+        if self._qualified_functions_re is not None and self._qualified_functions_re.fullmatch(
+            function
+        ):
+            return True
+        bare = function.rsplit(".", 1)[-1]
+        return self._bare_functions_re is not None and bool(self._bare_functions_re.fullmatch(bare))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A compiled DatabaseAccessPolicy."""
+
+    name: str
+    namespace: str
+    subjects: tuple[Subject, ...]
+    default_action: DefaultAction
+    guardrails: tuple[Guardrail, ...] = ()
+    masking_rule_names: tuple[str, ...] = ()
+    detect: bool = False
+    exempt_subjects: tuple[Subject, ...] = ()
+    approvers: tuple[Subject, ...] = ()
+    approval_ttl_seconds: int = 900
+    database: DatabaseRef | None = None
+    pod_selector: LabelSelector | None = None
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, the way messages and audit records name a policy."""
+        return f"{self.namespace}/{self.name}"
+
+    def covers(self, identity: Identity) -> bool:
+        return any(s.matches(identity) for s in self.subjects)
+
+    def is_exempt_from_masking(self, identity: Identity) -> bool:
+        return any(s.matches(identity) for s in self.exempt_subjects)
+
+    def may_approve(self, identity: Identity) -> bool:
+        return any(s.matches(identity) for s in self.approvers)
+
+
+MaskingStrategy = Literal["redact", "partial", "email", "hash", "null"]
+
+
+@dataclass(frozen=True, slots=True)
+class MaskingColumnRule:
+    """One entry of a MaskingRule's ``rules``: columns or data classes, and a strategy.
+
+    ``columns`` are globs over ``schema.table.column`` (already qualified with
+    ``public.`` where the document gave ``table.column``). ``keep_last`` is set
+    only for the ``partial`` strategy.
+    """
+
+    strategy: MaskingStrategy
+    columns: tuple[str, ...] = ()
+    data_classes: tuple[str, ...] = ()
+    keep_last: int | None = None
+    _columns_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_columns_re", _glob_regex(self.columns))
+
+    def matches_column(self, qualified_column: str) -> bool:
+        """Whether ``schema.table.column`` is one of this rule's columns."""
+        return self._columns_re is not None and bool(self._columns_re.fullmatch(qualified_column))
+
+
+@dataclass(frozen=True, slots=True)
+class MaskingRuleSet:
+    """A compiled MaskingRule document."""
+
+    name: str
+    namespace: str
+    rules: tuple[MaskingColumnRule, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def strategy_for_column(self, qualified_column: str) -> MaskingColumnRule | None:
+        """The first rule naming ``schema.table.column``, or None."""
+        for rule in self.rules:
+            if rule.matches_column(qualified_column):
+                return rule
+        return None
+
+    def strategy_for_class(self, data_class: str) -> MaskingColumnRule | None:
+        """The first rule naming the data class, or None."""
+        for rule in self.rules:
+            if data_class in rule.data_classes:
+                return rule
+        return None
+
+
+def plain(value: Any) -> Any:
+    """The comparable content of a model object as JSON-ready data (private fields dropped)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.compare and not f.name.startswith("_")
+        }
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Every compiled policy and masking rule from one load, with a content hash.
+
+    ``compiled_hash`` is the SHA-256 of the canonical JSON (sorted keys, no
+    spaces) of the compiled content; the ``policy.loaded`` audit record and the
+    operator's status carry it. Policies and masking rules are ordered by
+    ``namespace/name``.
+    """
+
+    policies: tuple[Policy, ...] = ()
+    masking_rules: tuple[MaskingRuleSet, ...] = ()
+    compiled_hash: str = field(default="", init=False)
+    _masking_index: Mapping[tuple[str, str], MaskingRuleSet] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "policies", tuple(sorted(self.policies, key=lambda p: (p.namespace, p.name))))
+        set_(
+            self,
+            "masking_rules",
+            tuple(sorted(self.masking_rules, key=lambda m: (m.namespace, m.name))),
+        )
+        content = {"policies": plain(self.policies), "maskingRules": plain(self.masking_rules)}
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        set_(self, "compiled_hash", hashlib.sha256(canonical.encode()).hexdigest())
+        set_(self, "_masking_index", {(m.namespace, m.name): m for m in self.masking_rules})
+
+    def policies_for(self, identity: Identity) -> tuple[Policy, ...]:
+        """The policies whose subjects cover ``identity``; empty means no access."""
+        return tuple(p for p in self.policies if p.covers(identity))
+
+    def masking_for(self, policy: Policy) -> tuple[MaskingRuleSet, ...]:
+        """The MaskingRules a policy names, in the order it names them."""
+        index = self._masking_index
+        return tuple(
+            index[(policy.namespace, n)]
+            for n in policy.masking_rule_names
+            if (policy.namespace, n) in index
+        )

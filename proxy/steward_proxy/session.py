@@ -1,0 +1,419 @@
+"""One governed session after sign-in: bytes in, bytes out, no sockets.
+
+:class:`Session` sits between a client and its upstream connection once both
+are ready for queries. It frames what each side sends, judges every statement
+against policy, forwards what is allowed untouched, answers what is refused
+itself, and writes one audit record per statement when the upstream reports
+how it ended.
+
+To tie upstream responses to the statements that caused them, the session
+keeps a queue of *pending operations* in the order the upstream will answer
+them (one per Parse, Bind, Describe, Execute, Close, FunctionCall, per
+statement of a simple Query, and one per Sync or end of Query). Refusals are
+*synthetic* operations in the same queue: the session writes their bytes
+itself when they reach the head, so a refusal never overtakes the answers to
+earlier pipelined messages. After an error the upstream skips to the next
+Sync; the queue does the same.
+
+The pass-through path for result rows only reads each message's type byte.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from steward_proxy import wire
+from steward_proxy.metrics import ProxyMetrics
+from steward_proxy.policy import Decision, Identity, Policy, decide
+from steward_proxy.sql import SQLSyntaxError, StatementInfo, analyze
+
+SYNTAX_ERROR = "42601"
+INSUFFICIENT_PRIVILEGE = "42501"
+
+# Pending operation kinds.
+PARSE, BIND, DESCRIBE, CLOSE, EXECUTE, STATEMENT, FUNCTION, SYNC, SYNTHETIC = range(9)
+_COMPLETES = {
+    b"1": PARSE,
+    b"2": BIND,
+    b"3": CLOSE,
+    b"n": DESCRIBE,
+    b"V": FUNCTION,
+}
+
+
+class AuditSink(Protocol):
+    def write(self, type: str, **fields: Any) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What policy says about one statement string."""
+
+    statements: tuple[StatementInfo, ...]
+    decision: Decision
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: int
+    statement: StatementInfo | None = None
+    verdict: Verdict | None = None
+    started: float = 0.0
+    rows: int = 0
+    payload: bytes | None = None  # for SYNTHETIC: bytes to send; None means ReadyForQuery
+
+
+class Judge:
+    """Turns statement text into a cached :class:`Verdict` for one identity.
+
+    Shared by the sessions of one identity under one policy set; analysis is
+    cached by statement shape inside :func:`analyze`, decisions here.
+    """
+
+    def __init__(self, policies: Sequence[Policy], *, maxsize: int = 4096) -> None:
+        self.policies = tuple(policies)
+        self._cache: dict[tuple[StatementInfo, ...], Verdict] = {}
+        self._maxsize = maxsize
+
+    def judge(self, sql: str) -> Verdict:
+        statements = analyze(sql)
+        verdict = self._cache.get(statements)
+        if verdict is None:
+            verdict = Verdict(statements, decide(self.policies, statements))
+            if len(self._cache) >= self._maxsize:
+                self._cache.clear()
+            self._cache[statements] = verdict
+        return verdict
+
+
+class Session:
+    """Relays one ready session; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        identity: Identity,
+        database: str,
+        client: str,
+        judge: Judge,
+        audit: AuditSink,
+        metrics: ProxyMetrics,
+        max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session_id = session_id
+        self.identity = identity
+        self.database = database
+        self.client = client
+        self.judge = judge
+        self.audit = audit
+        self.metrics = metrics
+        self.clock = clock
+        self.started = clock()
+        self.last_activity = self.started
+        self.txn_status = "I"
+        self.statements_run = 0
+        self.closed = False
+        self.terminated = False  # the client said goodbye (Terminate)
+        self._from_client = wire.MessageReader(max_message_size=max_message_size)
+        self._from_upstream = wire.MessageReader(max_message_size=max_message_size)
+        self._ops: deque[_Op] = deque()
+        self._prepared: dict[str, Verdict | None] = {}
+        self._portals: dict[str, Verdict | None] = {}
+        self._skipping = False  # dropping client messages until Sync after a refusal
+        self._batch_forwarded = False  # something since the last Sync went upstream
+
+    # -- state seen by the shell ---------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while the upstream owes answers or a transaction is open."""
+        return bool(self._ops) or self.txn_status != "I"
+
+    # -- client -> upstream --------------------------------------------------
+
+    def feed_client(self, data: bytes) -> tuple[bytes, bytes]:
+        """Bytes from the client; returns (to upstream, to client)."""
+        self.last_activity = self.clock()
+        reader = self._from_client
+        reader.feed(data)
+        up: list[bytes] = []
+        down: list[bytes] = []
+        while (frame := reader.next_frame()) is not None:
+            kind = frame.type
+            if self._skipping:
+                if kind == b"S":
+                    self._skipping = False
+                    self._sync(frame, up, down)
+                elif kind == b"X":
+                    self.terminated = True
+                    up.append(frame.raw)
+                continue
+            if kind == b"Q":
+                self._query(frame, up, down)
+            elif kind == b"P":
+                self._parse(frame, up, down)
+            elif kind == b"B":
+                bind = wire.decode_frontend(frame)
+                self._portals[bind.portal] = self._prepared.get(bind.statement)
+                self._forward(frame, _Op(BIND), up)
+            elif kind == b"E":
+                execute = wire.decode_frontend(frame)
+                verdict = self._portals.get(execute.portal)
+                statement = verdict.statements[0] if verdict and verdict.statements else None
+                self._forward(frame, _Op(EXECUTE, statement, verdict, self.clock()), up)
+            elif kind == b"S":
+                self._sync(frame, up, down)
+            elif kind == b"D":
+                self._forward(frame, _Op(DESCRIBE), up)
+            elif kind == b"C":
+                close = wire.decode_frontend(frame)
+                if close.kind == "S":
+                    self._prepared.pop(close.name, None)
+                else:
+                    self._portals.pop(close.name, None)
+                self._forward(frame, _Op(CLOSE), up)
+            elif kind == b"F":
+                self._function_call(frame, up, down)
+            elif kind in (b"d", b"c", b"f", b"H"):
+                up.append(frame.raw)
+            elif kind == b"X":
+                self.terminated = True
+                up.append(frame.raw)
+            else:
+                wire.decode_frontend(frame)  # raises for an unknown type
+                up.append(frame.raw)
+        if reader.at_eof and reader.pending:
+            raise wire.RemoteProtocolError("connection closed in the middle of a message")
+        return b"".join(up), b"".join(down)
+
+    def _forward(self, frame: wire.Frame, op: _Op, up: list[bytes]) -> None:
+        up.append(frame.raw)
+        self._ops.append(op)
+        self._batch_forwarded = True
+
+    def _sync(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
+        if self._batch_forwarded:
+            self._forward(frame, _Op(SYNC), up)
+        else:
+            self._synthetic(None, down)
+        self._batch_forwarded = False
+
+    def _query(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
+        query = wire.decode_frontend(frame).query
+        now = self.clock()
+        try:
+            verdict = self.judge.judge(query)
+        except SQLSyntaxError as exc:
+            self._refuse_unparseable(exc, now, down)
+            self._synthetic(None, down)
+            return
+        if verdict.decision.action in ("deny", "review"):
+            self._refuse(verdict, now, down)
+            self._synthetic(None, down)
+            return
+        up.append(frame.raw)
+        ops = self._ops
+        if verdict.statements:
+            for statement in verdict.statements:
+                ops.append(_Op(STATEMENT, statement, verdict, now))
+        else:
+            ops.append(_Op(STATEMENT, None, verdict, now))  # answered by EmptyQueryResponse
+        ops.append(_Op(SYNC))
+
+    def _parse(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
+        parse = wire.decode_frontend(frame)
+        now = self.clock()
+        try:
+            verdict = self.judge.judge(parse.query)
+        except SQLSyntaxError as exc:
+            self._refuse_unparseable(exc, now, down)
+            self._skipping = True
+            return
+        if verdict.decision.action in ("deny", "review"):
+            self._refuse(verdict, now, down)
+            self._skipping = True
+            return
+        self._prepared[parse.name] = verdict
+        self._forward(frame, _Op(PARSE), up)
+
+    def _function_call(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
+        call = wire.decode_frontend(frame)
+        statement = StatementInfo(
+            command="FUNCTION CALL",
+            normalized=f"<function call oid {call.function_oid}>",
+            fingerprint=f"fcall-{call.function_oid}",
+            tables=(),
+            functions=(str(call.function_oid),),
+            has_where=True,
+            writes=(),
+        )
+        verdict = Verdict((statement,), decide(self.judge.policies, (statement,)))
+        now = self.clock()
+        if verdict.decision.action in ("deny", "review"):
+            self._refuse(verdict, now, down)
+            self._skipping = True
+            return
+        self._forward(frame, _Op(FUNCTION, statement, verdict, now), up)
+
+    # -- refusals --------------------------------------------------------------
+
+    def _refuse(self, verdict: Verdict, now: float, down: list[bytes]) -> None:
+        decision = verdict.decision
+        message = decision.message
+        if decision.action == "review":
+            message = f"{message} (approval workflow is not enabled on this proxy)"
+        error = wire.ErrorResponse.build(INSUFFICIENT_PRIVILEGE, message)
+        for statement in verdict.statements:
+            self._record(statement, verdict, now, rows=None, error=message, decision="deny")
+        self._synthetic(wire.encode(error), down)
+
+    def _refuse_unparseable(self, exc: SQLSyntaxError, now: float, down: list[bytes]) -> None:
+        message = f"statement refused: it does not parse: {exc.message}"
+        self.audit.write(
+            "statement",
+            **self.who(),
+            decision="deny",
+            error=message,
+            duration_ms=0.0,
+        )
+        self.metrics.statement("UNKNOWN", "deny", None)
+        error = wire.ErrorResponse.build(SYNTAX_ERROR, message, position=exc.cursor_position)
+        self._synthetic(wire.encode(error), down)
+
+    def _synthetic(self, payload: bytes | None, down: list[bytes]) -> None:
+        self._ops.append(_Op(SYNTHETIC, payload=payload))
+        if len(self._ops) == 1:
+            self._emit_synthetic(down)
+
+    def _emit_synthetic(self, out: list[bytes]) -> None:
+        ops = self._ops
+        while ops and ops[0].kind == SYNTHETIC:
+            payload = ops.popleft().payload
+            out.append(
+                payload if payload is not None else wire.encode(wire.ReadyForQuery(self.txn_status))
+            )
+
+    # -- upstream -> client ------------------------------------------------------
+
+    def feed_upstream(self, data: bytes) -> bytes:
+        """Bytes from the upstream; returns the bytes for the client."""
+        reader = self._from_upstream
+        reader.feed(data)
+        ops = self._ops
+        out: list[bytes] = []
+        append = out.append
+        while (frame := reader.next_frame()) is not None:
+            kind = frame.type
+            if kind == b"D":
+                if ops:
+                    ops[0].rows += 1
+                append(frame.raw)
+                continue
+            if kind == b"C":
+                if ops and ops[0].kind in (STATEMENT, EXECUTE):
+                    op = ops.popleft()
+                    tag_rows = wire.decode_backend(frame).rows
+                    self._finish(op, op.rows if tag_rows is None else tag_rows, None)
+            elif kind == b"Z":
+                self.txn_status = chr(frame.raw[5])
+                while ops:
+                    if ops.popleft().kind == SYNC:
+                        break
+            elif kind == b"E":
+                self._upstream_error(wire.decode_backend(frame))
+            elif kind in (b"I", b"s"):
+                if ops and ops[0].kind in (STATEMENT, EXECUTE):
+                    op = ops.popleft()
+                    self._finish(op, op.rows, None)
+            elif kind == b"T":
+                if ops and ops[0].kind == DESCRIBE:
+                    ops.popleft()
+            else:
+                expected = _COMPLETES.get(kind)
+                if expected is not None and ops and ops[0].kind == expected:
+                    op = ops.popleft()
+                    if expected == FUNCTION:
+                        self._finish(op, None, None)
+            append(frame.raw)
+            if ops and ops[0].kind == SYNTHETIC:
+                self._emit_synthetic(out)
+        if reader.at_eof and reader.pending:
+            raise wire.RemoteProtocolError("upstream closed in the middle of a message")
+        return b"".join(out)
+
+    def _upstream_error(self, error: wire.ErrorResponse) -> None:
+        ops = self._ops
+        if not ops or ops[0].kind == SYNC:
+            return
+        failed = ops.popleft()
+        if failed.kind in (STATEMENT, EXECUTE, FUNCTION):
+            # Only the SQLSTATE: PostgreSQL's messages may quote the values involved.
+            self._finish(failed, failed.rows or None, f"SQLSTATE {error.sqlstate}")
+        # The upstream now skips everything up to the next Sync; so do we.
+        while ops and ops[0].kind != SYNC:
+            skipped = ops.popleft()
+            if skipped.kind in (STATEMENT, EXECUTE):
+                self._finish(skipped, None, "not executed: an earlier message failed")
+
+    # -- audit -------------------------------------------------------------------
+
+    def who(self) -> dict[str, Any]:
+        return {
+            "session": self.session_id,
+            "identity": self.identity.subject,
+            "groups": list(self.identity.groups),
+            "database": self.database,
+            "client": self.client,
+        }
+
+    def _finish(self, op: _Op, rows: int | None, error: str | None) -> None:
+        self.statements_run += 1
+        if op.verdict is None:
+            # A portal the session never saw prepared; the upstream judged it.
+            self.audit.write("statement", **self.who(), rows=rows, error=error)
+            return
+        self._record(op.statement, op.verdict, op.started, rows=rows, error=error)
+
+    def _record(
+        self,
+        statement: StatementInfo | None,
+        verdict: Verdict,
+        started: float,
+        *,
+        rows: int | None,
+        error: str | None,
+        decision: str | None = None,
+    ) -> None:
+        d = verdict.decision
+        action = decision or d.action
+        elapsed = self.clock() - started
+        command = statement.command if statement else None
+        self.audit.write(
+            "statement",
+            **self.who(),
+            command=command,
+            statement=statement.normalized if statement else "",
+            fingerprint=statement.fingerprint if statement else None,
+            decision=action,
+            policy=d.policy,
+            rule=d.rule,
+            rows=rows,
+            duration_ms=round(elapsed * 1000, 3),
+            error=error,
+        )
+        self.metrics.statement(command or "EMPTY", action, elapsed)
+
+    def abandon(self, reason: str) -> None:
+        """Record statements still pending when either side went away."""
+        ops = self._ops
+        while ops:
+            op = ops.popleft()
+            if op.kind in (STATEMENT, EXECUTE, FUNCTION):
+                self._finish(op, op.rows or None, reason)
+        self.closed = True

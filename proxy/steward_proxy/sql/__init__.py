@@ -1,0 +1,24 @@
+"""SQL analysis on PostgreSQL's own grammar (pglast / libpg_query), with a shape cache.
+
+``normalize`` and ``fingerprint`` give a statement's shape, ``split_statements``
+cuts a multi-statement string, ``analyze`` says what each statement does
+(command, tables, functions, writes) for the guardrail engine.
+
+Pure: no I/O, no sockets, no asyncio.
+"""
+
+from steward_proxy.sql.analysis import DEFAULT_CACHE, StatementInfo, analyze
+from steward_proxy.sql.cache import ShapeCache
+from steward_proxy.sql.errors import SQLSyntaxError
+from steward_proxy.sql.shape import fingerprint, normalize, split_statements
+
+__all__ = [
+    "DEFAULT_CACHE",
+    "SQLSyntaxError",
+    "ShapeCache",
+    "StatementInfo",
+    "analyze",
+    "fingerprint",
+    "normalize",
+    "split_statements",
+]

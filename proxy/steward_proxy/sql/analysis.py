@@ -1,0 +1,346 @@
+"""Statement analysis: command tag, tables, functions and writes of each statement.
+
+``analyze(sql)`` parses a statement string with PostgreSQL's grammar (libpg_query
+through pglast) and describes every statement in it as a :class:`StatementInfo`,
+the input of the guardrail engine. The parse tree is read as libpg_query's JSON
+and walked iteratively (no recursion limit for deeply nested expressions), with
+the CTE names in scope at each point, so a reference to a ``WITH`` query is not
+taken for a table while a real table of the same name elsewhere still is.
+
+Results are cached in a :class:`ShapeCache` keyed by the normalized text of the
+whole string, so a repeated statement shape with new literals costs one
+``normalize`` call and a dict lookup.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import ast as _ast
+from pglast import parser as _pg
+
+from steward_proxy.sql.cache import ShapeCache
+from steward_proxy.sql.commands import command_tag
+from steward_proxy.sql.errors import SQLSyntaxError
+from steward_proxy.sql.shape import normalize, syntax_error
+
+__all__ = ["DEFAULT_CACHE", "StatementInfo", "analyze"]
+
+# Names looked up at call time so tests can count parses by monkeypatching them.
+parse_sql_json = _pg.parse_sql_json
+split = _pg.split
+pg_fingerprint = _pg.fingerprint
+
+DEFAULT_CACHE: ShapeCache[tuple[StatementInfo, ...]] = ShapeCache()
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    """What one statement does, as far as the parse tree tells.
+
+    - ``command``: command tag, see :mod:`steward_proxy.sql.commands`.
+    - ``normalized``: this statement's text with constants replaced by ``$n``
+      (numbered across the whole string it came from) and comments removed.
+    - ``fingerprint``: libpg_query fingerprint of the statement (hex).
+    - ``tables``: every relation named anywhere in the statement (subqueries,
+      CTE bodies, joins, DML targets, ``DROP``/``COMMENT`` objects), as
+      ``schema.table`` (unqualified means ``public``), first appearance first.
+      Names of ``WITH`` queries are not tables where they are in scope.
+    - ``functions``: every function called, lower-cased: the bare name, and
+      also ``schema.name`` when the call is schema-qualified.
+    - ``has_where``: ``False`` when an ``UPDATE`` or ``DELETE`` that this
+      statement executes has no ``WHERE`` (also one inside ``WITH``, under
+      ``EXPLAIN ANALYZE`` or being prepared); ``True`` otherwise.
+    - ``writes``: tables written by ``INSERT``, ``UPDATE``, ``DELETE``, ``MERGE``,
+      ``TRUNCATE``, ``COPY ... FROM`` and ``SELECT INTO``/``CREATE TABLE AS``,
+      wherever they occur in the statement. Statements that are only defined,
+      not run (``CREATE RULE``, ``CREATE FUNCTION`` bodies, ``EXPLAIN`` without
+      ``ANALYZE``) add nothing; ``PREPARE`` reports what ``EXECUTE`` will write.
+    """
+
+    command: str
+    normalized: str
+    fingerprint: str
+    tables: tuple[str, ...]
+    functions: tuple[str, ...]
+    has_where: bool
+    writes: tuple[str, ...]
+
+
+def analyze(
+    sql: str, *, cache: ShapeCache[tuple[StatementInfo, ...]] | None = None
+) -> tuple[StatementInfo, ...]:
+    """Describe each statement of ``sql``; an empty or comment-only string gives ``()``.
+
+    Raises :class:`SQLSyntaxError` when ``sql`` does not parse.
+    """
+    if cache is None:
+        cache = DEFAULT_CACHE
+    key = normalize(sql)
+    infos = cache.get(key)
+    if infos is None:
+        infos = _analyze_uncached(sql, key)
+        cache.put(key, infos)
+    return infos
+
+
+def _analyze_uncached(sql: str, normalized: str) -> tuple[StatementInfo, ...]:
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except (_pg.ParseError, UnicodeError) as exc:
+        raise syntax_error(exc, sql) from None
+    except RecursionError:
+        raise SQLSyntaxError("statement is nested too deeply to analyze") from None
+    raw_stmts = tree.get("stmts", [])
+    if not raw_stmts:
+        return ()
+    originals = list(split(sql, with_parser=True))
+    if len(originals) != len(raw_stmts):
+        raise SQLSyntaxError("statement string cannot be split into statements")
+    parts = _normalized_parts(normalized, originals)
+    infos = []
+    for raw, original, part in zip(raw_stmts, originals, parts, strict=True):
+        ((node_type, fields),) = raw["stmt"].items()
+        walker = _Walker()
+        walker.walk(node_type, fields)
+        infos.append(
+            StatementInfo(
+                command=command_tag(node_type, fields),
+                normalized=part,
+                fingerprint=pg_fingerprint(original),
+                tables=tuple(walker.tables),
+                functions=tuple(walker.functions),
+                has_where=walker.has_where,
+                writes=tuple(walker.writes),
+            )
+        )
+    return tuple(infos)
+
+
+def _normalized_parts(normalized: str, originals: list[str]) -> list[str]:
+    """Cut the normalized whole string into one text per statement."""
+    count = len(originals)
+    # Normalized text does not always parse (``DO $1``, ``NOTIFY c, $1``); the
+    # scanner-only split still cuts it right unless a BEGIN ATOMIC body is involved.
+    for with_parser in (True, False):
+        try:
+            parts = list(split(normalized, with_parser=with_parser))
+        except _pg.ParseError:
+            continue
+        if len(parts) == count:
+            return parts
+    return [normalize(original) for original in originals]
+
+
+# --- the tree walk -----------------------------------------------------------------
+
+_NODE_TYPES = frozenset(
+    name
+    for name in dir(_ast)
+    if isinstance(getattr(_ast, name), type) and issubclass(getattr(_ast, name), _ast.Node)
+) | {"List"}
+
+
+def _typed_fields() -> dict[str, dict[str, str]]:
+    """Fields whose C type is a specific node pointer: libpg_query's JSON omits their wrapper."""
+    generic = {"Node", "List", "Expr"}
+    table: dict[str, dict[str, str]] = {}
+    for name in _NODE_TYPES - {"List"}:
+        slots = getattr(_ast, name).__slots__
+        if not isinstance(slots, dict):
+            continue
+        for field, info in slots.items():
+            c_type = info.c_type
+            if c_type.endswith("*") and c_type[:-1] in _NODE_TYPES and c_type[:-1] not in generic:
+                table.setdefault(name, {})[field] = c_type[:-1]
+    return table
+
+
+_TYPED = _typed_fields()
+_NO_TYPED: dict[str, str] = {}
+
+# Leaves that can hold neither a relation nor a function call.
+_SKIP = frozenset(
+    {
+        "A_Const",
+        "String",
+        "Integer",
+        "Float",
+        "Boolean",
+        "BitString",
+        "ColumnRef",
+        "ParamRef",
+        "A_Star",
+        "Alias",
+        "RoleSpec",
+        "TypeName",
+    }
+)
+_DML = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_WITH_OWNERS = _DML | {"SelectStmt"}
+_TABLE_OBJECTS = frozenset(
+    {"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE"}
+)
+_FALSE_WORDS = frozenset({"false", "off", "no", "0"})
+_EMPTY: frozenset[str] = frozenset()
+
+Fields = Mapping[str, Any]
+_Frame = tuple[str, Fields, frozenset[str], bool]
+
+
+def _qualify(schema: str | None, name: str) -> str:
+    return f"{schema or 'public'}.{name}"
+
+
+def _strings(node: Any) -> list[str]:
+    """The ``sval`` of each ``String`` in a list (or ``List`` node) of them."""
+    if isinstance(node, Mapping):
+        node = node.get("List", {}).get("items", [])
+    out = []
+    for item in node or ():
+        if isinstance(item, Mapping) and "String" in item:
+            out.append(item["String"].get("sval", ""))
+    return out
+
+
+def _explain_runs(fields: Fields) -> bool:
+    """Whether an ``EXPLAIN`` executes its statement (``ANALYZE`` not switched off)."""
+    for option in fields.get("options", ()):
+        elem = option.get("DefElem", {})
+        if elem.get("defname") != "analyze":
+            continue
+        arg = elem.get("arg")
+        if not arg:
+            return True
+        ((kind, value),) = arg.items()
+        if kind == "String":
+            return str(value.get("sval", "")).lower() not in _FALSE_WORDS
+        if kind == "Boolean":
+            return bool(value.get("boolval"))
+        if kind == "Integer":
+            return bool(value.get("ival"))
+        return True
+    return False
+
+
+class _Walker:
+    __slots__ = ("functions", "has_where", "tables", "writes")
+
+    def __init__(self) -> None:
+        self.tables: dict[str, None] = {}
+        self.functions: dict[str, None] = {}
+        self.writes: dict[str, None] = {}
+        self.has_where = True
+
+    def walk(self, node_type: str, fields: Fields) -> None:
+        stack: list[_Frame] = [(node_type, fields, _EMPTY, True)]
+        while stack:
+            frame = stack.pop()
+            children = list(self._visit(*frame))
+            stack.extend(reversed(children))
+
+    def _target(self, rangevar: Any, *, write: bool) -> None:
+        if not isinstance(rangevar, Mapping):
+            return
+        rangevar = rangevar.get("RangeVar", rangevar)
+        name = _qualify(rangevar.get("schemaname"), rangevar.get("relname", ""))
+        self.tables[name] = None
+        if write:
+            self.writes[name] = None
+
+    def _visit(
+        self, node_type: str, fields: Fields, scope: frozenset[str], run: bool
+    ) -> Iterator[_Frame]:
+        if node_type in _SKIP:
+            return
+        skip: tuple[str, ...] = ()
+        if node_type == "RangeVar" or (node_type == "?" and "relname" in fields):
+            schema = fields.get("schemaname")
+            relname = fields.get("relname", "")
+            if schema or relname not in scope:
+                self.tables[_qualify(schema, relname)] = None
+            return
+        if node_type == "FuncCall":
+            names = [name.lower() for name in _strings(fields.get("funcname"))]
+            if names:
+                self.functions[names[-1]] = None
+                if len(names) > 1:
+                    self.functions[f"{names[-2]}.{names[-1]}"] = None
+            skip = ("funcname",)
+        elif node_type in _WITH_OWNERS:
+            with_clause = fields.get("withClause")
+            if with_clause:
+                ctes = [c.get("CommonTableExpr", {}) for c in with_clause.get("ctes", ())]
+                names = [c.get("ctename", "") for c in ctes]
+                recursive = bool(with_clause.get("recursive"))
+                for index, cte in enumerate(ctes):
+                    visible = names if recursive else names[:index]
+                    yield ("CommonTableExpr", cte, scope.union(visible), run)
+                scope = scope.union(names)
+            if node_type in _DML:
+                # A DML target is always a table: WITH names never apply to it.
+                self._target(fields.get("relation"), write=run)
+                if (
+                    run
+                    and node_type in ("UpdateStmt", "DeleteStmt")
+                    and not fields.get("whereClause")
+                ):
+                    self.has_where = False
+            skip = ("withClause", "relation") if node_type in _DML else ("withClause",)
+        elif node_type == "IntoClause":
+            self._target(fields.get("rel"), write=run)
+            skip = ("rel",)
+        elif node_type == "CopyStmt":
+            self._target(fields.get("relation"), write=run and bool(fields.get("is_from")))
+            skip = ("relation",)
+        elif node_type == "TruncateStmt":
+            for rangevar in fields.get("relations", ()):
+                self._target(rangevar, write=run)
+            return
+        elif node_type in ("DropStmt", "CommentStmt", "SecLabelStmt"):
+            objtype = fields.get("removeType") or fields.get("objtype")
+            objects = fields.get("objects") or [fields.get("object")]
+            for obj in objects:
+                names = _strings(obj)
+                if objtype == "OBJECT_COLUMN":
+                    names = names[:-1]
+                if names and (objtype in _TABLE_OBJECTS or objtype == "OBJECT_COLUMN"):
+                    self._target(
+                        {"schemaname": names[-2] if len(names) > 1 else None, "relname": names[-1]},
+                        write=False,
+                    )
+            return
+        elif node_type == "ExplainStmt":
+            run = run and _explain_runs(fields)
+        elif node_type in ("RuleStmt", "CreateFunctionStmt"):
+            run = False
+
+        typed = _TYPED.get(node_type, _NO_TYPED)
+        for key, value in fields.items():
+            if key in skip:
+                continue
+            child_type = typed.get(key)
+            if child_type is not None and isinstance(value, Mapping):
+                yield (child_type, value, scope, run)
+            elif isinstance(value, Mapping):
+                yield _wrapped(value, scope, run)
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, Mapping):
+                        yield _wrapped(item, scope, run)
+                    elif isinstance(item, list):
+                        yield ("?", {"items": item}, scope, run)
+
+
+def _wrapped(value: Fields, scope: frozenset[str], run: bool) -> _Frame:
+    if len(value) == 1:
+        ((name, inner),) = value.items()
+        if name in _NODE_TYPES and isinstance(inner, Mapping):
+            return (name, inner, scope, run)
+    # Not a node wrapper this pglast version knows: walk it as an anonymous node.
+    return ("?", value, scope, run)

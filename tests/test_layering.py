@@ -1,0 +1,73 @@
+"""The pure core never imports the I/O machinery.
+
+``wire``, ``sql``, ``policy`` and ``masking`` compute on plain data; only the
+asyncio shell may touch sockets, TLS or an event loop. import-linter enforces
+this from ``pyproject.toml``; this test checks the same rule on its own by
+reading every module's syntax tree, so it needs nothing installed and also
+catches imports hidden inside functions. Packages not written yet are skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PURE_PACKAGES = [
+    "steward_proxy.wire",
+    "steward_proxy.sql",
+    "steward_proxy.policy",
+    "steward_proxy.masking",
+]
+FORBIDDEN = {"asyncio", "socket", "ssl", "selectors", "uvloop"}
+
+
+def forbidden_imports(source: str, filename: str) -> list[str]:
+    """``line: module`` for each import of a forbidden top-level module."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [f"{node.lineno}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    return found
+
+
+def package_dirs(name: str) -> list[Path]:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{name} does not exist yet")
+    return [Path(p) for p in spec.submodule_search_locations]
+
+
+@pytest.mark.parametrize("package", PURE_PACKAGES, ids=lambda p: f"{p} does no I/O")
+def test_pure_package_does_not_import_io_modules(package: str) -> None:
+    offenders = {}
+    for directory in package_dirs(package):
+        for path in sorted(directory.rglob("*.py")):
+            found = forbidden_imports(path.read_text(encoding="utf-8"), str(path))
+            if found:
+                offenders[str(path)] = found
+    assert offenders == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        pytest.param("import asyncio", True, id="a plain import is caught"),
+        pytest.param("import os, socket as s", True, id="an import in a list is caught"),
+        pytest.param("from ssl import SSLContext", True, id="a from-import is caught"),
+        pytest.param("import asyncio.streams", True, id="a submodule import is caught"),
+        pytest.param("def f():\n    import selectors\n", True, id="an import in a function"),
+        pytest.param("from . import socket", False, id="a relative import is not stdlib"),
+        pytest.param("import socketserver_like", False, id="a similar name is allowed"),
+        pytest.param("import struct", False, id="struct is allowed"),
+    ],
+)
+def test_scanner_recognises_forbidden_imports(source: str, caught: bool) -> None:
+    assert bool(forbidden_imports(source, "<test>")) is caught
