@@ -72,9 +72,7 @@ class LogWatch:
 
     def expect_event_logged(self, client_port: int) -> list[str]:
         def event_lines() -> list[str]:
-            return [
-                line for line in self.lines_about(client_port) if "signed in" not in line
-            ]
+            return [line for line in self.lines_about(client_port) if "signed in" not in line]
 
         lines = wait_for(event_lines, f"a log line about client port {client_port}", timeout=10)
         assert isinstance(lines, list)

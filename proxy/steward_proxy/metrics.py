@@ -1,57 +1,97 @@
 """Prometheus metrics of one proxy process, served on the admin port.
 
-Each proxy owns its registry (tests may run several in one process). Labelled
-children are looked up once and kept, because ``labels()`` takes a lock and
-the statement path calls these once per statement.
+The relay loop counts into plain integers and lists, which cost a fraction of
+``prometheus_client``'s locked counters; a collector turns them into metric
+families when ``/metrics`` is scraped. Each proxy owns its registry, so tests
+may run several in one process.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class ProxyMetrics:
-    """The proxy's counters, gauges and histograms."""
+    """The proxy's counters; read by :class:`_Collector` at scrape time."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.sessions_active = 0
+        self.sessions: Counter[str] = Counter()  # by sign-in outcome
+        self.statements: Counter[tuple[str, str]] = Counter()  # by (command, decision)
+        self.bytes_from_client = 0
+        self.bytes_from_upstream = 0
+        self.errors: Counter[str] = Counter()
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
         self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.sessions_active = Gauge(
-            "steward_sessions_active", "Client sessions currently open.", registry=r
-        )
-        self.sessions = Counter(
-            "steward_sessions", "Client sessions by outcome of sign-in.", ["outcome"], registry=r
-        )
-        self.statements = Counter(
-            "steward_statements",
-            "Statements by command tag and policy decision.",
-            ["command", "decision"],
-            registry=r,
-        )
-        self.bytes = Counter(
-            "steward_bytes", "Bytes relayed, by direction.", ["direction"], registry=r
-        )
-        self.errors = Counter("steward_errors", "Errors by kind.", ["kind"], registry=r)
-        self.latency = Histogram(
-            "steward_statement_duration_seconds",
-            "Time from a statement reaching the proxy to its completion upstream.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._statement_children: dict[tuple[str, str], Counter] = {}
-        self.bytes_from_client = self.bytes.labels("client_to_upstream")
-        self.bytes_from_upstream = self.bytes.labels("upstream_to_client")
+        self.registry.register(_Collector(self))
 
     def statement(self, command: str, decision: str, seconds: float | None) -> None:
-        key = (command, decision)
-        child = self._statement_children.get(key)
-        if child is None:
-            child = self._statement_children[key] = self.statements.labels(command, decision)
-        child.inc()
+        self.statements[(command, decision)] += 1
         if seconds is not None:
-            self.latency.observe(seconds)
+            self.latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.latency_sum += seconds
 
     def error(self, kind: str) -> None:
-        self.errors.labels(kind).inc()
+        self.errors[kind] += 1
+
+
+class _Collector:
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        yield GaugeMetricFamily(
+            "steward_sessions_active", "Client sessions currently open.", value=m.sessions_active
+        )
+        sessions = CounterMetricFamily(
+            "steward_sessions", "Client sessions by outcome of sign-in.", labels=["outcome"]
+        )
+        for outcome in ("accepted", "refused"):
+            sessions.add_metric([outcome], m.sessions[outcome])
+        yield sessions
+        statements = CounterMetricFamily(
+            "steward_statements",
+            "Statements by command tag and policy decision.",
+            labels=["command", "decision"],
+        )
+        for (command, decision), count in sorted(m.statements.items()):
+            statements.add_metric([command, decision], count)
+        yield statements
+        relayed = CounterMetricFamily(
+            "steward_bytes", "Bytes relayed, by direction.", labels=["direction"]
+        )
+        relayed.add_metric(["client_to_upstream"], m.bytes_from_client)
+        relayed.add_metric(["upstream_to_client"], m.bytes_from_upstream)
+        yield relayed
+        errors = CounterMetricFamily("steward_errors", "Errors by kind.", labels=["kind"])
+        for kind, count in sorted(m.errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        cumulative = 0
+        buckets = []
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), m.latency_buckets, strict=True):
+            cumulative += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+        yield HistogramMetricFamily(
+            "steward_statement_duration_seconds",
+            "Time from a statement reaching the proxy to its completion upstream.",
+            buckets=buckets,
+            sum_value=m.latency_sum,
+        )

@@ -296,7 +296,7 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         if session is not None:
-            self.server.metrics.bytes_from_client.inc(len(data))
+            self.server.metrics.bytes_from_client += len(data)
             try:
                 to_upstream, to_client = session.feed_client(data)
             except Exception as exc:
@@ -317,6 +317,13 @@ class ClientProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is None and not self._closing:
+            pending = self.conn.pending
+            log.info(
+                "client %s: disconnected before sign-in%s",
+                self.peer,
+                f" with {pending} bytes of an incomplete message" if pending else "",
+            )
         self._close("client disconnected")
 
     def pause_writing(self) -> None:
@@ -442,7 +449,7 @@ class ClientProtocol(asyncio.Protocol):
         log.info(
             "client %s: sign-in refused for %s: %s", self.peer, identity.subject, refusal.message
         )
-        self.server.metrics.sessions.labels("refused").inc()
+        self.server.metrics.sessions["refused"] += 1
         try:
             self.server.audit.write(
                 "session.start",
@@ -554,8 +561,8 @@ class ClientProtocol(asyncio.Protocol):
             server.audit_failure(exc)
             self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
             return
-        server.metrics.sessions.labels("accepted").inc()
-        server.metrics.sessions_active.inc()
+        server.metrics.sessions["accepted"] += 1
+        server.metrics.sessions_active += 1
         log.info("session %s: %s signed in from %s", self.session_id, identity.subject, self.peer)
         self.transport.write(b"".join(out))  # type: ignore[union-attr]
         upstream = self.upstream
@@ -577,7 +584,7 @@ class ClientProtocol(asyncio.Protocol):
         session = self.session
         if session is None or self._closing:
             return
-        self.server.metrics.bytes_from_upstream.inc(len(data))
+        self.server.metrics.bytes_from_upstream += len(data)
         try:
             out = session.feed_upstream(data)
         except Exception as exc:
@@ -650,7 +657,7 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.close()
         session = self.session
         if session is not None:
-            server.metrics.sessions_active.dec()
+            server.metrics.sessions_active -= 1
             try:
                 session.abandon(reason)
                 server.audit.write(

@@ -205,7 +205,11 @@ class Session:
         self._batch_forwarded = False
 
     def _query(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
-        query = wire.decode_frontend(frame).query
+        raw = frame.raw
+        if raw[-1] != 0:
+            wire.decode_frontend(frame)  # raises the precise protocol error
+        # A NUL inside the text reaches analyze(), which refuses it.
+        query = raw[5:-1].decode("utf-8", "surrogateescape")
         now = self.clock()
         try:
             verdict = self.judge.judge(query)
@@ -318,8 +322,8 @@ class Session:
             if kind == b"C":
                 if ops and ops[0].kind in (STATEMENT, EXECUTE):
                     op = ops.popleft()
-                    tag_rows = wire.decode_backend(frame).rows
-                    self._finish(op, op.rows if tag_rows is None else tag_rows, None)
+                    count = frame.raw[5:-1].rpartition(b" ")[2]
+                    self._finish(op, int(count) if count.isdigit() else op.rows, None)
             elif kind == b"Z":
                 self.txn_status = chr(frame.raw[5])
                 while ops:
