@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from pglast import parser
+
 from steward_proxy.sql import ShapeCache, StatementInfo, analyze, normalize
 
 STATEMENTS = {

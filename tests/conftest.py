@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from steward_proxy.localpg import LocalPostgres, free_port
 
 REPO = Path(__file__).resolve().parents[1]

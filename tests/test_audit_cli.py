@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from steward_proxy.audit import AuditWriter
 from steward_proxy.commands import audit as audit_command
 

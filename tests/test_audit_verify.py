@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from steward_proxy.audit import AuditWriter, record_hash, record_line, verify
 
 N = 8

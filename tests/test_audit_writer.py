@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from steward_proxy.audit import (
     AUDIT_FIELDS,
     ZERO_HASH,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from steward_proxy import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "policies"

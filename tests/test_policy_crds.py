@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from steward_proxy.policy import schemas
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from steward_proxy.policy import (
     Decision,
     Identity,

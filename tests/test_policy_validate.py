@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from steward_proxy.policy import (
     PolicyError,
     compile_documents,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+
 from conftest import Proxy, ProxyFactory
 
 pytestmark = pytest.mark.timeout(60)

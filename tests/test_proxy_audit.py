@@ -21,6 +21,7 @@ import asyncpg
 import pg8000.dbapi
 import psycopg
 import pytest
+
 from conftest import SSN, Proxy, ProxyFactory, run_psql
 
 pytestmark = pytest.mark.timeout(90)

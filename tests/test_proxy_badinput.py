@@ -14,6 +14,9 @@ import uuid
 
 import psycopg
 import pytest
+
+from steward_proxy.localpg import LocalPostgres
+
 from conftest import (
     ALLOW_ALL_POLICY,
     PROTOCOL_3,
@@ -31,7 +34,6 @@ from conftest import (
     upstream_backends,
     wait_for,
 )
-from steward_proxy.localpg import LocalPostgres
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,6 +18,10 @@ import asyncpg
 import pg8000.dbapi
 import psycopg
 import pytest
+from psycopg import errors as pgerr
+
+from steward_proxy.localpg import LocalPostgres
+
 from conftest import (
     BIG_ROWS,
     Proxy,
@@ -27,8 +31,6 @@ from conftest import (
     run_psql,
     wait_for,
 )
-from psycopg import errors as pgerr
-from steward_proxy.localpg import LocalPostgres
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import BIG_ROWS
+
 from steward_proxy.localpg import LocalPostgres
+
+from conftest import BIG_ROWS
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,8 +7,9 @@ import asyncio
 import asyncpg
 import psycopg
 import pytest
-from conftest import Proxy, ProxyFactory, error_fields, raw_connect, recv_messages, startup_packet
 from psycopg import errors as pgerr
+
+from conftest import Proxy, ProxyFactory, error_fields, raw_connect, recv_messages, startup_packet
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,8 +9,10 @@ import uuid
 
 import psycopg
 import pytest
-from conftest import ProxyFactory, active_upstream_queries, wait_for
+
 from steward_proxy.localpg import LocalPostgres
+
+from conftest import ProxyFactory, active_upstream_queries, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

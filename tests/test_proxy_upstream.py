@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import asyncpg
 import psycopg
 import pytest
+
+from steward_proxy.localpg import LocalPostgres, free_port
+
 from conftest import (
     MIXED_SCHEMA,
     Proxy,
@@ -20,7 +23,6 @@ from conftest import (
     recv_messages,
     startup_packet,
 )
-from steward_proxy.localpg import LocalPostgres, free_port
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast import ast
+
 from steward_proxy.sql import (
     ShapeCache,
     SQLSyntaxError,

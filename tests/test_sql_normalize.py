@@ -7,6 +7,7 @@ import contextlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from steward_proxy.sql import SQLSyntaxError, fingerprint, normalize, split_statements
 
 SSN = "123-45-6789"

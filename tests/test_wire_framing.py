@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from steward_proxy.wire import (
     CONNECTION_CLOSED,
     MAX_STARTUP_PACKET_SIZE,

@@ -21,6 +21,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from steward_proxy.wire import (
     AUTHENTICATION_MESSAGES,
     CONNECTION_CLOSED,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+
 from steward_proxy.wire import (
     AuthenticationCleartextPassword,
     AuthenticationGSS,

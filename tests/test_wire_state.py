@@ -14,6 +14,7 @@ sent, and either way the connection ends in ``ERROR``.
 from __future__ import annotations
 
 import pytest
+
 from steward_proxy.wire import (
     CONNECTION_CLOSED,
     NEED_DATA,

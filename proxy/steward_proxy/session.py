@@ -244,7 +244,8 @@ class Session:
             self._skipping = True
             return
         self._prepared[parse.name] = verdict
-        self._forward(frame, _Op(PARSE), up)
+        statement = verdict.statements[0] if verdict.statements else None
+        self._forward(frame, _Op(PARSE, statement, verdict, now), up)
 
     def _function_call(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
         call = wire.decode_frontend(frame)
@@ -356,14 +357,15 @@ class Session:
         if not ops or ops[0].kind == SYNC:
             return
         failed = ops.popleft()
-        if failed.kind in (STATEMENT, EXECUTE, FUNCTION):
-            # Only the SQLSTATE: PostgreSQL's messages may quote the values involved.
-            self._finish(failed, failed.rows or None, f"SQLSTATE {error.sqlstate}")
+        # Only the SQLSTATE: PostgreSQL's messages may quote the values involved.
+        reason = f"SQLSTATE {error.sqlstate}"
+        if failed.kind in (STATEMENT, EXECUTE, FUNCTION, PARSE):
+            self._finish(failed, failed.rows or None, reason)
         # The upstream now skips everything up to the next Sync; so do we.
         while ops and ops[0].kind != SYNC:
             skipped = ops.popleft()
             if skipped.kind in (STATEMENT, EXECUTE):
-                self._finish(skipped, None, "not executed: an earlier message failed")
+                self._finish(skipped, None, f"not executed: an earlier message failed ({reason})")
 
     # -- audit -------------------------------------------------------------------
 
