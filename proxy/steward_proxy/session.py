@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from steward_proxy import wire
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Decision, Identity, Policy, decide
-from steward_proxy.sql import SQLSyntaxError, StatementInfo, analyze
+from steward_proxy.sql import ShapeCache, SQLSyntaxError, StatementInfo, analyze, normalize
 
 SYNTAX_ERROR = "42601"
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -43,6 +43,26 @@ _COMPLETES = {
     b"n": DESCRIBE,
     b"V": FUNCTION,
 }
+
+
+def _leading_names(frame: wire.Frame) -> tuple[str, str]:
+    """The first one or two NUL-terminated names of a Bind or Execute body.
+
+    Bind and Execute arrive once per statement on the prepared-statement path;
+    the session needs only their portal and statement names, so it reads those
+    without decoding parameters. Malformed bodies are refused as the codec would.
+    """
+    raw = frame.raw
+    end = raw.find(b"\0", 5)
+    if end < 0:
+        wire.decode_frontend(frame)  # raises the precise protocol error
+    first = raw[5:end].decode("utf-8", "surrogateescape")
+    if frame.type != b"B":
+        return first, ""
+    second_end = raw.find(b"\0", end + 1)
+    if second_end < 0:
+        wire.decode_frontend(frame)
+    return first, raw[end + 1 : second_end].decode("utf-8", "surrogateescape")
 
 
 class AuditSink(Protocol):
@@ -76,17 +96,15 @@ class Judge:
 
     def __init__(self, policies: Sequence[Policy], *, maxsize: int = 4096) -> None:
         self.policies = tuple(policies)
-        self._cache: dict[tuple[StatementInfo, ...], Verdict] = {}
-        self._maxsize = maxsize
+        self._cache: ShapeCache[Verdict] = ShapeCache(maxsize)
 
     def judge(self, sql: str) -> Verdict:
-        statements = analyze(sql)
-        verdict = self._cache.get(statements)
+        shape = normalize(sql)
+        verdict = self._cache.get(shape)
         if verdict is None:
+            statements = analyze(sql)
             verdict = Verdict(statements, decide(self.policies, statements))
-            if len(self._cache) >= self._maxsize:
-                self._cache.clear()
-            self._cache[statements] = verdict
+            self._cache.put(shape, verdict)
         return verdict
 
 
@@ -159,12 +177,11 @@ class Session:
             elif kind == b"P":
                 self._parse(frame, up, down)
             elif kind == b"B":
-                bind = wire.decode_frontend(frame)
-                self._portals[bind.portal] = self._prepared.get(bind.statement)
+                portal, statement_name = _leading_names(frame)
+                self._portals[portal] = self._prepared.get(statement_name)
                 self._forward(frame, _Op(BIND), up)
             elif kind == b"E":
-                execute = wire.decode_frontend(frame)
-                verdict = self._portals.get(execute.portal)
+                verdict = self._portals.get(_leading_names(frame)[0])
                 statement = verdict.statements[0] if verdict and verdict.statements else None
                 self._forward(frame, _Op(EXECUTE, statement, verdict, self.clock()), up)
             elif kind == b"S":
@@ -370,6 +387,7 @@ class Session:
     # -- audit -------------------------------------------------------------------
 
     def who(self) -> dict[str, Any]:
+        """The audit fields that name this session's subject and place."""
         return {
             "session": self.session_id,
             "identity": self.identity.subject,

@@ -15,10 +15,12 @@ serialization of the record it parses to.
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 __all__ = [
     "AUDIT_FIELDS",
@@ -70,18 +72,21 @@ RECORD_TYPES: frozenset[str] = frozenset(
 
 ZERO_HASH = "0" * 64
 
-# Built once: json.dumps() with options constructs a new encoder on every call.
-CANONICAL_ENCODER = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
-LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+def _check_finite(record: Mapping[str, Any]) -> None:
+    for value in record.values():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"audit records cannot hold {value!r}")
 
 
+# orjson writes exactly what the format asks for (compact, UTF-8, non-ASCII
+# unescaped) at a fraction of the json module's cost; this runs per statement.
 def canonical_json(record: Mapping[str, Any]) -> bytes:
     """Canonical JSON of ``record`` without its ``hash`` key: sorted keys, no spaces, UTF-8."""
     if "hash" in record:
         record = {key: value for key, value in record.items() if key != "hash"}
-    return CANONICAL_ENCODER.encode(record).encode("utf-8")
+    _check_finite(record)
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -91,7 +96,8 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 def record_line(record: Mapping[str, Any]) -> bytes:
     """The line stored for ``record``: its keys in their order, compact, UTF-8, ``\\n``-ended."""
-    return (LINE_ENCODER.encode(record) + "\n").encode("utf-8")
+    _check_finite(record)
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def format_time(moment: datetime) -> str:

@@ -43,11 +43,11 @@ from typing import Any, Literal
 
 from steward_proxy.audit.record import (
     AUDIT_FIELDS,
-    CANONICAL_ENCODER,
-    LINE_ENCODER,
     ZERO_HASH,
+    canonical_json,
     format_time,
     record_hash,
+    record_line,
 )
 
 try:
@@ -294,9 +294,9 @@ class AuditWriter:
         if record["masked"] is None:
             record["masked"] = []
         record["prev"] = self._prev
-        digest = hashlib.sha256(CANONICAL_ENCODER.encode(record).encode("utf-8")).hexdigest()
+        digest = hashlib.sha256(canonical_json(record)).hexdigest()
         record["hash"] = digest
-        line = (LINE_ENCODER.encode(record) + "\n").encode("utf-8")
+        line = record_line(record)
         if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
             self._rotate()
         self._append(line)

@@ -156,7 +156,20 @@ def _stop(proxy: subprocess.Popen[bytes]) -> int:
     return proxy.wait()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run the tour; SIGTERM is treated like Ctrl-C (clean up, exit 130)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     examples = find_examples(args.examples)
     print("Steward demo: starting a throwaway PostgreSQL ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="steward-demo-") as tmp, LocalPostgres() as pg:
