@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Go may be installed outside PATH (the official tarball lives in /usr/local/go).
+export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: all demo test unit e2e bench lint controlplane system-deps clean
 
