@@ -3,8 +3,11 @@
 Starts a throwaway PostgreSQL (fsync off), initialises pgbench tables, starts the
 proxy in front of it (allow-all policy for the ``pgbench`` user, audit log on),
 then runs the same select-only pgbench workload directly and through the proxy
-for each query mode and prints TPS and the proxied/direct ratio. Nothing is
-asserted: numbers depend on the machine. Usage::
+for each query mode and prints TPS and the proxied/direct ratio. A pure
+byte-forwarding relay (``bench/forwarder.py``, same asyncio shell, no
+governance) runs in the same pass as a second baseline, so the cost of
+governance shows apart from the cost of any Python hop. Nothing is asserted:
+numbers depend on the machine. Usage::
 
     .venv/bin/python bench/pgbench_proxy.py [--seconds 15] [--clients 8] [--jobs 2]
 """
@@ -96,8 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         log_path = workdir / "proxy.log"
         with log_path.open("wb") as log:
             proxy = subprocess.Popen(proxy_argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        relay_port = free_port()
+        relay = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("forwarder.py")), str(relay_port),
+             str(pg.port)]
+        )  # fmt: skip
         try:
             wait_for_port("127.0.0.1", port, process=proxy)
+            wait_for_port("127.0.0.1", relay_port, process=relay)
             run = ["-S", "-n", "-c", str(args.clients), "-j", str(args.jobs)]
             run += ["-T", str(args.seconds)]
             rows = []
@@ -109,13 +118,21 @@ def main(argv: list[str] | None = None) -> int:
                         pg, mode_args, port=pg.port, user=user, password=pg.passwords[user]
                     ).stdout
                 )
+                print(f"pgbench -M {mode}: through the byte-forwarding relay ...", flush=True)
+                relayed = tps(
+                    pgbench(
+                        pg, mode_args, port=relay_port, user=user, password=pg.passwords[user]
+                    ).stdout
+                )
                 print(f"pgbench -M {mode}: through steward proxy ...", flush=True)
                 proxied = tps(pgbench(pg, mode_args, port=port, user="pgbench", password="").stdout)
-                rows.append((mode, direct, proxied))
+                rows.append((mode, direct, relayed, proxied))
         except BaseException:
             print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
             raise
         finally:
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(timeout=30)
             if proxy.poll() is None:
                 proxy.send_signal(signal.SIGTERM)
                 try:
@@ -131,9 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         f"pgbench -S, {args.clients} clients, {args.jobs} threads, {args.seconds}s per run, "
         f"scale {args.scale}; proxy exit code {proxy.returncode}, {audit_lines} audit records"
     )
-    print(f"{'mode':<10} {'direct TPS':>12} {'proxied TPS':>12} {'proxy/direct':>13}")
-    for mode, direct, proxied in rows:
-        print(f"{mode:<10} {direct:>12.0f} {proxied:>12.0f} {proxied / direct:>13.2f}")
+    print(
+        f"{'mode':<10} {'direct TPS':>11} {'relay TPS':>10} {'proxy TPS':>10} "
+        f"{'relay/direct':>13} {'proxy/direct':>13} {'proxy/relay':>12}"
+    )
+    for mode, direct, relayed, proxied in rows:
+        print(
+            f"{mode:<10} {direct:>11.0f} {relayed:>10.0f} {proxied:>10.0f} "
+            f"{relayed / direct:>13.2f} {proxied / direct:>13.2f} {proxied / relayed:>12.2f}"
+        )
     return 0
 
 

@@ -9,7 +9,8 @@ how it ended.
 To tie upstream responses to the statements that caused them, the session
 keeps a queue of *pending operations* in the order the upstream will answer
 them (one per Parse, Bind, Describe, Execute, Close, FunctionCall, per
-statement of a simple Query, and one per Sync or end of Query). Refusals are
+statement of a simple Query, and one per Sync or end of Query or
+FunctionCall). Refusals are
 *synthetic* operations in the same queue: the session writes their bytes
 itself when they reach the head, so a refusal never overtakes the answers to
 earlier pipelined messages. After an error the upstream skips to the next
@@ -63,6 +64,30 @@ def _leading_names(frame: wire.Frame) -> tuple[str, str]:
     if second_end < 0:
         wire.decode_frontend(frame)
     return first, raw[end + 1 : second_end].decode("utf-8", "surrogateescape")
+
+
+def _decide_function_call(policies: Sequence[Policy], statement: StatementInfo) -> Decision:
+    """The decision on a FunctionCall message, which names its function only by OID.
+
+    A guardrail that restricts functions by name cannot tell whether the OID is
+    one of them (``pg_read_file`` is as callable this way as from SQL), so it
+    counts as matched: fail closed.
+    """
+    decision = decide(policies, (statement,))
+    if decision.action in ("deny", "review"):
+        return decision
+    for policy in policies:
+        for guardrail in policy.guardrails:
+            if guardrail.functions and guardrail.action in ("deny", "review"):
+                return Decision(
+                    "deny",
+                    policy.key,
+                    guardrail.name,
+                    f"statement denied by policy {policy.key} rule {guardrail.name}: "
+                    "a FunctionCall message names its function only by OID, "
+                    "so it cannot be checked against the rule's functions",
+                )
+    return decision
 
 
 class AuditSink(Protocol):
@@ -162,7 +187,7 @@ class Session:
         reader.feed(data)
         up: list[bytes] = []
         down: list[bytes] = []
-        while (frame := reader.next_frame()) is not None:
+        for frame in reader.read_frames():
             kind = frame.type
             if self._skipping:
                 if kind == b"S":
@@ -170,6 +195,10 @@ class Session:
                     self._sync(frame, up, down)
                 elif kind == b"X":
                     self.terminated = True
+                    up.append(frame.raw)
+                elif kind == b"H" and self._ops:
+                    # Answers to messages forwarded before the refusal may still sit
+                    # in the upstream's buffer; the client's Flush must reach it.
                     up.append(frame.raw)
                 continue
             if kind == b"Q":
@@ -275,13 +304,16 @@ class Session:
             has_where=True,
             writes=(),
         )
-        verdict = Verdict((statement,), decide(self.judge.policies, (statement,)))
+        verdict = Verdict((statement,), _decide_function_call(self.judge.policies, statement))
         now = self.clock()
+        # Like a simple Query, a FunctionCall is answered up to its own ReadyForQuery.
         if verdict.decision.action in ("deny", "review"):
             self._refuse(verdict, now, down)
-            self._skipping = True
+            self._synthetic(None, down)
             return
-        self._forward(frame, _Op(FUNCTION, statement, verdict, now), up)
+        up.append(frame.raw)
+        self._ops.append(_Op(FUNCTION, statement, verdict, now))
+        self._ops.append(_Op(SYNC))
 
     # -- refusals --------------------------------------------------------------
 
@@ -297,11 +329,15 @@ class Session:
 
     def _refuse_unparseable(self, exc: SQLSyntaxError, now: float, down: list[bytes]) -> None:
         message = f"statement refused: it does not parse: {exc.message}"
+        # The parser quotes the text near the error, which may be a literal value:
+        # the audit record keeps only the kind of error and its position.
+        where = f" at character {exc.cursor_position}" if exc.cursor_position else ""
         self.audit.write(
             "statement",
             **self.who(),
             decision="deny",
-            error=message,
+            error=f"statement refused: it does not parse: "
+            f"{exc.message.partition(' at or near ')[0]}{where}",
             duration_ms=0.0,
         )
         self.metrics.statement("UNKNOWN", "deny", None)
@@ -330,7 +366,7 @@ class Session:
         ops = self._ops
         out: list[bytes] = []
         append = out.append
-        while (frame := reader.next_frame()) is not None:
+        for frame in reader.read_frames():
             kind = frame.type
             if kind == b"D":
                 if ops:

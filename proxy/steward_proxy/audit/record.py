@@ -28,6 +28,7 @@ __all__ = [
     "RECORD_TYPES",
     "ZERO_HASH",
     "canonical_json",
+    "check_finite",
     "format_time",
     "record_hash",
     "record_line",
@@ -73,7 +74,8 @@ RECORD_TYPES: frozenset[str] = frozenset(
 ZERO_HASH = "0" * 64
 
 
-def _check_finite(record: Mapping[str, Any]) -> None:
+def check_finite(record: Mapping[str, Any]) -> None:
+    """Refuse NaN and infinities, which JSON cannot hold."""
     for value in record.values():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"audit records cannot hold {value!r}")
@@ -85,7 +87,7 @@ def canonical_json(record: Mapping[str, Any]) -> bytes:
     """Canonical JSON of ``record`` without its ``hash`` key: sorted keys, no spaces, UTF-8."""
     if "hash" in record:
         record = {key: value for key, value in record.items() if key != "hash"}
-    _check_finite(record)
+    check_finite(record)
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
@@ -96,7 +98,7 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 def record_line(record: Mapping[str, Any]) -> bytes:
     """The line stored for ``record``: its keys in their order, compact, UTF-8, ``\\n``-ended."""
-    _check_finite(record)
+    check_finite(record)
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 

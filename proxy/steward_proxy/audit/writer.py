@@ -41,13 +41,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
 from steward_proxy.audit.record import (
     AUDIT_FIELDS,
     ZERO_HASH,
-    canonical_json,
+    check_finite,
     format_time,
     record_hash,
-    record_line,
 )
 
 try:
@@ -294,9 +295,10 @@ class AuditWriter:
         if record["masked"] is None:
             record["masked"] = []
         record["prev"] = self._prev
-        digest = hashlib.sha256(canonical_json(record)).hexdigest()
+        check_finite(fields)
+        digest = hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
         record["hash"] = digest
-        line = record_line(record)
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
             self._rotate()
         self._append(line)
