@@ -3,8 +3,6 @@ proxy to PostgreSQL (``sslmode`` in the upstream URL)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import shutil
 import tempfile
@@ -13,47 +11,22 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from steward_operator.certs import CertificateAuthority
 from steward_proxy.localpg import LocalPostgres
 
 from conftest import ALLOW_ALL_POLICY, ProxyFactory
 
 
 def write_self_signed(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+    """A server certificate for 127.0.0.1 and localhost from a throwaway CA, and its key."""
+    cert, key = CertificateAuthority.create().issue_server_cert(
+        "localhost", ["localhost"], ["127.0.0.1"]
     )
     cert_path = directory / "server.crt"
     key_path = directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(key)
     key_path.chmod(0o600)
     return cert_path, key_path
 

@@ -101,9 +101,7 @@ def errors(data: bytes) -> list[wire.ErrorResponse]:
 def rows_reply(tag: str, *rows: tuple[bytes | None, ...], status: str = "I") -> bytes:
     """What PostgreSQL answers to a simple Query returning ``rows``."""
     width = len(rows[0]) if rows else 1
-    description = wire.RowDescription(
-        tuple(wire.FieldDescription(f"c{i}") for i in range(width))
-    )
+    description = wire.RowDescription(tuple(wire.FieldDescription(f"c{i}") for i in range(width)))
     return enc(
         description,
         *(wire.DataRow(r) for r in rows),
@@ -510,9 +508,7 @@ def test_statements_after_an_upstream_error_in_a_query_are_recorded_as_not_execu
     "sql",
     [
         pytest.param("SELEC 1", id="a misspelt keyword is refused at position 1"),
-        pytest.param(
-            f"SELECT '{SSN}' FROM WHERE", id="a missing table name is refused at WHERE"
-        ),
+        pytest.param(f"SELECT '{SSN}' FROM WHERE", id="a missing table name is refused at WHERE"),
         pytest.param(f"SELECT '{SSN}", id="an unterminated literal is refused"),
     ],
 )
@@ -743,9 +739,7 @@ def test_audit_never_contains_literal_values(client: bytes) -> None:
     to_upstream, _ = session.feed_client(client)
     if to_upstream:
         reply = (
-            enc(wire.ParseComplete(), wire.BindComplete())
-            if to_upstream.startswith(b"P")
-            else b""
+            enc(wire.ParseComplete(), wire.BindComplete()) if to_upstream.startswith(b"P") else b""
         )
         reply += enc(
             wire.DataRow((SSN.encode(),)),
@@ -766,9 +760,7 @@ def test_audit_never_contains_literal_values(client: bytes) -> None:
     "before",
     [
         pytest.param(b"", id="Terminate on an idle session"),
-        pytest.param(
-            execute_batch(DENIED), id="Terminate while skipping to Sync after a refusal"
-        ),
+        pytest.param(execute_batch(DENIED), id="Terminate while skipping to Sync after a refusal"),
     ],
 )
 def test_terminate_is_forwarded_and_sets_terminated(before: bytes) -> None:

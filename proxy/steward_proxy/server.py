@@ -280,6 +280,7 @@ class ClientProtocol(asyncio.Protocol):
         self.peer = "?"
         self.session_id = uuid.uuid4().hex[:16]
         self.cancel_key: tuple[int, int] | None = None
+        self.admitted = False  # passed the connection limit; counts against it until closed
         self._login: asyncio.Task[None] | None = None
         self._draining = False
         self._closing = False
@@ -420,9 +421,11 @@ class ClientProtocol(asyncio.Protocol):
                 raise Refusal(
                     FEATURE_NOT_SUPPORTED, "replication connections are not allowed through Steward"
                 )
-            live = sum(1 for c in server.clients if c.session is not None)
+            # Sessions still signing in count too, or simultaneous sign-ins all pass.
+            live = sum(1 for c in server.clients if c.admitted)
             if live >= settings.max_connections:
                 raise Refusal(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+            self.admitted = True
             database = startup.database or ""
             if database != settings.upstream.database:
                 raise Refusal(

@@ -59,33 +59,24 @@ class BodyReader:
     def _fail(self, problem: str) -> RemoteProtocolError:
         return RemoteProtocolError(f"malformed {self._what} message: {problem}")
 
-    def int16(self) -> int:
-        if self._pos + 2 > len(self._data):
-            raise self._fail("truncated int16")
-        (value,) = _I16.unpack_from(self._data, self._pos)
-        self._pos += 2
+    def _number(self, fmt: struct.Struct, what: str) -> int:
+        if self._pos + fmt.size > len(self._data):
+            raise self._fail(f"truncated {what}")
+        (value,) = fmt.unpack_from(self._data, self._pos)
+        self._pos += fmt.size
         return value
+
+    def int16(self) -> int:
+        return self._number(_I16, "int16")
 
     def uint16(self) -> int:
-        if self._pos + 2 > len(self._data):
-            raise self._fail("truncated int16")
-        (value,) = _H.unpack_from(self._data, self._pos)
-        self._pos += 2
-        return value
+        return self._number(_H, "uint16")
 
     def int32(self) -> int:
-        if self._pos + 4 > len(self._data):
-            raise self._fail("truncated int32")
-        (value,) = _I32.unpack_from(self._data, self._pos)
-        self._pos += 4
-        return value
+        return self._number(_I32, "int32")
 
     def uint32(self) -> int:
-        if self._pos + 4 > len(self._data):
-            raise self._fail("truncated int32")
-        (value,) = _U32.unpack_from(self._data, self._pos)
-        self._pos += 4
-        return value
+        return self._number(_U32, "uint32")
 
     def byte(self) -> str:
         if self._pos >= len(self._data):
