@@ -94,7 +94,7 @@ def test_psycopg_pipeline_with_a_denied_statement(guarded: Proxy) -> None:
             assert counted.fetchone() == (2,)
 
             updated = conn.execute(f"UPDATE {table} SET v = %s WHERE id = %s", ("z", 1))
-            denied = conn.execute(f"DELETE FROM {table} WHERE id = %s", (2,))
+            conn.execute(f"DELETE FROM {table} WHERE id = %s", (2,))
             after = conn.execute("SELECT 42")
             with pytest.raises(pgerr.InsufficientPrivilege) as info:
                 pipeline.sync()
@@ -105,7 +105,6 @@ def test_psycopg_pipeline_with_a_denied_statement(guarded: Proxy) -> None:
             # As from PostgreSQL itself: nothing after the error in that batch ran.
             with pytest.raises(psycopg.Error):
                 after.fetchone()
-            del denied
 
             again = conn.execute(f"SELECT id FROM {table} ORDER BY id")
             pipeline.sync()

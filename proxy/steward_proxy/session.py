@@ -9,11 +9,10 @@ how it ended.
 To tie upstream responses to the statements that caused them, the session
 keeps a queue of *pending operations* in the order the upstream will answer
 them (one per Parse, Bind, Describe, Execute, Close, FunctionCall, per
-statement of a simple Query, and one per Sync or end of Query or
-FunctionCall). Refusals are
-*synthetic* operations in the same queue: the session writes their bytes
-itself when they reach the head, so a refusal never overtakes the answers to
-earlier pipelined messages. After an error the upstream skips to the next
+statement of a simple Query, and one per Sync or end of Query or FunctionCall).
+Refusals are *synthetic* operations in the same queue: the session writes their
+bytes itself when they reach the head, so a refusal never overtakes the answers
+to earlier pipelined messages. After an error the upstream skips to the next
 Sync; the queue does the same.
 
 The pass-through path for result rows only reads each message's type byte.
