@@ -1,11 +1,11 @@
-"""The asyncio shell: listener, sign-in, byte relay, cancel, shutdown.
+"""The asyncio shell: listener, lifecycle and what all sessions share.
 
-This is the only module that owns sockets. Each client connection gets a
-:class:`ClientProtocol`; after sign-in it is paired with an
-:class:`UpstreamProtocol` and every received chunk goes through the pure
-:class:`~steward_proxy.session.Session`, whose output is written out as is.
-Protocols (not streams) keep the relay free of task switches; each side
-pauses the other's reading when its write buffer fills (back-pressure).
+This module and its neighbours :mod:`.client` and :mod:`.upstream` are the only
+places with sockets. :class:`ProxyServer` accepts connections (one
+:class:`~steward_proxy.client.ClientProtocol` each), keeps the cancel keys and
+the per-identity judges, reaps idle sessions and drains on SIGTERM. Protocols,
+not streams, keep the relay free of task switches; each side pauses the
+other's reading when its write buffer fills.
 """
 
 from __future__ import annotations
@@ -13,38 +13,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import signal
 import ssl
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from steward_proxy import wire
-from steward_proxy.audit import AuditWriteError
+from steward_proxy.client import (
+    ADMIN_SHUTDOWN,
+    IDLE_SESSION_TIMEOUT,
+    INVALID_AUTHORIZATION,
+    IO_ERROR,
+    ClientProtocol,
+    Refusal,
+)
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, PolicySet
-from steward_proxy.session import AuditSink, Judge, Session
-from steward_proxy.upstream import Authenticator, UpstreamAuthError, UpstreamTarget
+from steward_proxy.session import AuditSink, Judge
+from steward_proxy.upstream import UpstreamTarget
 
 log = logging.getLogger("steward.proxy")
-
-# SQLSTATEs used when refusing a connection.
-INVALID_AUTHORIZATION = "28000"
-INVALID_CATALOG_NAME = "3D000"
-CONNECTION_REJECTED = "08004"
-CONNECTION_FAILURE = "08006"
-CANNOT_CONNECT = "08001"
-TOO_MANY_CONNECTIONS = "53300"
-ADMIN_SHUTDOWN = "57P01"
-IDLE_SESSION_TIMEOUT = "57P05"
-FEATURE_NOT_SUPPORTED = "0A000"
-INTERNAL_ERROR = "XX000"
-
-# Startup parameters the proxy decides itself rather than passing upstream.
-_NOT_FORWARDED = {"user", "database", "replication"}
 
 
 @dataclass
@@ -67,19 +57,6 @@ class ProxySettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Refusal(Exception):
-    """Sign-in is refused with this SQLSTATE and message."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
-
-
-def _fatal(sqlstate: str, message: str) -> bytes:
-    return wire.encode(wire.ErrorResponse.build(sqlstate, message, severity="FATAL"))
 
 
 class ProxyServer:
@@ -190,6 +167,7 @@ class ProxyServer:
             if not policies:
                 raise Refusal(
                     INVALID_AUTHORIZATION,
+    IO_ERROR,
                     f"no Steward policy covers subject {identity.subject}: access refused",
                 )
             judge = self.judges[identity] = Judge(policies)
@@ -201,477 +179,14 @@ class ProxyServer:
         return Identity(f"user:{startup.user}", ())
 
     def audit_failure(self, exc: Exception) -> None:
-        if not self.audit_failed:
-            log.error("audit trail cannot be written, refusing all statements: %s", exc)
+        """Fail closed: with no audit trail, no session may go on and none may start."""
+        if self.audit_failed:
+            return
+        log.error("audit trail cannot be written; ending all sessions: %s", exc)
         self.audit_failed = True
         self.metrics.error("audit")
-
-
-class UpstreamProtocol(asyncio.Protocol):
-    """The proxy's connection to PostgreSQL for one client."""
-
-    def __init__(self, client: ClientProtocol) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.conn = wire.ClientConnection(max_message_size=client.server.settings.max_message_size)
-        self.events: asyncio.Queue[wire.Message | None] = asyncio.Queue()
-        self.relaying = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self.relaying:
-            self.client.from_upstream(data)
-            return
-        self.conn.receive_data(data)
-        if self.conn.state is wire.State.READY:
-            return  # held for the session, which takes it over
-        try:
-            while True:
-                event = self.conn.next_event()
-                if event is wire.NEED_DATA:
-                    return
-                if event is wire.CONNECTION_CLOSED:
-                    self.events.put_nowait(None)
-                    return
-                self.events.put_nowait(event)  # type: ignore[arg-type]
-                if self.conn.state is wire.State.READY or isinstance(event, wire.SSLResponse):
-                    return
-        except wire.ProtocolError as exc:
-            self.events.put_nowait(None)
-            log.warning("upstream protocol error during sign-in: %s", exc.message)
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.relaying:
-            self.client.upstream_lost(exc)
-        else:
-            self.events.put_nowait(None)
-
-    def pause_writing(self) -> None:
-        self.client.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.client.resume_reading()
-
-    async def next_event(self, timeout: float) -> wire.Message:
-        event = await asyncio.wait_for(self.events.get(), timeout)
-        if event is None:
-            raise Refusal(CANNOT_CONNECT, "upstream closed the connection during sign-in")
-        return event
-
-    def send(self, message: wire.Message) -> None:
-        assert self.transport is not None
-        self.transport.write(self.conn.send(message))
-
-
-class ClientProtocol(asyncio.Protocol):
-    """One client connection, from the startup packet to the last byte."""
-
-    def __init__(self, server: ProxyServer) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.conn = wire.ServerConnection(max_message_size=server.settings.max_message_size)
-        self.session: Session | None = None
-        self.upstream: UpstreamProtocol | None = None
-        self.peer = "?"
-        self.session_id = uuid.uuid4().hex[:16]
-        self.cancel_key: tuple[int, int] | None = None
-        self.admitted = False  # passed the connection limit; counts against it until closed
-        self._login: asyncio.Task[None] | None = None
-        self._draining = False
-        self._closing = False
-        self._paused = False
-
-    # -- asyncio callbacks ---------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
-        self.server.clients.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        session = self.session
-        if session is not None:
-            self.server.metrics.bytes_from_client += len(data)
-            try:
-                to_upstream, to_client = session.feed_client(data)
-            except Exception as exc:
-                self._relay_failed(exc, "client")
-                return
-            if to_upstream:
-                self.upstream.transport.write(to_upstream)  # type: ignore[union-attr]
-            if to_client:
-                self.transport.write(to_client)  # type: ignore[union-attr]
-            return
-        if self._login is not None:
-            self.conn.receive_data(data)  # held until sign-in completes
-            return
-        self.conn.receive_data(data)
-        self._startup_events()
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is None and not self._closing:
-            pending = self.conn.pending
-            log.info(
-                "client %s: disconnected before sign-in%s",
-                self.peer,
-                f" with {pending} bytes of an incomplete message" if pending else "",
-            )
-        self._close("client disconnected")
-
-    def pause_writing(self) -> None:
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.resume_reading()
-
-    def pause_reading(self) -> None:
-        if self.transport and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport and self._paused:
-            self._paused = False
-            self.transport.resume_reading()
-
-    # -- startup phase -------------------------------------------------------------
-
-    def _startup_events(self) -> None:
-        try:
-            while True:
-                event = self.conn.next_event()
-                if event is wire.NEED_DATA or event is wire.CONNECTION_CLOSED:
-                    return
-                if isinstance(event, wire.SSLRequest | wire.GSSENCRequest):
-                    accept = isinstance(event, wire.SSLRequest) and self.server._tls is not None
-                    self.transport.write(self.conn.send(wire.SSLResponse(accept)))  # type: ignore[union-attr]
-                    if accept:
-                        self._login = asyncio.ensure_future(self._start_tls())
-                        return
-                elif isinstance(event, wire.CancelRequest):
-                    self.server.spawn(self._cancel(event))
-                    self.transport.close()  # type: ignore[union-attr]
-                    return
-                elif isinstance(event, wire.StartupMessage):
-                    self._login = asyncio.ensure_future(self._sign_in(event))
-                    return
-        except wire.ProtocolError as exc:
-            log.warning("client %s: protocol error before sign-in: %s", self.peer, exc.message)
-            self.server.metrics.error("protocol")
-            self._abort(exc.sqlstate, exc.message)
-
-    async def _start_tls(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self.transport = await loop.start_tls(  # type: ignore[assignment]
-                self.transport,  # type: ignore[arg-type]
-                self,
-                self.server._tls,  # type: ignore[arg-type]
-                server_side=True,
-            )
-        except (OSError, ssl.SSLError, ConnectionError) as exc:
-            log.warning("client %s: TLS handshake failed: %s", self.peer, exc)
-            self._close("TLS handshake failed")
-            return
-        self._login = None
-        self._startup_events()
-
-    async def _cancel(self, request: wire.CancelRequest) -> None:
-        target = self.server.cancel_keys.get((request.process_id, request.secret_key))
-        if target is None or target.upstream_key is None:
-            log.info("client %s: cancel request for an unknown session ignored", self.peer)
-            return
-        upstream = self.server.settings.upstream
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(upstream.host, upstream.port),
-                self.server.settings.connect_timeout,
-            )
-            pid, key = target.upstream_key
-            writer.write(wire.encode(wire.CancelRequest(pid, key)))
-            await writer.drain()
-            writer.close()
-            log.info("session %s: cancel request relayed upstream", target.session_id)
-        except (OSError, TimeoutError) as exc:
-            log.warning("cancel request could not reach the upstream: %s", exc)
-
-    upstream_key: tuple[int, int] | None = None
-
-    async def _sign_in(self, startup: wire.StartupMessage) -> None:
-        server = self.server
-        settings = server.settings
-        identity = server.identity_for(startup)
-        try:
-            if server.draining:
-                raise Refusal(ADMIN_SHUTDOWN, "the proxy is shutting down")
-            if server.audit_failed:
-                raise Refusal(CONNECTION_REJECTED, "the audit trail cannot be written")
-            if "replication" in startup.parameters:
-                raise Refusal(
-                    FEATURE_NOT_SUPPORTED, "replication connections are not allowed through Steward"
-                )
-            # Sessions still signing in count too, or simultaneous sign-ins all pass.
-            live = sum(1 for c in server.clients if c.admitted)
-            if live >= settings.max_connections:
-                raise Refusal(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
-            self.admitted = True
-            database = startup.database or ""
-            if database != settings.upstream.database:
-                raise Refusal(
-                    INVALID_CATALOG_NAME,
-                    f'database "{database}" is not served by this proxy '
-                    f'(it serves "{settings.upstream.database}")',
-                )
-            judge = server.judge_for(identity)
-            await self._connect_upstream(startup)
-        except Refusal as refusal:
-            self._refuse_sign_in(identity, startup, refusal)
-            return
-        except Exception as exc:
-            log.error("session %s: sign-in failed: %s", self.session_id, exc)
-            self._refuse_sign_in(identity, startup, Refusal(INTERNAL_ERROR, "sign-in failed"))
-            return
-        if self._closing:
-            return
-        self._ready(identity, startup, judge)
-
-    def _refuse_sign_in(
-        self, identity: Identity, startup: wire.StartupMessage, refusal: Refusal
-    ) -> None:
-        log.info(
-            "client %s: sign-in refused for %s: %s", self.peer, identity.subject, refusal.message
-        )
-        self.server.metrics.sessions["refused"] += 1
-        try:
-            self.server.audit.write(
-                "session.start",
-                session=self.session_id,
-                identity=identity.subject,
-                groups=list(identity.groups),
-                database=startup.database,
-                client=self.peer,
-                decision="deny",
-                error=f"{refusal.sqlstate}: {refusal.message}",
-            )
-        except AuditWriteError as exc:
-            self.server.audit_failure(exc)
-        self._abort(refusal.sqlstate, refusal.message)
-
-    async def _connect_upstream(self, startup: wire.StartupMessage) -> None:
-        settings = self.server.settings
-        target = settings.upstream
-        loop = asyncio.get_running_loop()
-        upstream = UpstreamProtocol(self)
-        try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: upstream, target.host, target.port),
-                settings.connect_timeout,
-            )
-        except (OSError, TimeoutError) as exc:
-            self.server.metrics.error("upstream_connect")
-            raise Refusal(
-                CANNOT_CONNECT,
-                f"could not connect to upstream {target.host}:{target.port}: "
-                f"{getattr(exc, 'strerror', None) or exc or 'timed out'}",
-            ) from None
-        self.upstream = upstream
-        timeout = settings.connect_timeout
-        context = target.ssl_context()
-        if context is not None:
-            upstream.send(wire.SSLRequest())
-            answer = await upstream.next_event(timeout)
-            if isinstance(answer, wire.SSLResponse) and answer.accepted:
-                upstream.transport = await loop.start_tls(  # type: ignore[assignment]
-                    upstream.transport,  # type: ignore[arg-type]
-                    upstream,
-                    context,
-                    server_hostname=target.host if target.sslmode == "verify-full" else None,
-                )
-            elif target.sslmode in ("require", "verify-ca", "verify-full"):
-                raise Refusal(CANNOT_CONNECT, "upstream does not support TLS (sslmode requires it)")
-        params = {"user": target.user, "database": target.database}
-        params.update(
-            (k, v)
-            for k, v in startup.parameters.items()
-            if k not in _NOT_FORWARDED and not k.startswith("_pq_.")
-        )
-        upstream.send(wire.StartupMessage(params))
-        auth = Authenticator(target)
-        self._upstream_params: list[wire.Message] = []
-        while True:
-            event = await upstream.next_event(timeout)
-            if isinstance(event, wire.ErrorResponse):
-                raise Refusal(
-                    CONNECTION_REJECTED, f"upstream refused the proxy's sign-in: {event.message}"
-                )
-            if isinstance(event, wire.ReadyForQuery):
-                return
-            if isinstance(event, wire.BackendKeyData):
-                self.upstream_key = (event.process_id, event.secret_key)
-            elif isinstance(event, wire.ParameterStatus | wire.NoticeResponse):
-                self._upstream_params.append(event)
-            elif isinstance(event, wire.NegotiateProtocolVersion):
-                continue
-            else:
-                try:
-                    reply = auth.answer(event)
-                except UpstreamAuthError as exc:
-                    raise Refusal(CONNECTION_REJECTED, f"upstream sign-in failed: {exc}") from None
-                if reply is not None:
-                    upstream.send(reply)
-
-    def _ready(self, identity: Identity, startup: wire.StartupMessage, judge: Judge) -> None:
-        server = self.server
-        out = []
-        minor = startup.protocol_version & 0xFFFF
-        unknown = tuple(k for k in startup.parameters if k.startswith("_pq_."))
-        if minor > 0 or unknown:
-            out.append(self.conn.send(wire.NegotiateProtocolVersion(0, unknown)))
-        out.append(self.conn.send(wire.AuthenticationOk()))
-        for message in self._upstream_params:
-            out.append(self.conn.send(message))
-        key = (secrets.randbits(31), secrets.randbits(31))
-        while key in server.cancel_keys:
-            key = (secrets.randbits(31), secrets.randbits(31))
-        self.cancel_key = key
-        server.cancel_keys[key] = self
-        out.append(self.conn.send(wire.BackendKeyData(*key)))
-        out.append(self.conn.send(wire.ReadyForQuery("I")))
-        self.session = Session(
-            session_id=self.session_id,
-            identity=identity,
-            database=server.settings.upstream.database,
-            client=self.peer,
-            judge=judge,
-            audit=server.audit,
-            metrics=server.metrics,
-            max_message_size=server.settings.max_message_size,
-        )
-        try:
-            server.audit.write("session.start", **self.session.who(), decision="allow")
-        except AuditWriteError as exc:
-            server.audit_failure(exc)
-            self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
-            return
-        server.metrics.sessions["accepted"] += 1
-        server.metrics.sessions_active += 1
-        log.info("session %s: %s signed in from %s", self.session_id, identity.subject, self.peer)
-        self.transport.write(b"".join(out))  # type: ignore[union-attr]
-        upstream = self.upstream
-        assert upstream is not None
-        upstream.relaying = True
-        left_over_up = upstream.conn.take_pending()
-        left_over_client = self.conn.take_pending()
-        self._login = None
-        if left_over_up:
-            self.from_upstream(left_over_up)
-        if left_over_client:
-            self.data_received(left_over_client)
-        if self._draining:
-            self.drain()
-
-    # -- relay -----------------------------------------------------------------------
-
-    def from_upstream(self, data: bytes) -> None:
-        session = self.session
-        if session is None or self._closing:
-            return
-        self.server.metrics.bytes_from_upstream += len(data)
-        try:
-            out = session.feed_upstream(data)
-        except Exception as exc:
-            self._relay_failed(exc, "upstream")
-            return
-        if out:
-            self.transport.write(out)  # type: ignore[union-attr]
-        if self._draining and not session._ops:
-            self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
-
-    def upstream_lost(self, exc: Exception | None) -> None:
-        if self._closing:
-            return
-        if self.session is not None and self.session.terminated:
-            self._close("client disconnected")
-            return
-        log.warning("session %s: upstream connection lost", self.session_id)
-        self.server.metrics.error("upstream_lost")
-        self.terminate(CONNECTION_FAILURE, "upstream connection lost", reason="upstream lost")
-
-    def _relay_failed(self, exc: Exception, side: str) -> None:
-        if isinstance(exc, wire.ProtocolError):
-            log.warning(
-                "session %s: protocol error from %s: %s", self.session_id, side, exc.message
-            )
-            self.server.metrics.error("protocol")
-            self.terminate(exc.sqlstate, exc.message, reason=f"protocol error from {side}")
-        elif isinstance(exc, AuditWriteError):
-            self.server.audit_failure(exc)
-            self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
-        else:
-            log.exception("session %s: internal error", self.session_id)
-            self.server.metrics.error("internal")
-            self.terminate(INTERNAL_ERROR, "internal error in the proxy")
-
-    # -- ending ------------------------------------------------------------------------
-
-    def drain(self) -> None:
-        """Close once no statement is running (graceful shutdown)."""
-        self._draining = True
-        if self._login is not None:
-            return
-        session = self.session
-        if session is None or not session._ops:
-            self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
-
-    def terminate(self, sqlstate: str, message: str, reason: str | None = None) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_fatal(sqlstate, message))
-        self._close(reason or message)
-
-    def _abort(self, sqlstate: str, message: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_fatal(sqlstate, message))
-        self._close(message)
-
-    def _close(self, reason: str) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        server = self.server
-        server.clients.discard(self)
-        if self.cancel_key is not None:
-            server.cancel_keys.pop(self.cancel_key, None)
-        if self._login is not None and not self._login.done():
-            self._login.cancel()
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.close()
-        if self.transport is not None:
-            self.transport.close()
-        session = self.session
-        if session is not None:
-            server.metrics.sessions_active -= 1
-            try:
-                session.abandon(reason)
-                server.audit.write(
-                    "session.end",
-                    **session.who(),
-                    duration_ms=round((time.monotonic() - session.started) * 1000, 3),
-                    error=None if reason == "client disconnected" else reason,
-                )
-            except AuditWriteError as exc:
-                server.audit_failure(exc)
-            log.info("session %s: closed (%s)", self.session_id, reason)
+        for client in list(self.clients):
+            client.terminate(IO_ERROR, "the audit trail cannot be written; session ended")
 
 
 def install_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -2,18 +2,22 @@
 
 :class:`Session` sits between a client and its upstream connection once both
 are ready for queries. It frames what each side sends, judges every statement
-against policy, forwards what is allowed untouched, answers what is refused
-itself, and writes one audit record per statement when the upstream reports
-how it ended.
+against policy, forwards what is allowed untouched, refuses the rest, and
+writes one audit record per statement when the upstream reports how it ended.
 
 To tie upstream responses to the statements that caused them, the session
 keeps a queue of *pending operations* in the order the upstream will answer
 them (one per Parse, Bind, Describe, Execute, Close, FunctionCall, per
 statement of a simple Query, and one per Sync or end of Query or FunctionCall).
-Refusals are *synthetic* operations in the same queue: the session writes their
-bytes itself when they reach the head, so a refusal never overtakes the answers
-to earlier pipelined messages. After an error the upstream skips to the next
-Sync; the queue does the same.
+After an error the upstream skips to the next Sync; the queue does the same.
+
+A refused statement never reaches the upstream. In its place the session sends
+a *stand-in* that PostgreSQL rejects with a syntax error (a Query, or a Parse
+under the client's statement name), and swaps that error for the refusal on
+its way back. So the refusal arrives in order with the answers to earlier
+pipelined messages, and the upstream treats it as PostgreSQL would treat any
+failed statement: an explicit transaction becomes failed, an extended-protocol
+batch is rolled back and skipped up to its Sync.
 
 The pass-through path for result rows only reads each message's type byte.
 """
@@ -35,7 +39,11 @@ SYNTAX_ERROR = "42601"
 INSUFFICIENT_PRIVILEGE = "42501"
 
 # Pending operation kinds.
-PARSE, BIND, DESCRIBE, CLOSE, EXECUTE, STATEMENT, FUNCTION, SYNC, SYNTHETIC = range(9)
+PARSE, BIND, DESCRIBE, CLOSE, EXECUTE, STATEMENT, FUNCTION, SYNC, REFUSAL = range(9)
+
+# What the upstream runs in place of a refused statement: it fails to parse.
+STAND_IN_SQL = "/* statement refused by Steward */ STEWARD_REFUSED"
+_STAND_IN_QUERY = wire.encode(wire.Query(STAND_IN_SQL))
 _COMPLETES = {
     b"1": PARSE,
     b"2": BIND,
@@ -108,7 +116,7 @@ class _Op:
     verdict: Verdict | None = None
     started: float = 0.0
     rows: int = 0
-    payload: bytes | None = None  # for SYNTHETIC: bytes to send; None means ReadyForQuery
+    payload: bytes = b""  # for REFUSAL: the ErrorResponse the client gets
 
 
 class Judge:
@@ -168,7 +176,6 @@ class Session:
         self._prepared: dict[str, Verdict | None] = {}
         self._portals: dict[str, Verdict | None] = {}
         self._skipping = False  # dropping client messages until Sync after a refusal
-        self._batch_forwarded = False  # something since the last Sync went upstream
 
     # -- state seen by the shell ---------------------------------------------
 
@@ -179,31 +186,30 @@ class Session:
 
     # -- client -> upstream --------------------------------------------------
 
-    def feed_client(self, data: bytes) -> tuple[bytes, bytes]:
-        """Bytes from the client; returns (to upstream, to client)."""
+    def feed_client(self, data: bytes) -> bytes:
+        """Bytes from the client; returns the bytes for the upstream."""
         self.last_activity = self.clock()
         reader = self._from_client
         reader.feed(data)
         up: list[bytes] = []
-        down: list[bytes] = []
         for frame in reader.read_frames():
             kind = frame.type
             if self._skipping:
+                # As PostgreSQL after an error: discard up to Sync. Flush still goes
+                # up, so answers the upstream holds reach a client waiting for them.
                 if kind == b"S":
                     self._skipping = False
-                    self._sync(frame, up, down)
+                    self._forward(frame, _Op(SYNC), up)
                 elif kind == b"X":
                     self.terminated = True
                     up.append(frame.raw)
-                elif kind == b"H" and self._ops:
-                    # Answers to messages forwarded before the refusal may still sit
-                    # in the upstream's buffer; the client's Flush must reach it.
+                elif kind == b"H":
                     up.append(frame.raw)
                 continue
             if kind == b"Q":
-                self._query(frame, up, down)
+                self._query(frame, up)
             elif kind == b"P":
-                self._parse(frame, up, down)
+                self._parse(frame, up)
             elif kind == b"B":
                 portal, statement_name = _leading_names(frame)
                 self._portals[portal] = self._prepared.get(statement_name)
@@ -213,7 +219,7 @@ class Session:
                 statement = verdict.statements[0] if verdict and verdict.statements else None
                 self._forward(frame, _Op(EXECUTE, statement, verdict, self.clock()), up)
             elif kind == b"S":
-                self._sync(frame, up, down)
+                self._forward(frame, _Op(SYNC), up)
             elif kind == b"D":
                 self._forward(frame, _Op(DESCRIBE), up)
             elif kind == b"C":
@@ -224,7 +230,7 @@ class Session:
                     self._portals.pop(close.name, None)
                 self._forward(frame, _Op(CLOSE), up)
             elif kind == b"F":
-                self._function_call(frame, up, down)
+                self._function_call(frame, up)
             elif kind in (b"d", b"c", b"f", b"H"):
                 up.append(frame.raw)
             elif kind == b"X":
@@ -235,21 +241,26 @@ class Session:
                 up.append(frame.raw)
         if reader.at_eof and reader.pending:
             raise wire.RemoteProtocolError("connection closed in the middle of a message")
-        return b"".join(up), b"".join(down)
+        return b"".join(up)
 
     def _forward(self, frame: wire.Frame, op: _Op, up: list[bytes]) -> None:
         up.append(frame.raw)
         self._ops.append(op)
-        self._batch_forwarded = True
 
-    def _sync(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
-        if self._batch_forwarded:
-            self._forward(frame, _Op(SYNC), up)
-        else:
-            self._synthetic(None, down)
-        self._batch_forwarded = False
+    def _stand_in_query(self, error: bytes, up: list[bytes]) -> None:
+        """Refuse a Query or FunctionCall: the upstream fails a stand-in instead."""
+        up.append(_STAND_IN_QUERY)
+        self._ops.append(_Op(REFUSAL, payload=error))
+        self._ops.append(_Op(SYNC))
 
-    def _query(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
+    def _stand_in_parse(self, name: str, error: bytes, up: list[bytes]) -> None:
+        """Refuse a Parse: the upstream fails a stand-in Parse under the same name."""
+        up.append(wire.encode(wire.Parse(name, STAND_IN_SQL)))
+        self._ops.append(_Op(REFUSAL, payload=error))
+        self._prepared.pop(name, None)
+        self._skipping = True
+
+    def _query(self, frame: wire.Frame, up: list[bytes]) -> None:
         raw = frame.raw
         if raw[-1] != 0:
             wire.decode_frontend(frame)  # raises the precise protocol error
@@ -259,12 +270,10 @@ class Session:
         try:
             verdict = self.judge.judge(query)
         except SQLSyntaxError as exc:
-            self._refuse_unparseable(exc, now, down)
-            self._synthetic(None, down)
+            self._stand_in_query(self._refuse_unparseable(exc, now), up)
             return
         if verdict.decision.action in ("deny", "review"):
-            self._refuse(verdict, now, down)
-            self._synthetic(None, down)
+            self._stand_in_query(self._refuse(verdict, now), up)
             return
         up.append(frame.raw)
         ops = self._ops
@@ -275,24 +284,22 @@ class Session:
             ops.append(_Op(STATEMENT, None, verdict, now))  # answered by EmptyQueryResponse
         ops.append(_Op(SYNC))
 
-    def _parse(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
+    def _parse(self, frame: wire.Frame, up: list[bytes]) -> None:
         parse = wire.decode_frontend(frame)
         now = self.clock()
         try:
             verdict = self.judge.judge(parse.query)
         except SQLSyntaxError as exc:
-            self._refuse_unparseable(exc, now, down)
-            self._skipping = True
+            self._stand_in_parse(parse.name, self._refuse_unparseable(exc, now), up)
             return
         if verdict.decision.action in ("deny", "review"):
-            self._refuse(verdict, now, down)
-            self._skipping = True
+            self._stand_in_parse(parse.name, self._refuse(verdict, now), up)
             return
         self._prepared[parse.name] = verdict
         statement = verdict.statements[0] if verdict.statements else None
         self._forward(frame, _Op(PARSE, statement, verdict, now), up)
 
-    def _function_call(self, frame: wire.Frame, up: list[bytes], down: list[bytes]) -> None:
+    def _function_call(self, frame: wire.Frame, up: list[bytes]) -> None:
         call = wire.decode_frontend(frame)
         statement = StatementInfo(
             command="FUNCTION CALL",
@@ -307,8 +314,7 @@ class Session:
         now = self.clock()
         # Like a simple Query, a FunctionCall is answered up to its own ReadyForQuery.
         if verdict.decision.action in ("deny", "review"):
-            self._refuse(verdict, now, down)
-            self._synthetic(None, down)
+            self._stand_in_query(self._refuse(verdict, now), up)
             return
         up.append(frame.raw)
         self._ops.append(_Op(FUNCTION, statement, verdict, now))
@@ -316,7 +322,8 @@ class Session:
 
     # -- refusals --------------------------------------------------------------
 
-    def _refuse(self, verdict: Verdict, now: float, down: list[bytes]) -> None:
+    def _refuse(self, verdict: Verdict, now: float) -> bytes:
+        """Audit a refused statement; return the ErrorResponse for the client."""
         decision = verdict.decision
         message = decision.message
         if decision.action == "review":
@@ -324,9 +331,10 @@ class Session:
         error = wire.ErrorResponse.build(INSUFFICIENT_PRIVILEGE, message)
         for statement in verdict.statements:
             self._record(statement, verdict, now, rows=None, error=message, decision="deny")
-        self._synthetic(wire.encode(error), down)
+        return wire.encode(error)
 
-    def _refuse_unparseable(self, exc: SQLSyntaxError, now: float, down: list[bytes]) -> None:
+    def _refuse_unparseable(self, exc: SQLSyntaxError, now: float) -> bytes:
+        """Audit SQL that does not parse; return the ErrorResponse for the client."""
         message = f"statement refused: it does not parse: {exc.message}"
         # The parser quotes the text near the error, which may be a literal value:
         # the audit record keeps only the kind of error and its position.
@@ -341,20 +349,7 @@ class Session:
         )
         self.metrics.statement("UNKNOWN", "deny", None)
         error = wire.ErrorResponse.build(SYNTAX_ERROR, message, position=exc.cursor_position)
-        self._synthetic(wire.encode(error), down)
-
-    def _synthetic(self, payload: bytes | None, down: list[bytes]) -> None:
-        self._ops.append(_Op(SYNTHETIC, payload=payload))
-        if len(self._ops) == 1:
-            self._emit_synthetic(down)
-
-    def _emit_synthetic(self, out: list[bytes]) -> None:
-        ops = self._ops
-        while ops and ops[0].kind == SYNTHETIC:
-            payload = ops.popleft().payload
-            out.append(
-                payload if payload is not None else wire.encode(wire.ReadyForQuery(self.txn_status))
-            )
+        return wire.encode(error)
 
     # -- upstream -> client ------------------------------------------------------
 
@@ -383,6 +378,10 @@ class Session:
                     if ops.popleft().kind == SYNC:
                         break
             elif kind == b"E":
+                if ops and ops[0].kind == REFUSAL:
+                    append(ops.popleft().payload)  # the stand-in's error becomes the refusal
+                    self._skip_to_sync("SQLSTATE 42501 (refused)")
+                    continue
                 self._upstream_error(wire.decode_backend(frame))
             elif kind in (b"I", b"s"):
                 if ops and ops[0].kind in (STATEMENT, EXECUTE):
@@ -398,8 +397,6 @@ class Session:
                     if expected == FUNCTION:
                         self._finish(op, None, None)
             append(frame.raw)
-            if ops and ops[0].kind == SYNTHETIC:
-                self._emit_synthetic(out)
         if reader.at_eof and reader.pending:
             raise wire.RemoteProtocolError("upstream closed in the middle of a message")
         return b"".join(out)
@@ -413,7 +410,11 @@ class Session:
         reason = f"SQLSTATE {error.sqlstate}"
         if failed.kind in (STATEMENT, EXECUTE, FUNCTION, PARSE):
             self._finish(failed, failed.rows or None, reason)
-        # The upstream now skips everything up to the next Sync; so do we.
+        self._skip_to_sync(reason)
+
+    def _skip_to_sync(self, reason: str) -> None:
+        """The upstream skips everything up to the next Sync after an error; so do we."""
+        ops = self._ops
         while ops and ops[0].kind != SYNC:
             skipped = ops.popleft()
             if skipped.kind in (STATEMENT, EXECUTE):

@@ -1,28 +1,42 @@
-"""Where the proxy connects upstream and how it signs in there.
+"""The upstream leg: where the proxy connects, how it signs in, the connection.
 
 :class:`UpstreamTarget` is parsed from a ``postgresql://`` URL. The proxy signs
 in with its own credentials, answering whichever request the server makes
 (trust, cleartext, MD5 or SCRAM-SHA-256 through ``scramp``, the library pg8000
-uses); the client's password never travels upstream. The answers are computed
-by pure functions here; :mod:`steward_proxy.server` moves the bytes.
+uses); the client's password never travels upstream. :class:`Authenticator`
+computes the answers without I/O; :class:`UpstreamProtocol` is the asyncio
+connection, which queues sign-in messages for the client's sign-in task and
+then hands every chunk to the client's session.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import scramp
 
 from steward_proxy import wire
 
+if TYPE_CHECKING:
+    from steward_proxy.client import ClientProtocol
+
+log = logging.getLogger("steward.proxy")
+
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class UpstreamAuthError(Exception):
     """The upstream asked for something the proxy cannot answer."""
+
+
+class UpstreamGone(Exception):
+    """The upstream closed the connection or stopped answering during sign-in."""
 
 
 @dataclass(frozen=True)
@@ -132,3 +146,68 @@ class Authenticator:
         raise UpstreamAuthError(
             f"unsupported upstream authentication request {type(request).__name__}"
         )
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """The proxy's connection to PostgreSQL for one client."""
+
+    def __init__(self, client: ClientProtocol) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.conn = wire.ClientConnection(max_message_size=client.server.settings.max_message_size)
+        self.events: asyncio.Queue[wire.Message | None] = asyncio.Queue()
+        self.relaying = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.relaying:
+            self.client.from_upstream(data)
+            return
+        self.conn.receive_data(data)
+        if self.conn.state is wire.State.READY:
+            return  # held for the session, which takes it over
+        try:
+            while True:
+                event = self.conn.next_event()
+                if event is wire.NEED_DATA:
+                    return
+                if event is wire.CONNECTION_CLOSED:
+                    self.events.put_nowait(None)
+                    return
+                self.events.put_nowait(event)  # type: ignore[arg-type]
+                if self.conn.state is wire.State.READY or isinstance(event, wire.SSLResponse):
+                    return
+        except wire.ProtocolError as exc:
+            self.events.put_nowait(None)
+            log.warning("upstream protocol error during sign-in: %s", exc.message)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.relaying:
+            self.client.upstream_lost(exc)
+        else:
+            self.events.put_nowait(None)
+
+    def pause_writing(self) -> None:
+        self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client.resume_reading()
+
+    async def next_event(self, timeout: float) -> wire.Message:
+        """The upstream's next sign-in message; UpstreamGone when it closes or stalls."""
+        try:
+            event = await asyncio.wait_for(self.events.get(), timeout)
+        except TimeoutError:
+            raise UpstreamGone(f"the upstream did not answer within {timeout:g}s") from None
+        if event is None:
+            raise UpstreamGone("the upstream closed the connection during sign-in")
+        return event
+
+    def send(self, message: wire.Message) -> None:
+        assert self.transport is not None
+        self.transport.write(self.conn.send(message))
