@@ -145,3 +145,9 @@ def test_wrong_database_is_refused_with_3d000(policy_proxy: Proxy) -> None:
 def test_refusals_leave_no_traceback_in_log(policy_proxy: Proxy) -> None:
     _login_error(policy_proxy, "nobody", policy_proxy.dbname)
     assert "Traceback" not in policy_proxy.log()
+
+
+def test_empty_user_name_is_refused_with_28000(policy_proxy: Proxy) -> None:
+    fields = _login_error(policy_proxy, "", policy_proxy.dbname)
+    assert fields.get("C") == "28000", fields
+    assert "Traceback" not in policy_proxy.log()

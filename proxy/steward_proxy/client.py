@@ -41,6 +41,7 @@ IDLE_SESSION_TIMEOUT = "57P05"
 FEATURE_NOT_SUPPORTED = "0A000"
 INTERNAL_ERROR = "XX000"
 IO_ERROR = "58030"
+PROTOCOL_VIOLATION = "08P01"
 
 # Startup parameters the proxy decides itself rather than passing upstream.
 _NOT_FORWARDED = {"user", "database", "replication"}
@@ -70,7 +71,8 @@ class ClientProtocol(asyncio.Protocol):
         self.upstream: UpstreamProtocol | None = None
         self.peer = "?"
         self.session_id = uuid.uuid4().hex[:16]
-        self.cancel_key: tuple[int, int] | None = None
+        self.cancel_key: tuple[int, int] | None = None  # what the client was given
+        self.upstream_key: tuple[int, int] | None = None  # what the upstream gave us
         self.admitted = False  # passed the connection limit; counts against it until closed
         self._login: asyncio.Task[None] | None = None
         self._draining = False
@@ -99,6 +101,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self._login is not None:
             self.conn.receive_data(data)  # held until sign-in completes
+            if self.conn.pending > self.server.settings.max_message_size:
+                self._abort(PROTOCOL_VIOLATION, "too much data before sign-in")
             return
         self.conn.receive_data(data)
         self._startup_events()
@@ -195,13 +199,12 @@ class ClientProtocol(asyncio.Protocol):
         except (OSError, TimeoutError) as exc:
             log.warning("cancel request could not reach the upstream: %s", exc)
 
-    upstream_key: tuple[int, int] | None = None
-
     async def _sign_in(self, startup: wire.StartupMessage) -> None:
         server = self.server
         settings = server.settings
-        identity = server.identity_for(startup)
+        identity: Identity | None = None
         try:
+            identity = server.identity_for(startup)
             if server.draining:
                 raise Refusal(ADMIN_SHUTDOWN, "the proxy is shutting down")
             if server.audit_failed:
@@ -236,18 +239,18 @@ class ClientProtocol(asyncio.Protocol):
         self._ready(identity, startup, judge)
 
     def _refuse_sign_in(
-        self, identity: Identity, startup: wire.StartupMessage, refusal: Refusal
+        self, identity: Identity | None, startup: wire.StartupMessage, refusal: Refusal
     ) -> None:
-        log.info(
-            "client %s: sign-in refused for %s: %s", self.peer, identity.subject, refusal.message
-        )
+        subject = identity.subject if identity else f"user:{startup.user}"
+        groups = list(identity.groups) if identity else []
+        log.info("client %s: sign-in refused for %s: %s", self.peer, subject, refusal.message)
         self.server.metrics.sessions["refused"] += 1
         try:
             self.server.audit.write(
                 "session.start",
                 session=self.session_id,
-                identity=identity.subject,
-                groups=list(identity.groups),
+                identity=subject,
+                groups=groups,
                 database=startup.database,
                 client=self.peer,
                 decision="deny",

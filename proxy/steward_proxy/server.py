@@ -167,7 +167,6 @@ class ProxyServer:
             if not policies:
                 raise Refusal(
                     INVALID_AUTHORIZATION,
-    IO_ERROR,
                     f"no Steward policy covers subject {identity.subject}: access refused",
                 )
             judge = self.judges[identity] = Judge(policies)
@@ -176,7 +175,10 @@ class ProxyServer:
     def identity_for(self, startup: wire.StartupMessage) -> Identity:
         if self.settings.identity:
             return Identity(self.settings.identity, self.settings.identity_groups)
-        return Identity(f"user:{startup.user}", ())
+        try:
+            return Identity(f"user:{startup.user}", ())
+        except ValueError as exc:
+            raise Refusal(INVALID_AUTHORIZATION, f"invalid user name: {exc}") from None
 
     def audit_failure(self, exc: Exception) -> None:
         """Fail closed: with no audit trail, no session may go on and none may start."""

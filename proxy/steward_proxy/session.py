@@ -257,7 +257,10 @@ class Session:
         """Refuse a Parse: the upstream fails a stand-in Parse under the same name."""
         up.append(wire.encode(wire.Parse(name, STAND_IN_SQL)))
         self._ops.append(_Op(REFUSAL, payload=error))
-        self._prepared.pop(name, None)
+        if not name:
+            # PostgreSQL drops the unnamed statement before parsing a new one, but
+            # keeps a named statement when a Parse under its name fails.
+            self._prepared.pop(name, None)
         self._skipping = True
 
     def _query(self, frame: wire.Frame, up: list[bytes]) -> None:
