@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from steward_proxy import wire
 from steward_proxy.metrics import ProxyMetrics
-from steward_proxy.policy import Decision, Identity, Policy, decide
+from steward_proxy.policy import Decision, Identity, Policy, decide, decide_function_call
 from steward_proxy.sql import ShapeCache, SQLSyntaxError, StatementInfo, analyze, normalize
 
 SYNTAX_ERROR = "42601"
@@ -71,30 +71,6 @@ def _leading_names(frame: wire.Frame) -> tuple[str, str]:
     if second_end < 0:
         wire.decode_frontend(frame)
     return first, raw[end + 1 : second_end].decode("utf-8", "surrogateescape")
-
-
-def _decide_function_call(policies: Sequence[Policy], statement: StatementInfo) -> Decision:
-    """The decision on a FunctionCall message, which names its function only by OID.
-
-    A guardrail that restricts functions by name cannot tell whether the OID is
-    one of them (``pg_read_file`` is as callable this way as from SQL), so it
-    counts as matched: fail closed.
-    """
-    decision = decide(policies, (statement,))
-    if decision.action in ("deny", "review"):
-        return decision
-    for policy in policies:
-        for guardrail in policy.guardrails:
-            if guardrail.functions and guardrail.action in ("deny", "review"):
-                return Decision(
-                    "deny",
-                    policy.key,
-                    guardrail.name,
-                    f"statement denied by policy {policy.key} rule {guardrail.name}: "
-                    "a FunctionCall message names its function only by OID, "
-                    "so it cannot be checked against the rule's functions",
-                )
-    return decision
 
 
 class AuditSink(Protocol):
@@ -313,7 +289,7 @@ class Session:
             has_where=True,
             writes=(),
         )
-        verdict = Verdict((statement,), _decide_function_call(self.judge.policies, statement))
+        verdict = Verdict((statement,), decide_function_call(self.judge.policies, statement))
         now = self.clock()
         # Like a simple Query, a FunctionCall is answered up to its own ReadyForQuery.
         if verdict.decision.action in ("deny", "review"):

@@ -8,7 +8,13 @@ policy files from disk lives in ``loader`` alone.
 """
 
 from steward_proxy.policy.compile import compile_documents, parse_duration
-from steward_proxy.policy.decide import Decision, decide, decide_each, decide_one
+from steward_proxy.policy.decide import (
+    Decision,
+    decide,
+    decide_each,
+    decide_function_call,
+    decide_one,
+)
 from steward_proxy.policy.loader import load_documents, load_policy_set, read_documents
 from steward_proxy.policy.model import (
     ACTION_RANK,
@@ -41,6 +47,7 @@ __all__ = [
     "compile_documents",
     "decide",
     "decide_each",
+    "decide_function_call",
     "decide_one",
     "is_valid_subject",
     "load_documents",

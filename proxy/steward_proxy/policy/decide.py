@@ -78,6 +78,30 @@ def decide(policies: Sequence[Policy], statements: Sequence[StatementLike]) -> D
     return _combine(decide_one(p, s) for s in statements for p in policies)
 
 
+def decide_function_call(policies: Sequence[Policy], statement: StatementLike) -> Decision:
+    """The decision on a FunctionCall message, which names its function only by OID.
+
+    A guardrail that restricts functions by name cannot tell whether the OID is
+    one of them (``pg_read_file`` is as callable this way as from SQL), so it
+    counts as matched: fail closed.
+    """
+    decision = decide(policies, (statement,))
+    if decision.action in ("deny", "review"):
+        return decision
+    for policy in policies:
+        for guardrail in policy.guardrails:
+            if guardrail.functions and guardrail.action in ("deny", "review"):
+                return Decision(
+                    "deny",
+                    policy.key,
+                    guardrail.name,
+                    f"statement denied by policy {policy.key} rule {guardrail.name}: "
+                    "a FunctionCall message names its function only by OID, "
+                    "so it cannot be checked against the rule's functions",
+                )
+    return decision
+
+
 def _combine(decisions: Iterable[Decision]) -> Decision:
     best: Decision | None = None
     for decision in decisions:
