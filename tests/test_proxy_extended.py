@@ -2,10 +2,13 @@
 
 psycopg 3 pipeline mode, asyncpg prepared statements and pg8000 meet guardrails
 (a denied DELETE, UPDATE without WHERE, a denied function) and must get a 42501
-that names the policy, while the other statements of the pipeline give their
-results and the connection stays usable. psql's ``\\lo_import``/``\\lo_export``
-exercise the FunctionCall message. The audit trail holds one record per
-Execute, with the statement's normalized text and never a bound value.
+that names the policy, while the statements before it in the pipeline give their
+results and the connection stays usable. A refusal fails like any failing
+statement in PostgreSQL: the rest of its batch is skipped and the batch rolled
+back, and inside an explicit transaction the transaction is failed until
+ROLLBACK. psql's ``\\lo_import``/``\\lo_export`` exercise the FunctionCall
+message. The audit trail holds one record per Execute, with the statement's
+normalized text and never a bound value.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -20,11 +24,15 @@ import pg8000.dbapi
 import psycopg
 import pytest
 from psycopg import errors as pgerr
+from psycopg.pq import TransactionStatus
+
+from steward_proxy.localpg import LocalPostgres
 
 from conftest import (
     SSN,
     Proxy,
     ProxyFactory,
+    direct_dsn,
     error_fields,
     message,
     query_message,
@@ -102,16 +110,71 @@ def test_psycopg_pipeline_with_a_denied_statement(guarded: Proxy) -> None:
             assert "extended-guardrails" in str(info.value)
             assert "no-delete" in str(info.value)
             assert updated.rowcount == 1
-            # As from PostgreSQL itself: nothing after the error in that batch ran.
+            # As from PostgreSQL itself: nothing after the error in that batch ran,
+            # and the UPDATE before it was rolled back with the batch.
             with pytest.raises(psycopg.Error):
                 after.fetchone()
 
-            again = conn.execute(f"SELECT id FROM {table} ORDER BY id")
+            again = conn.execute(f"SELECT id, v FROM {table} ORDER BY id")
             pipeline.sync()
-            assert again.fetchall() == [(1,), (2,)]
+            assert again.fetchall() == [(1, "a"), (2, "b")]
         # Outside the pipeline the connection works as usual.
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (2,)
         conn.execute(f"DROP TABLE {table}")
+
+
+@pytest.mark.parametrize(
+    ("through_proxy", "failing", "error"),
+    [
+        pytest.param(
+            True,
+            "DELETE FROM {table} WHERE id = %s",
+            pgerr.InsufficientPrivilege,
+            id="a denied DELETE through the proxy",
+        ),
+        pytest.param(
+            False,
+            "SELECT 1 / (%s - 1)",
+            pgerr.DivisionByZero,
+            id="for comparison, a failing statement sent straight to PostgreSQL",
+        ),
+    ],
+)
+def test_psycopg_pipeline_error_rolls_back_the_statements_before_it_in_its_batch(
+    guarded: Proxy, pg: LocalPostgres, through_proxy: bool, failing: str, error: type[Exception]
+) -> None:
+    table = unique_table()
+    dsn = guarded.dsn("dave") if through_proxy else direct_dsn(pg)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+        try:
+            with conn.pipeline() as pipeline:
+                inserted = conn.execute(f"INSERT INTO {table} VALUES (%s)", (1,))
+                conn.execute(failing.format(table=table), (1,))
+                after = conn.execute("SELECT 42")
+                with pytest.raises(error):
+                    pipeline.sync()
+                assert inserted.rowcount == 1, "the INSERT ran before the error"
+                with pytest.raises(psycopg.Error):
+                    after.fetchone()
+            # The batch ran in one implicit transaction, which the error rolled back.
+            assert pg.execute(f"SELECT count(*) FROM {table}").strip() == "0"
+            assert conn.info.transaction_status == TransactionStatus.IDLE
+            assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
+            conn.execute(f"INSERT INTO {table} VALUES (%s)", (2,))
+            assert pg.execute(f"SELECT id FROM {table}").strip() == "2"
+        finally:
+            conn.execute(f"DROP TABLE {table}")
+    if through_proxy:
+        denied = wait_for(
+            lambda: [
+                r
+                for r in statement_records(guarded, f"DELETE FROM {table}")
+                if r["decision"] == "deny"
+            ],
+            "the audit record of the refusal",
+        )
+        assert isinstance(denied, list) and len(denied) == 1
 
 
 def test_psycopg_pipeline_fetch_before_sync_gets_results_of_statements_before_a_refusal(
@@ -208,6 +271,120 @@ def test_pg8000_denied_statement_then_allowed_ones(guarded: Proxy) -> None:
         assert list(cur.fetchone()) == [42]
     finally:
         conn.close()
+
+
+# ------------------------------------------------------------ transactions
+
+
+@pytest.fixture
+def table(pg: LocalPostgres) -> Iterator[str]:
+    """An empty table the upstream role owns, dropped afterwards."""
+    name = unique_table()
+    pg.execute(
+        f"CREATE TABLE {name} (id int PRIMARY KEY); "
+        f"ALTER TABLE {name} OWNER TO {LocalPostgres.SCRAM_USER}"
+    )
+    yield name
+    pg.execute(f"DROP TABLE {name}")
+
+
+def test_denied_statement_fails_an_explicit_transaction_until_rollback(
+    guarded: Proxy, pg: LocalPostgres, table: str
+) -> None:
+    with psycopg.connect(guarded.dsn("dave")) as conn:  # autocommit off: psycopg sends BEGIN
+        conn.execute(f"INSERT INTO {table} VALUES (%s)", (1,))
+        assert conn.info.transaction_status == TransactionStatus.INTRANS
+        with pytest.raises(pgerr.InsufficientPrivilege) as info:
+            conn.execute(f"DELETE FROM {table} WHERE id = %s", (1,))
+        assert "no-delete" in str(info.value)
+        assert conn.info.transaction_status == TransactionStatus.INERROR
+        with pytest.raises(pgerr.InFailedSqlTransaction) as failed:
+            conn.execute("SELECT 1")
+        assert failed.value.sqlstate == "25P02"
+        conn.rollback()
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        assert pg.execute(f"SELECT count(*) FROM {table}").strip() == "0"
+        # The session is usable afterwards, in a new transaction.
+        conn.execute(f"INSERT INTO {table} VALUES (%s)", (2,))
+        assert conn.execute(f"SELECT id FROM {table}").fetchall() == [(2,)]
+        conn.commit()
+    assert pg.execute(f"SELECT id FROM {table}").strip() == "2"
+
+
+def test_denied_statement_in_a_psql_transaction_block_fails_the_block(
+    guarded: Proxy, pg: LocalPostgres, table: str
+) -> None:
+    script = (
+        "BEGIN;\n"
+        f"INSERT INTO {table} VALUES (1);\n"
+        f"DELETE FROM {table};\n"
+        "SELECT 'ignored';\n"
+        "ROLLBACK;\n"
+        f"INSERT INTO {table} VALUES (2);\n"
+        "SELECT 'usable';\n"
+    )
+    result = run_psql(guarded.dsn("dave"), "-v", "ON_ERROR_STOP=0", "-At", input=script)
+    errors = [line for line in result.stderr.splitlines() if "ERROR:" in line]
+    assert len(errors) == 2, result.stderr
+    assert "no-delete" in errors[0]
+    assert "current transaction is aborted" in errors[1]
+    assert "ignored" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "usable"
+    assert pg.execute(f"SELECT id FROM {table}").strip() == "2"
+
+
+@pytest.mark.parametrize(
+    ("in_transaction", "statuses"),
+    [
+        pytest.param(False, "IIII", id="outside a transaction the session stays idle"),
+        pytest.param(True, "TEEI", id="inside one the transaction is failed until ROLLBACK"),
+    ],
+)
+def test_ready_for_query_after_a_refusal_is_what_postgresql_reports(
+    guarded: Proxy, in_transaction: bool, statuses: str
+) -> None:
+    sock, _ = raw_login(guarded, "dave")
+    with sock:
+        got = []
+        first = "BEGIN" if in_transaction else "SELECT 1"
+        for sql, kinds in [
+            (first, None),
+            ("DELETE FROM mixed WHERE id = -1", [b"E", b"Z"]),
+            ("SELECT 'next'", [b"E", b"Z"] if in_transaction else [b"T", b"D", b"C", b"Z"]),
+            ("ROLLBACK" if in_transaction else "SELECT 2", None),
+        ]:
+            sock.sendall(query_message(sql))
+            answer = recv_messages(sock)
+            if kinds is not None:
+                assert [kind for kind, _ in answer] == kinds, sql
+            if answer[0][0] == b"E":
+                state = error_fields(answer[0][1])["C"]
+                assert state == ("42501" if sql.startswith("DELETE") else "25P02")
+            got.append(answer[-1][1].decode())
+        assert "".join(got) == statuses
+        sock.sendall(query_message("SELECT 'after'"))
+        assert [kind for kind, _ in recv_messages(sock)] == [b"T", b"D", b"C", b"Z"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param((-1,), id="a bound parameter"),
+        pytest.param(None, id="no parameters"),
+    ],
+)
+def test_denied_statement_outside_a_transaction_leaves_the_session_usable(
+    guarded: Proxy, pg: LocalPostgres, table: str, params: tuple[int, ...] | None
+) -> None:
+    with psycopg.connect(guarded.dsn("dave"), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
+        sql = f"DELETE FROM {table} WHERE id = " + ("%s" if params else "1")
+        with pytest.raises(pgerr.InsufficientPrivilege):
+            conn.execute(sql, params)
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        assert conn.execute(f"SELECT id FROM {table}").fetchall() == [(1,)]
+        conn.execute(f"INSERT INTO {table} VALUES (%s)", (2,))
+    assert pg.execute(f"SELECT id FROM {table} ORDER BY id").split() == ["1", "2"]
 
 
 # ---------------------------------------------------------------- guardrails
