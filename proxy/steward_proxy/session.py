@@ -152,6 +152,13 @@ class Session:
         self._prepared: dict[str, Verdict | None] = {}
         self._portals: dict[str, Verdict | None] = {}
         self._skipping = False  # dropping client messages until Sync after a refusal
+        self._who = {
+            "session": session_id,
+            "identity": identity.subject,
+            "groups": list(identity.groups),
+            "database": database,
+            "client": client,
+        }
 
     # -- state seen by the shell ---------------------------------------------
 
@@ -403,13 +410,7 @@ class Session:
 
     def who(self) -> dict[str, Any]:
         """The audit fields that name this session's subject and place."""
-        return {
-            "session": self.session_id,
-            "identity": self.identity.subject,
-            "groups": list(self.identity.groups),
-            "database": self.database,
-            "client": self.client,
-        }
+        return self._who
 
     def _finish(self, op: _Op, rows: int | None, error: str | None) -> None:
         self.statements_run += 1

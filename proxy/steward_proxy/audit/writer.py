@@ -370,12 +370,16 @@ class AuditWriter:
         """
         if self._fd < 0 or not self._unsynced:
             return
+        # Safe to call from another thread: a record appended while the sync runs
+        # keeps the trail marked unsynced.
+        seq = self._seq
         try:
             _datasync(self._fd)
         except OSError as exc:
             raise AuditWriteError(f"cannot sync audit trail {self.path}: {exc}") from exc
         self._last_sync = time.monotonic()
-        self._unsynced = False
+        if self._seq == seq:
+            self._unsynced = False
 
     def close(self) -> None:
         """Sync and close the file; further writes raise :class:`AuditWriteError`."""
