@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from steward_proxy import wire
 from steward_proxy.metrics import ProxyMetrics
@@ -44,12 +44,15 @@ PARSE, BIND, DESCRIBE, CLOSE, EXECUTE, STATEMENT, FUNCTION, SYNC, REFUSAL = rang
 # What the upstream runs in place of a refused statement: it fails to parse.
 STAND_IN_SQL = "/* statement refused by Steward */ STEWARD_REFUSED"
 _STAND_IN_QUERY = wire.encode(wire.Query(STAND_IN_SQL))
+# Backend message type bytes, as ints, for the pass-through loop.
+_DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
+_ENDS_EXECUTE = frozenset(b"Is")  # EmptyQueryResponse, PortalSuspended
 _COMPLETES = {
-    b"1": PARSE,
-    b"2": BIND,
-    b"3": CLOSE,
-    b"n": DESCRIBE,
-    b"V": FUNCTION,
+    ord("1"): PARSE,
+    ord("2"): BIND,
+    ord("3"): CLOSE,
+    ord("n"): DESCRIBE,
+    ord("V"): FUNCTION,
 }
 
 
@@ -343,37 +346,40 @@ class Session:
         """Bytes from the upstream; returns the bytes for the client."""
         reader = self._from_upstream
         reader.feed(data)
+        chunk, spans = reader.read_spans()
         ops = self._ops
-        out: list[bytes] = []
-        append = out.append
-        for frame in reader.read_frames():
-            kind = frame.type
-            if kind == b"D":
+        pieces: list[bytes] | None = None  # only when a refusal replaces an error
+        cut = 0
+        for kind, start, end in spans:
+            if kind == _DATA_ROW:
                 if ops:
                     ops[0].rows += 1
-                append(frame.raw)
-                continue
-            if kind == b"C":
+            elif kind == _COMMAND_COMPLETE:
                 if ops and ops[0].kind in (STATEMENT, EXECUTE):
                     op = ops.popleft()
-                    count = frame.raw[5:-1].rpartition(b" ")[2]
+                    count = chunk[start + 5 : end - 1].rpartition(b" ")[2]
                     self._finish(op, int(count) if count.isdigit() else op.rows, None)
-            elif kind == b"Z":
-                self.txn_status = chr(frame.raw[5])
+            elif kind == _READY_FOR_QUERY:
+                self.txn_status = chr(chunk[start + 5])
                 while ops:
                     if ops.popleft().kind == SYNC:
                         break
-            elif kind == b"E":
+            elif kind == _ERROR_RESPONSE:
                 if ops and ops[0].kind == REFUSAL:
-                    append(ops.popleft().payload)  # the stand-in's error becomes the refusal
+                    # The stand-in's error becomes the refusal.
+                    if pieces is None:
+                        pieces = []
+                    pieces += (chunk[cut:start], ops.popleft().payload)
+                    cut = end
                     self._skip_to_sync("SQLSTATE 42501 (refused)")
                     continue
-                self._upstream_error(wire.decode_backend(frame))
-            elif kind in (b"I", b"s"):
+                error = wire.decode_backend(wire.Frame(b"E", chunk[start:end]))
+                self._upstream_error(cast(wire.ErrorResponse, error))
+            elif kind in _ENDS_EXECUTE:
                 if ops and ops[0].kind in (STATEMENT, EXECUTE):
                     op = ops.popleft()
                     self._finish(op, op.rows, None)
-            elif kind == b"T":
+            elif kind == _ROW_DESCRIPTION:
                 if ops and ops[0].kind == DESCRIBE:
                     ops.popleft()
             else:
@@ -382,10 +388,12 @@ class Session:
                     op = ops.popleft()
                     if expected == FUNCTION:
                         self._finish(op, None, None)
-            append(frame.raw)
         if reader.at_eof and reader.pending:
             raise wire.RemoteProtocolError("upstream closed in the middle of a message")
-        return b"".join(out)
+        if pieces is None:
+            return chunk
+        pieces.append(chunk[cut:])
+        return b"".join(pieces)
 
     def _upstream_error(self, error: wire.ErrorResponse) -> None:
         ops = self._ops
