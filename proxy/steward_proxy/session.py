@@ -44,6 +44,10 @@ PARSE, BIND, DESCRIBE, CLOSE, EXECUTE, STATEMENT, FUNCTION, SYNC, REFUSAL = rang
 # What the upstream runs in place of a refused statement: it fails to parse.
 STAND_IN_SQL = "/* statement refused by Steward */ STEWARD_REFUSED"
 _STAND_IN_QUERY = wire.encode(wire.Query(STAND_IN_SQL))
+# Frontend message type bytes, as ints, for the pass-through loop.
+_QUERY, _PARSE, _BIND, _EXECUTE, _SYNC, _DESCRIBE, _FUNCTION_CALL, _TERMINATE, _FLUSH = b"QPBESDFXH"
+_PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
+
 # Backend message type bytes, as ints, for the pass-through loop.
 _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
 _ENDS_EXECUTE = frozenset(b"Is")  # EmptyQueryResponse, PortalSuspended
@@ -56,24 +60,23 @@ _COMPLETES = {
 }
 
 
-def _leading_names(frame: wire.Frame) -> tuple[str, str]:
-    """The first one or two NUL-terminated names of a Bind or Execute body.
+def _names(chunk: bytes, start: int, end: int, count: int) -> list[str]:
+    """The first ``count`` NUL-terminated names of the message at ``chunk[start:end]``.
 
     Bind and Execute arrive once per statement on the prepared-statement path;
     the session needs only their portal and statement names, so it reads those
     without decoding parameters. Malformed bodies are refused as the codec would.
     """
-    raw = frame.raw
-    end = raw.find(b"\0", 5)
-    if end < 0:
-        wire.decode_frontend(frame)  # raises the precise protocol error
-    first = raw[5:end].decode("utf-8", "surrogateescape")
-    if frame.type != b"B":
-        return first, ""
-    second_end = raw.find(b"\0", end + 1)
-    if second_end < 0:
-        wire.decode_frontend(frame)
-    return first, raw[end + 1 : second_end].decode("utf-8", "surrogateescape")
+    names = []
+    pos = start + 5
+    for _ in range(count):
+        nul = chunk.find(b"\0", pos, end)
+        if nul < 0:
+            wire.decode_frontend(wire.Frame(chunk[start : start + 1], chunk[start:end]))
+            raise wire.RemoteProtocolError("malformed message: name is not NUL-terminated")
+        names.append(chunk[pos:nul].decode("utf-8", "surrogateescape"))
+        pos = nul + 1
+    return names
 
 
 class AuditSink(Protocol):
@@ -177,79 +180,89 @@ class Session:
         self.last_activity = self.clock()
         reader = self._from_client
         reader.feed(data)
-        up: list[bytes] = []
-        for frame in reader.read_frames():
-            kind = frame.type
-            if self._skipping:
-                # As PostgreSQL after an error: discard up to Sync. Flush still goes
-                # up, so answers the upstream holds reach a client waiting for them.
-                if kind == b"S":
-                    self._skipping = False
-                    self._forward(frame, _Op(SYNC), up)
-                elif kind == b"X":
-                    self.terminated = True
-                    up.append(frame.raw)
-                elif kind == b"H":
-                    up.append(frame.raw)
-                continue
-            if kind == b"Q":
-                self._query(frame, up)
-            elif kind == b"P":
-                self._parse(frame, up)
-            elif kind == b"B":
-                portal, statement_name = _leading_names(frame)
-                self._portals[portal] = self._prepared.get(statement_name)
-                self._forward(frame, _Op(BIND), up)
-            elif kind == b"E":
-                verdict = self._portals.get(_leading_names(frame)[0])
-                statement = verdict.statements[0] if verdict and verdict.statements else None
-                self._forward(frame, _Op(EXECUTE, statement, verdict, self.clock()), up)
-            elif kind == b"S":
-                self._forward(frame, _Op(SYNC), up)
-            elif kind == b"D":
-                self._forward(frame, _Op(DESCRIBE), up)
-            elif kind == b"C":
-                close = wire.decode_frontend(frame)
-                if close.kind == "S":
-                    self._prepared.pop(close.name, None)
-                else:
-                    self._portals.pop(close.name, None)
-                self._forward(frame, _Op(CLOSE), up)
-            elif kind == b"F":
-                self._function_call(frame, up)
-            elif kind in (b"d", b"c", b"f", b"H"):
-                up.append(frame.raw)
-            elif kind == b"X":
-                self.terminated = True
-                up.append(frame.raw)
-            else:
-                wire.decode_frontend(frame)  # raises for an unknown type
-                up.append(frame.raw)
+        chunk, spans = reader.read_spans()
+        pieces: list[bytes] | None = None  # only once a message is dropped or replaced
+        cut = 0
+        for kind, start, end in spans:
+            replacement = self._client_message(kind, chunk, start, end)
+            if replacement is not None:
+                if pieces is None:
+                    pieces = []
+                pieces += (chunk[cut:start], replacement)
+                cut = end
         if reader.at_eof and reader.pending:
             raise wire.RemoteProtocolError("connection closed in the middle of a message")
-        return b"".join(up)
+        if pieces is None:
+            return chunk
+        pieces.append(chunk[cut:])
+        return b"".join(pieces)
 
-    def _forward(self, frame: wire.Frame, op: _Op, up: list[bytes]) -> None:
-        up.append(frame.raw)
-        self._ops.append(op)
+    def _client_message(self, kind: int, chunk: bytes, start: int, end: int) -> bytes | None:
+        """Judge and track one client message.
 
-    def _stand_in_query(self, error: bytes, up: list[bytes]) -> None:
+        Returns None to forward it unchanged, else what goes upstream in its
+        place (``b""`` drops it).
+        """
+        ops = self._ops
+        if self._skipping:
+            # As PostgreSQL after an error: discard up to Sync. Flush still goes
+            # up, so answers the upstream holds reach a client waiting for them.
+            if kind == _SYNC:
+                self._skipping = False
+                ops.append(_Op(SYNC))
+            elif kind == _TERMINATE:
+                self.terminated = True
+            elif kind != _FLUSH:
+                return b""
+            return None
+        if kind == _BIND:
+            portal, statement_name = _names(chunk, start, end, 2)
+            self._portals[portal] = self._prepared.get(statement_name)
+            ops.append(_Op(BIND))
+        elif kind == _EXECUTE:
+            verdict = self._portals.get(_names(chunk, start, end, 1)[0])
+            statement = verdict.statements[0] if verdict and verdict.statements else None
+            ops.append(_Op(EXECUTE, statement, verdict, self.clock()))
+        elif kind == _SYNC:
+            ops.append(_Op(SYNC))
+        elif kind == _DESCRIBE:
+            ops.append(_Op(DESCRIBE))
+        elif kind == _TERMINATE:
+            self.terminated = True
+        elif kind not in _PASSED_THROUGH:
+            frame = wire.Frame(bytes((kind,)), chunk[start:end])
+            if kind == _QUERY:
+                return self._query(frame)
+            if kind == _PARSE:
+                return self._parse(frame)
+            if kind == _FUNCTION_CALL:
+                return self._function_call(frame)
+            message = wire.decode_frontend(frame)  # raises for an unknown type
+            if isinstance(message, wire.Close):
+                if message.kind == "S":
+                    self._prepared.pop(message.name, None)
+                else:
+                    self._portals.pop(message.name, None)
+                ops.append(_Op(CLOSE))
+        return None
+
+    def _stand_in_query(self, error: bytes) -> bytes:
         """Refuse a Query or FunctionCall: the upstream fails a stand-in instead."""
-        up.append(_STAND_IN_QUERY)
         self._ops.append(_Op(REFUSAL, payload=error))
         self._ops.append(_Op(SYNC))
+        return _STAND_IN_QUERY
 
-    def _stand_in_parse(self, name: str, error: bytes, up: list[bytes]) -> None:
+    def _stand_in_parse(self, name: str, error: bytes) -> bytes:
         """Refuse a Parse: the upstream fails a stand-in Parse under the same name."""
-        up.append(wire.encode(wire.Parse(name, STAND_IN_SQL)))
         self._ops.append(_Op(REFUSAL, payload=error))
         if not name:
             # PostgreSQL drops the unnamed statement before parsing a new one, but
             # keeps a named statement when a Parse under its name fails.
             self._prepared.pop(name, None)
         self._skipping = True
+        return wire.encode(wire.Parse(name, STAND_IN_SQL))
 
-    def _query(self, frame: wire.Frame, up: list[bytes]) -> None:
+    def _query(self, frame: wire.Frame) -> bytes | None:
         raw = frame.raw
         if raw[-1] != 0:
             wire.decode_frontend(frame)  # raises the precise protocol error
@@ -259,12 +272,9 @@ class Session:
         try:
             verdict = self.judge.judge(query)
         except SQLSyntaxError as exc:
-            self._stand_in_query(self._refuse_unparseable(exc, now), up)
-            return
+            return self._stand_in_query(self._refuse_unparseable(exc, now))
         if verdict.decision.action in ("deny", "review"):
-            self._stand_in_query(self._refuse(verdict, now), up)
-            return
-        up.append(frame.raw)
+            return self._stand_in_query(self._refuse(verdict, now))
         ops = self._ops
         if verdict.statements:
             for statement in verdict.statements:
@@ -272,24 +282,24 @@ class Session:
         else:
             ops.append(_Op(STATEMENT, None, verdict, now))  # answered by EmptyQueryResponse
         ops.append(_Op(SYNC))
+        return None
 
-    def _parse(self, frame: wire.Frame, up: list[bytes]) -> None:
-        parse = wire.decode_frontend(frame)
+    def _parse(self, frame: wire.Frame) -> bytes | None:
+        parse = cast(wire.Parse, wire.decode_frontend(frame))
         now = self.clock()
         try:
             verdict = self.judge.judge(parse.query)
         except SQLSyntaxError as exc:
-            self._stand_in_parse(parse.name, self._refuse_unparseable(exc, now), up)
-            return
+            return self._stand_in_parse(parse.name, self._refuse_unparseable(exc, now))
         if verdict.decision.action in ("deny", "review"):
-            self._stand_in_parse(parse.name, self._refuse(verdict, now), up)
-            return
+            return self._stand_in_parse(parse.name, self._refuse(verdict, now))
         self._prepared[parse.name] = verdict
         statement = verdict.statements[0] if verdict.statements else None
-        self._forward(frame, _Op(PARSE, statement, verdict, now), up)
+        self._ops.append(_Op(PARSE, statement, verdict, now))
+        return None
 
-    def _function_call(self, frame: wire.Frame, up: list[bytes]) -> None:
-        call = wire.decode_frontend(frame)
+    def _function_call(self, frame: wire.Frame) -> bytes | None:
+        call = cast(wire.FunctionCall, wire.decode_frontend(frame))
         statement = StatementInfo(
             command="FUNCTION CALL",
             normalized=f"<function call oid {call.function_oid}>",
@@ -303,11 +313,10 @@ class Session:
         now = self.clock()
         # Like a simple Query, a FunctionCall is answered up to its own ReadyForQuery.
         if verdict.decision.action in ("deny", "review"):
-            self._stand_in_query(self._refuse(verdict, now), up)
-            return
-        up.append(frame.raw)
+            return self._stand_in_query(self._refuse(verdict, now))
         self._ops.append(_Op(FUNCTION, statement, verdict, now))
         self._ops.append(_Op(SYNC))
+        return None
 
     # -- refusals --------------------------------------------------------------
 
