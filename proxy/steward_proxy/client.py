@@ -75,6 +75,7 @@ class ClientProtocol(asyncio.Protocol):
         self.upstream_key: tuple[int, int] | None = None  # what the upstream gave us
         self.admitted = False  # passed the connection limit; counts against it until closed
         self._login: asyncio.Task[None] | None = None
+        self._handshaking = False  # TLS handshake under way: no plaintext may be written
         self._draining = False
         self._closing = False
         self._paused = False
@@ -166,6 +167,7 @@ class ClientProtocol(asyncio.Protocol):
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
+        self._handshaking = True
         try:
             self.transport = await loop.start_tls(  # type: ignore[assignment]
                 self.transport,  # type: ignore[arg-type]
@@ -177,6 +179,8 @@ class ClientProtocol(asyncio.Protocol):
             log.warning("client %s: TLS handshake failed: %s", self.peer, exc)
             self._close("TLS handshake failed")
             return
+        finally:
+            self._handshaking = False
         self._login = None
         self._startup_events()
 
@@ -347,7 +351,7 @@ class ClientProtocol(asyncio.Protocol):
         server.cancel_keys[key] = self
         out.append(self.conn.send(wire.BackendKeyData(*key)))
         out.append(self.conn.send(wire.ReadyForQuery("I")))
-        self.session = Session(
+        session = Session(
             session_id=self.session_id,
             identity=identity,
             database=server.settings.upstream.database,
@@ -358,11 +362,12 @@ class ClientProtocol(asyncio.Protocol):
             max_message_size=server.settings.max_message_size,
         )
         try:
-            server.audit.write("session.start", **self.session.who(), decision="allow")
+            server.audit.write("session.start", **session.who(), decision="allow")
         except AuditWriteError as exc:
             server.audit_failure(exc)
-            self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
+            self._abort(CONNECTION_REJECTED, "the audit trail cannot be written")
             return
+        self.session = session
         server.metrics.sessions["accepted"] += 1
         server.metrics.sessions_active += 1
         log.info("session %s: %s signed in from %s", self.session_id, identity.subject, self.peer)
@@ -375,10 +380,10 @@ class ClientProtocol(asyncio.Protocol):
         self._login = None
         if left_over_up:
             self.from_upstream(left_over_up)
-        if left_over_client:
+        if upstream.lost:
+            self.upstream_lost(None)
+        elif left_over_client:
             self.data_received(left_over_client)
-        if self._draining:
-            self.drain()
 
     # -- relay -----------------------------------------------------------------------
 
@@ -387,6 +392,7 @@ class ClientProtocol(asyncio.Protocol):
         if session is None or self._closing:
             return
         self.server.metrics.bytes_from_upstream += len(data)
+        session.last_activity = session.clock()
         try:
             out = session.feed_upstream(data)
         except Exception as exc:
@@ -425,23 +431,26 @@ class ClientProtocol(asyncio.Protocol):
     # -- ending ------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Close once no statement is running (graceful shutdown)."""
+        """Close once no statement is running (graceful shutdown); end any sign-in now."""
         self._draining = True
-        if self._login is not None:
-            return
         session = self.session
-        if session is None or not session._ops:
+        if session is None:
+            self._abort(ADMIN_SHUTDOWN, "the proxy is shutting down")
+        elif not session._ops:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
 
     def terminate(self, sqlstate: str, message: str, reason: str | None = None) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_fatal(sqlstate, message))
+        self._write_fatal(sqlstate, message)
         self._close(reason or message)
 
     def _abort(self, sqlstate: str, message: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_fatal(sqlstate, message))
+        self._write_fatal(sqlstate, message)
         self._close(message)
+
+    def _write_fatal(self, sqlstate: str, message: str) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not self._handshaking:
+            transport.write(_fatal(sqlstate, message))
 
     def _close(self, reason: str) -> None:
         if self._closing:

@@ -157,6 +157,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.conn = wire.ClientConnection(max_message_size=client.server.settings.max_message_size)
         self.events: asyncio.Queue[wire.Message | None] = asyncio.Queue()
         self.relaying = False
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -187,6 +188,7 @@ class UpstreamProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.relaying:
             self.client.upstream_lost(exc)
         else:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -130,12 +131,20 @@ def run(args: argparse.Namespace) -> int:
     )
     admin = None
     if args.admin:
-        admin = AdminServer(args.admin, server)
+        try:
+            admin = AdminServer(args.admin, server)
+        except OSError as exc:
+            print(
+                f"steward proxy: cannot listen on {args.admin[0]}:{args.admin[1]}: {exc}",
+                file=sys.stderr,
+            )
+            audit.close()
+            return 2
         admin.start()
 
     async def main() -> None:
         await server.start()
-        syncer = asyncio.create_task(_sync_audit(audit))
+        syncer = asyncio.create_task(_sync_audit(audit, server.audit_failure))
         try:
             await server.serve()
         finally:
@@ -159,8 +168,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sync_audit(audit: AuditWriterLike) -> None:
-    """Let an ``interval`` fsync policy act even when no statements arrive."""
+async def _sync_audit(
+    audit: AuditWriterLike, on_failure: Callable[[Exception], None], interval: float = 1.0
+) -> None:
+    """Let an ``interval`` fsync policy act even when no statements arrive.
+
+    A failed sync fails closed like a failed write: ``on_failure`` ends every session.
+    """
+    from steward_proxy.audit import AuditWriteError
+
     while True:
-        await asyncio.sleep(1.0)
-        audit.sync()
+        await asyncio.sleep(interval)
+        try:
+            audit.sync()
+        except AuditWriteError as exc:
+            on_failure(exc)
+            return
