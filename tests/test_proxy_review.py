@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -359,3 +360,53 @@ def test_sigterm_ends_a_stalled_tls_handshake_at_once(
         assert read_until_closed(sock) == b""  # no plaintext inside a TLS handshake
     assert proxy.terminate(timeout=30) == 0
     assert "Traceback" not in proxy.log()
+
+
+def test_a_client_that_never_signs_in_is_closed_after_the_startup_timeout(
+    start_proxy: ProxyFactory,
+) -> None:
+    proxy = start_proxy(ALLOW_ALL_POLICY, "--startup-timeout", "1")
+    with raw_connect(proxy) as sock:
+        sock.settimeout(30)
+        error = first_error(read_until_closed(sock))
+    assert error is not None and error["C"] == "08006", error
+    assert "sign-in" in error["M"]
+    # Signed-in sessions are not subject to it.
+    with psycopg.connect(proxy.dsn()) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_a_second_ssl_request_inside_tls_is_refused(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    cert_pem, key_pem = CertificateAuthority.create().issue_server_cert(
+        "localhost", ["localhost"], ["127.0.0.1"]
+    )
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    proxy = start_proxy(ALLOW_ALL_POLICY, "--tls-cert", str(cert), "--tls-key", str(key))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with raw_connect(proxy) as sock:
+        sock.sendall(struct.pack("!II", 8, SSL_REQUEST))
+        assert sock.recv(1) == b"S"
+        with context.wrap_socket(sock) as tls:
+            tls.sendall(struct.pack("!II", 8, SSL_REQUEST))
+            tls.settimeout(30)
+            error = first_error(read_until_closed(tls))
+    assert error is not None and error["C"] == "08P01", error
+    with psycopg.connect(proxy.dsn() + "?sslmode=require") as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_a_cancel_request_logs_no_disconnect_before_sign_in(proxy: Proxy) -> None:
+    with raw_connect(proxy) as sock:
+        sock.sendall(struct.pack("!IIII", 16, 80877102, 1, 2))
+        assert read_until_closed(sock) == b""
+    wait_for(
+        lambda: "cancel request for an unknown session ignored" in proxy.log(),
+        "the cancel request in the log",
+    )
+    assert "disconnected before sign-in" not in proxy.log().split("cancel request")[-1]

@@ -76,6 +76,8 @@ class ClientProtocol(asyncio.Protocol):
         self.admitted = False  # passed the connection limit; counts against it until closed
         self._login: asyncio.Task[None] | None = None
         self._handshaking = False  # TLS handshake under way: no plaintext may be written
+        self._tls_active = False
+        self.connected_at = time.monotonic()
         self._draining = False
         self._closing = False
         self._paused = False
@@ -148,6 +150,8 @@ class ClientProtocol(asyncio.Protocol):
                 if event is wire.NEED_DATA or event is wire.CONNECTION_CLOSED:
                     return
                 if isinstance(event, wire.SSLRequest | wire.GSSENCRequest):
+                    if self._tls_active:
+                        raise wire.RemoteProtocolError("SSLRequest after TLS was established")
                     accept = isinstance(event, wire.SSLRequest) and self.server._tls is not None
                     self.transport.write(self.conn.send(wire.SSLResponse(accept)))  # type: ignore[union-attr]
                     if accept:
@@ -155,7 +159,7 @@ class ClientProtocol(asyncio.Protocol):
                         return
                 elif isinstance(event, wire.CancelRequest):
                     self.server.spawn(self._cancel(event))
-                    self.transport.close()  # type: ignore[union-attr]
+                    self._close("cancel request")
                     return
                 elif isinstance(event, wire.StartupMessage):
                     self._login = asyncio.ensure_future(self._sign_in(event))
@@ -181,6 +185,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         finally:
             self._handshaking = False
+        self._tls_active = True
         self._login = None
         self._startup_events()
 
@@ -195,13 +200,18 @@ class ClientProtocol(asyncio.Protocol):
                 asyncio.open_connection(upstream.host, upstream.port),
                 self.server.settings.connect_timeout,
             )
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel request could not reach the upstream: %s", exc)
+            return
+        try:
             pid, key = target.upstream_key
             writer.write(wire.encode(wire.CancelRequest(pid, key)))
             await writer.drain()
-            writer.close()
             log.info("session %s: cancel request relayed upstream", target.session_id)
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
             log.warning("cancel request could not reach the upstream: %s", exc)
+        finally:
+            writer.close()
 
     async def _sign_in(self, startup: wire.StartupMessage) -> None:
         server = self.server
@@ -288,12 +298,18 @@ class ClientProtocol(asyncio.Protocol):
             upstream.send(wire.SSLRequest())
             answer = await self._upstream_event(upstream, timeout)
             if isinstance(answer, wire.SSLResponse) and answer.accepted:
-                upstream.transport = await loop.start_tls(  # type: ignore[assignment]
-                    upstream.transport,  # type: ignore[arg-type]
-                    upstream,
-                    context,
-                    server_hostname=target.host if target.sslmode == "verify-full" else None,
-                )
+                try:
+                    upstream.transport = await loop.start_tls(  # type: ignore[assignment]
+                        upstream.transport,  # type: ignore[arg-type]
+                        upstream,
+                        context,
+                        server_hostname=target.host if target.sslmode == "verify-full" else None,
+                        ssl_handshake_timeout=timeout,
+                    )
+                except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+                    raise Refusal(
+                        CANNOT_CONNECT, f"TLS handshake with the upstream failed: {exc}"
+                    ) from None
             elif target.sslmode in ("require", "verify-ca", "verify-full"):
                 raise Refusal(CANNOT_CONNECT, "upstream does not support TLS (sslmode requires it)")
         params = {"user": target.user, "database": target.database}

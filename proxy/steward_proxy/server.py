@@ -23,6 +23,7 @@ from typing import Any
 from steward_proxy import wire
 from steward_proxy.client import (
     ADMIN_SHUTDOWN,
+    CONNECTION_FAILURE,
     IDLE_SESSION_TIMEOUT,
     INVALID_AUTHORIZATION,
     IO_ERROR,
@@ -50,6 +51,8 @@ class ProxySettings:
     max_connections: int = 100
     idle_timeout: float = 0.0
     """Seconds a session may sit idle outside a transaction; 0 disables."""
+    startup_timeout: float = 60.0
+    """Seconds a client has from connecting to being signed in."""
     max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE
     connect_timeout: float = 10.0
     shutdown_timeout: float = 30.0
@@ -116,13 +119,10 @@ class ProxyServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        idle = None
-        if self.settings.idle_timeout > 0:
-            idle = asyncio.create_task(self._reap_idle())
+        reaper = asyncio.create_task(self._reap())
         await stop.wait()
         log.info("shutting down: %d sessions open", len(self.clients))
-        if idle:
-            idle.cancel()
+        reaper.cancel()
         await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -139,17 +139,23 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _reap_idle(self) -> None:
-        timeout = self.settings.idle_timeout
+    async def _reap(self) -> None:
+        """End sessions idle too long and clients that never finish signing in."""
+        idle = self.settings.idle_timeout
+        startup = self.settings.startup_timeout
+        period = min([1.0, *(t / 4 for t in (idle, startup) if t > 0)])
         while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
+            await asyncio.sleep(period)
             now = time.monotonic()
             for client in list(self.clients):
                 session = client.session
-                if session and not session.busy and now - session.last_activity > timeout:
+                if session is None:
+                    if startup > 0 and now - client.connected_at > startup:
+                        client.terminate(CONNECTION_FAILURE, "canceling sign-in: it took too long")
+                elif idle > 0 and not session.busy and now - session.last_activity > idle:
                     client.terminate(
                         IDLE_SESSION_TIMEOUT,
-                        f"terminating connection: idle for more than {timeout:g}s",
+                        f"terminating connection: idle for more than {idle:g}s",
                     )
 
     # -- helpers for protocols -----------------------------------------------------

@@ -53,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hash-key-file", metavar="FILE", help="key for the hash masking strategy")
     p.add_argument("--max-connections", type=int, default=100)
     p.add_argument("--idle-timeout", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="time a client has to sign in (0: no limit)",
+    )
     p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument(
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         identity_groups=tuple(args.identity_group),
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
+        startup_timeout=args.startup_timeout,
         max_message_size=args.max_message_size,
         connect_timeout=args.connect_timeout,
         shutdown_timeout=args.shutdown_timeout,
@@ -180,7 +188,7 @@ async def _sync_audit(
     while True:
         await asyncio.sleep(interval)
         try:
-            audit.sync()
+            await asyncio.to_thread(audit.sync)  # fdatasync may block; keep it off the loop
         except AuditWriteError as exc:
             on_failure(exc)
             return
