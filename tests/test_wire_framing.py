@@ -221,8 +221,7 @@ def test_reader_splits_a_typed_stream_at_every_offset() -> None:
         assert reader.pending == 0
 
 
-@pytest.mark.parametrize("method", ["read_frames", "read_spans"])
-def test_batch_reads_split_a_typed_stream_at_every_offset(method: str) -> None:
+def test_read_spans_splits_a_typed_stream_at_every_offset() -> None:
     messages = [Query("select 1"), Sync(), Query(""), DataRow((b"x", None)), Terminate()]
     data = b"".join(encode(m) for m in messages)
     expected = [Frame(m.TYPE, encode(m)) for m in messages]
@@ -231,22 +230,18 @@ def test_batch_reads_split_a_typed_stream_at_every_offset(method: str) -> None:
         frames = []
         for chunk in chunks:
             reader.feed(chunk)
-            if method == "read_frames":
-                frames += reader.read_frames()
-            else:
-                whole, spans = reader.read_spans()
-                assert whole == b"".join(whole[start:end] for _, start, end in spans)
-                frames += [Frame(bytes([t]), whole[start:end]) for t, start, end in spans]
+            whole, spans = reader.read_spans()
+            assert whole == b"".join(whole[start:end] for _, start, end in spans)
+            frames += [Frame(bytes([t]), whole[start:end]) for t, start, end in spans]
         assert frames == expected
         assert reader.pending == 0
 
 
-@pytest.mark.parametrize("method", ["read_frames", "read_spans"])
-def test_batch_reads_refuse_an_oversize_length(method: str) -> None:
+def test_read_spans_refuses_an_oversize_length() -> None:
     reader = MessageReader(max_message_size=100)
     reader.feed(encode(Sync()) + b"D" + struct.pack("!I", 101))
     with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
-        getattr(reader, method)()
+        reader.read_spans()
 
 
 def test_reader_frame_body_excludes_the_header() -> None:

@@ -100,38 +100,6 @@ class MessageReader:
         self._pos = end
         return Frame(_TYPE_BYTES[buf[pos]], bytes(buf[pos:end]))
 
-    def read_frames(self) -> list[Frame]:
-        """Every complete typed frame buffered now, in order (the relay's hot path).
-
-        Equivalent to calling :meth:`next_frame` until it returns None, without
-        a method call per message.
-        """
-        if self.startup:
-            frames = []
-            while (frame := self.next_frame()) is not None:
-                frames.append(frame)
-            return frames
-        buf = self._buf
-        pos = self._pos
-        size = len(buf)
-        limit = self.max_message_size
-        unpack = _I32.unpack_from
-        new = tuple.__new__
-        types = _TYPE_BYTES
-        frames = []
-        while size - pos >= 5:
-            (length,) = unpack(buf, pos + 1)
-            if length < 4 or length > limit:
-                self._pos = pos
-                self.next_frame()  # raises the precise error
-            end = pos + 1 + length
-            if size < end:
-                break
-            frames.append(new(Frame, (types[buf[pos]], bytes(buf[pos:end]))))
-            pos = end
-        self._pos = pos
-        return frames
-
     def read_spans(self) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Every complete typed frame buffered now, without a copy per frame.
 

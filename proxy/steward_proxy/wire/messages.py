@@ -349,24 +349,32 @@ class Bind(Message):
         return cls(portal, statement, formats, params, results)
 
 
-@dataclass(frozen=True, slots=True)
-class Describe(Message):
-    kind: str  # "S" statement or "P" portal
-    name: str = ""
-    TYPE: ClassVar[bytes] = b"D"
-    FRONTEND: ClassVar[bool] = True
+class _Target(Message):
+    """Describe and Close: a kind (``S`` statement or ``P`` portal) and a name."""
+
+    __slots__ = ()
+    kind: str
+    name: str
 
     def _body(self) -> bytes:
         return _bytes(self.kind) + _cstr(self.name)
 
     @classmethod
-    def _parse(cls, r: BodyReader) -> Describe:
+    def _parse(cls, r: BodyReader) -> _Target:
         kind = r.byte()
         if kind not in "SP":
-            raise RemoteProtocolError(f"invalid Describe kind {kind!r}")
+            raise RemoteProtocolError(f"invalid {cls.__name__} kind {kind!r}")
         name = r.cstring()
         r.end()
-        return cls(kind, name)
+        return cls(kind, name)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True, slots=True)
+class Describe(_Target):
+    kind: str  # "S" statement or "P" portal
+    name: str = ""
+    TYPE: ClassVar[bytes] = b"D"
+    FRONTEND: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,23 +408,11 @@ class Flush(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Close(Message):
+class Close(_Target):
     kind: str  # "S" statement or "P" portal
     name: str = ""
     TYPE: ClassVar[bytes] = b"C"
     FRONTEND: ClassVar[bool] = True
-
-    def _body(self) -> bytes:
-        return _bytes(self.kind) + _cstr(self.name)
-
-    @classmethod
-    def _parse(cls, r: BodyReader) -> Close:
-        kind = r.byte()
-        if kind not in "SP":
-            raise RemoteProtocolError(f"invalid Close kind {kind!r}")
-        name = r.cstring()
-        r.end()
-        return cls(kind, name)
 
 
 @dataclass(frozen=True, slots=True)
