@@ -660,6 +660,26 @@ def test_statements_after_the_error_batch_are_judged_and_forwarded_again() -> No
     assert session.feed_client(refused) == stand_in_parse() + enc(wire.Sync())
 
 
+def test_a_query_sent_inside_a_failed_batch_is_discarded_with_it() -> None:
+    # PostgreSQL discards everything up to Sync after an error in a batch, a
+    # simple Query in the middle included; the session must not wait for it.
+    audit = AuditLog()
+    session = make_session(audit)
+    session.feed_client(execute_batch("SELECT 1 / 0") + enc(wire.Query("SELECT 2"), wire.Sync()))
+    session.feed_upstream(
+        enc(wire.ParseComplete(), wire.BindComplete()) + error_reply("22012") + ready("I")
+    )
+    assert not session.busy
+    assert [(r["command"], r["error"]) for r in audit.statements()] == [
+        ("SELECT", "SQLSTATE 22012"),
+        ("SELECT", "not executed: an earlier message failed (SQLSTATE 22012)"),
+    ]
+    session.feed_client(enc(wire.Query("SELECT 3")))
+    session.feed_upstream(rows_reply("SELECT 1", (b"3",)))
+    assert audit.statements()[-1]["rows"] == 1
+    assert not session.busy
+
+
 def test_named_prepared_statement_is_judged_once_and_audited_per_execute() -> None:
     audit = AuditLog()
     session = make_session(audit)

@@ -39,7 +39,8 @@ SYNTAX_ERROR = "42601"
 INSUFFICIENT_PRIVILEGE = "42501"
 
 # Pending operation kinds.
-PARSE, BIND, DESCRIBE, CLOSE, EXECUTE, STATEMENT, FUNCTION, SYNC, REFUSAL = range(9)
+PARSE, BIND, DESCRIBE, CLOSE, EXECUTE, STATEMENT, FUNCTION, SYNC, QUERY_END, REFUSAL = range(10)
+_ENDS = (SYNC, QUERY_END)  # what a ReadyForQuery answers
 
 # What the upstream runs in place of a refused statement: it fails to parse.
 STAND_IN_SQL = "/* statement refused by Steward */ STEWARD_REFUSED"
@@ -249,7 +250,7 @@ class Session:
     def _stand_in_query(self, error: bytes) -> bytes:
         """Refuse a Query or FunctionCall: the upstream fails a stand-in instead."""
         self._ops.append(_Op(REFUSAL, payload=error))
-        self._ops.append(_Op(SYNC))
+        self._ops.append(_Op(QUERY_END))
         return _STAND_IN_QUERY
 
     def _stand_in_parse(self, name: str, error: bytes) -> bytes:
@@ -281,7 +282,7 @@ class Session:
                 ops.append(_Op(STATEMENT, statement, verdict, now))
         else:
             ops.append(_Op(STATEMENT, None, verdict, now))  # answered by EmptyQueryResponse
-        ops.append(_Op(SYNC))
+        ops.append(_Op(QUERY_END))
         return None
 
     def _parse(self, frame: wire.Frame) -> bytes | None:
@@ -315,7 +316,7 @@ class Session:
         if verdict.decision.action in ("deny", "review"):
             return self._stand_in_query(self._refuse(verdict, now))
         self._ops.append(_Op(FUNCTION, statement, verdict, now))
-        self._ops.append(_Op(SYNC))
+        self._ops.append(_Op(QUERY_END))
         return None
 
     # -- refusals --------------------------------------------------------------
@@ -371,7 +372,7 @@ class Session:
             elif kind == _READY_FOR_QUERY:
                 self.txn_status = chr(chunk[start + 5])
                 while ops:
-                    if ops.popleft().kind == SYNC:
+                    if ops.popleft().kind in _ENDS:
                         break
             elif kind == _ERROR_RESPONSE:
                 if ops and ops[0].kind == REFUSAL:
@@ -380,7 +381,7 @@ class Session:
                         pieces = []
                     pieces += (chunk[cut:start], ops.popleft().payload)
                     cut = end
-                    self._skip_to_sync("SQLSTATE 42501 (refused)")
+                    self._skip_after_error(_ENDS, "SQLSTATE 42501 (refused)")
                     continue
                 error = wire.decode_backend(wire.Frame(b"E", chunk[start:end]))
                 self._upstream_error(cast(wire.ErrorResponse, error))
@@ -406,21 +407,26 @@ class Session:
 
     def _upstream_error(self, error: wire.ErrorResponse) -> None:
         ops = self._ops
-        if not ops or ops[0].kind == SYNC:
+        if not ops or ops[0].kind in _ENDS:
             return
         failed = ops.popleft()
         # Only the SQLSTATE: PostgreSQL's messages may quote the values involved.
         reason = f"SQLSTATE {error.sqlstate}"
         if failed.kind in (STATEMENT, EXECUTE, FUNCTION, PARSE):
             self._finish(failed, failed.rows or None, reason)
-        self._skip_to_sync(reason)
+        if failed.kind in (STATEMENT, FUNCTION):
+            self._skip_after_error(_ENDS, reason)  # the rest of this simple Query
+        else:
+            # An extended-protocol batch: the upstream discards everything up to
+            # Sync, simple Queries sent inside the batch included.
+            self._skip_after_error((SYNC,), reason)
 
-    def _skip_to_sync(self, reason: str) -> None:
-        """The upstream skips everything up to the next Sync after an error; so do we."""
+    def _skip_after_error(self, until: tuple[int, ...], reason: str) -> None:
+        """Drop what the upstream will not answer after an error, up to ``until``."""
         ops = self._ops
-        while ops and ops[0].kind != SYNC:
+        while ops and ops[0].kind not in until:
             skipped = ops.popleft()
-            if skipped.kind in (STATEMENT, EXECUTE):
+            if skipped.kind in (STATEMENT, EXECUTE, FUNCTION):
                 self._finish(skipped, None, f"not executed: an earlier message failed ({reason})")
 
     # -- audit -------------------------------------------------------------------
