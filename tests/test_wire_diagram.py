@@ -1,0 +1,21 @@
+"""docs/wire.md shows the state machine generated from the table, not a stale copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from steward_proxy.wire import TRANSITIONS
+from steward_proxy.wire.diagram import mermaid
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "wire.md"
+
+
+def test_the_documented_diagram_is_generated_from_the_table() -> None:
+    assert "```mermaid\n" + mermaid() + "```" in DOC.read_text(), (
+        "docs/wire.md is stale: regenerate its diagram with python -m steward_proxy.wire.diagram"
+    )
+
+
+def test_the_diagram_has_one_edge_per_transition() -> None:
+    edges = [line for line in mermaid().splitlines() if ": F: " in line or ": B: " in line]
+    assert len(edges) == len(TRANSITIONS) + 1  # plus Terminate out of ready
