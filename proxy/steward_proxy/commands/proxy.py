@@ -19,6 +19,8 @@ log = logging.getLogger("steward.proxy")
 class AuditWriterLike(Protocol):
     def sync(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 def host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
@@ -87,7 +89,7 @@ def upstream_password(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from steward_proxy.admin import AdminServer
-    from steward_proxy.audit import AuditWriter
+    from steward_proxy.audit import AuditWriteError, AuditWriter
     from steward_proxy.metrics import ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
     from steward_proxy.server import ProxyServer, ProxySettings, install_uvloop
@@ -131,12 +133,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     metrics = ProxyMetrics()
     server = ProxyServer(settings, policies, audit, metrics)
-    audit.write(
-        "policy.loaded",
-        policy=",".join(p.key for p in policies.policies),
-        fingerprint=policies.compiled_hash,
-        decision="allow",
-    )
+    try:
+        audit.write(
+            "policy.loaded",
+            policy=",".join(p.key for p in policies.policies),
+            fingerprint=policies.compiled_hash,
+            decision="allow",
+        )
+    except AuditWriteError as exc:
+        print(f"steward proxy: cannot write the audit trail: {exc}", file=sys.stderr)
+        return 2
     admin = None
     if args.admin:
         try:
@@ -171,9 +177,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if admin:
             admin.stop()
-        audit.close()
+        closed = _close_audit(audit)
     log.info("stopped")
-    return 0
+    return 0 if closed else 1
+
+
+def _close_audit(audit: AuditWriterLike) -> bool:
+    """Close the trail; False (and a message) when its last records may not be on disk."""
+    from steward_proxy.audit import AuditWriteError
+
+    try:
+        audit.close()
+    except AuditWriteError as exc:
+        print(f"steward proxy: audit trail not closed cleanly: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 async def _sync_audit(
