@@ -410,3 +410,37 @@ def test_a_cancel_request_logs_no_disconnect_before_sign_in(proxy: Proxy) -> Non
         "the cancel request in the log",
     )
     assert "disconnected before sign-in" not in proxy.log().split("cancel request")[-1]
+
+
+def test_a_sign_in_the_client_abandons_is_audited(start_proxy: ProxyFactory) -> None:
+    # An upstream that accepts TCP but never answers holds the sign-in open.
+    held: list[socket.socket] = []
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)
+        port = silent.getsockname()[1]
+        proxy = start_proxy(
+            ALLOW_ALL_POLICY,
+            "--connect-timeout",
+            "120",
+            upstream=f"postgresql://nobody@127.0.0.1:{port}/steward",
+        )
+        with raw_connect(proxy) as sock:
+            sock.sendall(startup_packet(DEFAULT_USER, "steward"))
+            held.append(silent.accept()[0])  # the proxy reached the upstream and waits
+
+        def abandoned() -> list[dict[str, object]]:
+            return [
+                r
+                for r in proxy.audit_records()
+                if r["type"] == "session.start" and "abandoned" in str(r["error"])
+            ]
+
+        try:
+            records = wait_for(abandoned, "a session.start record for the abandoned sign-in")
+        finally:
+            for conn in held:
+                conn.close()
+    assert records[0]["identity"] == f"user:{DEFAULT_USER}"
+    assert records[0]["decision"] is None

@@ -11,6 +11,7 @@ cancel key of its own. From then on each chunk goes through the pure
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import ssl
@@ -77,6 +78,7 @@ class ClientProtocol(asyncio.Protocol):
         self._login: asyncio.Task[None] | None = None
         self._handshaking = False  # TLS handshake under way: no plaintext may be written
         self._tls_active = False
+        self._signing_in: wire.StartupMessage | None = None  # until session.start is audited
         self.connected_at = time.monotonic()
         self._draining = False
         self._closing = False
@@ -162,6 +164,7 @@ class ClientProtocol(asyncio.Protocol):
                     self._close("cancel request")
                     return
                 elif isinstance(event, wire.StartupMessage):
+                    self._signing_in = event
                     self._login = asyncio.ensure_future(self._sign_in(event))
                     return
         except wire.ProtocolError as exc:
@@ -256,23 +259,34 @@ class ClientProtocol(asyncio.Protocol):
         self, identity: Identity | None, startup: wire.StartupMessage, refusal: Refusal
     ) -> None:
         subject = identity.subject if identity else f"user:{startup.user}"
-        groups = list(identity.groups) if identity else []
         log.info("client %s: sign-in refused for %s: %s", self.peer, subject, refusal.message)
         self.server.metrics.sessions["refused"] += 1
+        self._audit_failed_sign_in(identity, "deny", f"{refusal.sqlstate}: {refusal.message}")
+        self._abort(refusal.sqlstate, refusal.message)
+
+    def _audit_failed_sign_in(
+        self, identity: Identity | None, decision: str | None, error: str
+    ) -> None:
+        """The session.start record of a sign-in that did not become a session."""
+        startup, self._signing_in = self._signing_in, None
+        if startup is None:
+            return
+        if identity is None:
+            with contextlib.suppress(Refusal):
+                identity = self.server.identity_for(startup)
         try:
             self.server.audit.write(
                 "session.start",
                 session=self.session_id,
-                identity=subject,
-                groups=groups,
+                identity=identity.subject if identity else f"user:{startup.user}",
+                groups=list(identity.groups) if identity else [],
                 database=startup.database,
                 client=self.peer,
-                decision="deny",
-                error=f"{refusal.sqlstate}: {refusal.message}",
+                decision=decision,
+                error=error,
             )
         except AuditWriteError as exc:
             self.server.audit_failure(exc)
-        self._abort(refusal.sqlstate, refusal.message)
 
     async def _connect_upstream(self, startup: wire.StartupMessage) -> None:
         settings = self.server.settings
@@ -377,6 +391,7 @@ class ClientProtocol(asyncio.Protocol):
             metrics=server.metrics,
             max_message_size=server.settings.max_message_size,
         )
+        self._signing_in = None
         try:
             server.audit.write("session.start", **session.who(), decision="allow")
         except AuditWriteError as exc:
@@ -478,6 +493,8 @@ class ClientProtocol(asyncio.Protocol):
             server.cancel_keys.pop(self.cancel_key, None)
         if self._login is not None and not self._login.done():
             self._login.cancel()
+        if self._signing_in is not None:
+            self._audit_failed_sign_in(None, None, f"sign-in abandoned: {reason}")
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
         if self.transport is not None:

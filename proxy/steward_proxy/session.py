@@ -370,6 +370,9 @@ class Session:
                     count = chunk[start + 5 : end - 1].rpartition(b" ")[2]
                     self._finish(op, int(count) if count.isdigit() else op.rows, None)
             elif kind == _READY_FOR_QUERY:
+                if end - start != 6 or chunk[start + 5] not in b"ITE":
+                    wire.decode_backend(wire.Frame(b"Z", chunk[start:end]))  # raises
+                    raise wire.RemoteProtocolError("malformed ReadyForQuery message")
                 self.txn_status = chr(chunk[start + 5])
                 while ops:
                     if ops.popleft().kind in _ENDS:
