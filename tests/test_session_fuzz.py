@@ -25,7 +25,7 @@ import struct
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from steward_proxy import wire
@@ -33,7 +33,7 @@ from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, compile_documents
 from steward_proxy.session import STAND_IN_SQL, Judge, Session
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 POLICY = """\
 apiVersion: steward.dev/v1alpha1
@@ -51,7 +51,20 @@ spec:
 """
 
 IDENTITY = Identity("user:alice")
-POLICIES = compile_documents(list(yaml.safe_load_all(POLICY))).policies_for(IDENTITY)
+
+
+def policies_for(text: str) -> tuple[Any, ...]:
+    return tuple(compile_documents(list(yaml.safe_load_all(text))).policies_for(IDENTITY))
+
+
+POLICIES = policies_for(POLICY)
+# Without a function guardrail a FunctionCall is allowed and forwarded.
+POLICIES_NO_FUNCTION_RULE = policies_for(
+    POLICY.replace(
+        "    - {name: no-file-access, match: {functions: [pg_read_file]}, action: deny}\n", ""
+    )
+)
+assert len(POLICIES_NO_FUNCTION_RULE[0].guardrails) == 2
 
 # Bound parameters (and what the upstream echoes of them) carry this marker;
 # no statement text ever does, so it must never show up in the audit trail.
@@ -111,7 +124,9 @@ class AuditLog:
         return record
 
 
-def make_session(audit: AuditLog, *, clock: Any = None) -> Session:
+def make_session(
+    audit: AuditLog, *, clock: Any = None, policies: tuple[Any, ...] = POLICIES
+) -> Session:
     if clock is None:
         ticks = iter(range(10**9))
         clock = lambda: next(ticks) / 1000  # noqa: E731
@@ -120,7 +135,7 @@ def make_session(audit: AuditLog, *, clock: Any = None) -> Session:
         identity=IDENTITY,
         database="app",
         client="127.0.0.1:5555",
-        judge=Judge(POLICIES),
+        judge=Judge(policies),
         audit=audit,
         metrics=ProxyMetrics(),
         clock=clock,
@@ -191,9 +206,7 @@ def raw_frames(draw: st.DrawFn, types: bytes) -> bytes:
 
 
 def peer_bytes(types: bytes) -> st.SearchStrategy[bytes]:
-    return st.lists(st.one_of(st.binary(min_size=1), raw_frames(types)), max_size=12).map(
-        b"".join
-    )
+    return st.lists(st.one_of(st.binary(min_size=1), raw_frames(types)), max_size=12).map(b"".join)
 
 
 @FUZZ
@@ -205,6 +218,11 @@ def peer_bytes(types: bytes) -> st.SearchStrategy[bytes]:
     order=st.lists(st.booleans(), max_size=20),
     eof=st.sampled_from([None, "client", "upstream"]),
 )
+# A ReadyForQuery without a valid status byte escaped as IndexError, or left
+# the session with a transaction status PostgreSQL never reports.
+@example(b"", b"Z\0\0\0\x04", [], [], [], None)
+@example(b"", b"Z\0\0\0\x04Z\0\0\0\x05I", [], [], [], None)
+@example(b"", b"Z\0\0\0\x05Q", [], [], [], None)
 def test_arbitrary_bytes_raise_only_protocol_errors(
     client: bytes,
     upstream: bytes,
@@ -225,13 +243,16 @@ def test_arbitrary_bytes_raise_only_protocol_errors(
             else:
                 session.feed_upstream(piece)
             assert isinstance(session.busy, bool)
+            assert session.txn_status in "ITE"
     except wire.ProtocolError:
         pass  # the shell reports it and closes the connection
     session.abandon("connection lost")
-    assert not session.busy or session.txn_status != "I"
+    assert session.closed
+    assert not session._ops
 
 
 # -------------------------------------------------- 2. well-formed messages
+
 
 def _no_nul(text: str) -> str:
     return text.replace("\0", "")
@@ -321,17 +342,21 @@ sqlstates = st.one_of(
     st.sampled_from(["42601", "42501", "22012", "23505", "25P02", "40001", "57014"]),
     st.text(alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", max_size=7),
 )
-field_codes = st.sampled_from("SVCMDHPWqx\x01\xff")
+# Any field may quote a value except the SQLSTATE, which is a code (or missing).
+field_codes = st.sampled_from("SVMDHPWqx\x01\xff")
 error_fields = st.one_of(
     st.builds(
-        lambda state, message, position: wire.ErrorResponse.build(
-            state, message, position=position
-        ).fields,
+        lambda state, message, position: (
+            wire.ErrorResponse.build(state, message, position=position).fields
+        ),
         sqlstates,
         echo_text.map(_no_nul),
         st.none() | st.integers(0, 10**6),
     ),
-    st.lists(st.tuples(field_codes, echo_text.map(_no_nul)), max_size=5).map(tuple),
+    st.lists(
+        st.tuples(field_codes, echo_text.map(_no_nul)) | st.tuples(st.just("C"), sqlstates),
+        max_size=5,
+    ).map(tuple),
 )
 field_description = st.builds(
     wire.FieldDescription, cstring_text, uint32, int16, uint32, int16, int32, int16
@@ -357,7 +382,9 @@ backend_message = st.one_of(
     st.just(wire.CopyDone()),
     st.just(wire.NoData()),
     st.builds(wire.ParameterDescription, st.lists(uint32, max_size=4).map(tuple)),
-    st.builds(wire.FunctionCallResponse, st.none() | values.map(lambda v: b"".join(filter(None, v)))),
+    st.builds(
+        wire.FunctionCallResponse, st.none() | values.map(lambda v: b"".join(filter(None, v)))
+    ),
 ).map(wire.encode)
 
 
@@ -365,7 +392,8 @@ def check_upstream_bound(data: bytes, judge: Judge) -> None:
     """What the session sends upstream is whole, valid, and judged allowed."""
     for frame in frames(data):
         message = wire.decode_frontend(frame)
-        assert not isinstance(message, wire.FunctionCall), "the policy denies every FunctionCall"
+        if isinstance(message, wire.FunctionCall):
+            assert judge.policies != POLICIES, "the function rule denies every FunctionCall"
         if isinstance(message, wire.Query | wire.Parse):
             if message.query == STAND_IN_SQL:
                 continue
@@ -382,13 +410,14 @@ def check_client_bound(data: bytes) -> list[wire.Message]:
     return decoded
 
 
-@settings(FUZZ, max_examples=300)
+@FUZZ
 @given(
     client=st.lists(frontend_message, max_size=12),
     upstream=st.lists(backend_message, max_size=16),
     client_cuts=st.lists(st.integers(0, 2**20), max_size=6),
     upstream_cuts=st.lists(st.integers(0, 2**20), max_size=6),
     order=st.lists(st.booleans(), max_size=24),
+    policies=st.sampled_from([POLICIES, POLICIES_NO_FUNCTION_RULE]),
 )
 def test_well_formed_messages_never_raise(
     client: list[bytes],
@@ -396,10 +425,11 @@ def test_well_formed_messages_never_raise(
     client_cuts: list[int],
     upstream_cuts: list[int],
     order: list[bool],
+    policies: tuple[Any, ...],
 ) -> None:
     audit = AuditLog()
-    session = make_session(audit)
-    judge = Judge(POLICIES)
+    session = make_session(audit, policies=policies)
+    judge = Judge(policies)
     steps = interleave(
         chunked(b"".join(client), client_cuts), chunked(b"".join(upstream), upstream_cuts), order
     )
@@ -416,7 +446,7 @@ def test_well_formed_messages_never_raise(
         run = session.statements_run
     session.abandon("connection lost")
     assert session.closed
-    assert not session.busy or session.txn_status != "I"
+    assert not session._ops
     for record in audit.records:
         assert record["session"] == "s1"
         assert record.get("decision") in (None, "allow", "deny")
@@ -455,9 +485,6 @@ class Script:
     def _ready(self) -> None:
         self.answers.append(wire.ReadyForQuery(self.status))
         self.units += 1
-
-    def rows(self, count: int, params: tuple[bytes | None, ...] = ()) -> list[wire.Message]:
-        return [wire.DataRow((p,)) for p in params[:1]] * count
 
     def simple(self, sql: str, count: int) -> None:
         self.client.append(wire.Query(sql))
@@ -527,6 +554,11 @@ class Script:
             else:
                 self._fail(sqlstate)
         self._ready()
+        if name:
+            # Drop the named statement again (Close works in a failed transaction too).
+            self.client += [wire.Close("S", name), wire.Sync()]
+            self.answers.append(wire.CloseComplete())
+            self._ready()
 
     def extended_denied(self, name: str, sql: str, params: tuple[bytes | None, ...]) -> None:
         self.client += [

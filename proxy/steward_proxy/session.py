@@ -414,7 +414,8 @@ class Session:
             return
         failed = ops.popleft()
         # Only the SQLSTATE: PostgreSQL's messages may quote the values involved.
-        reason = f"SQLSTATE {error.sqlstate}"
+        code = error.sqlstate
+        reason = f"SQLSTATE {code if len(code) == 5 and code.isascii() and code.isalnum() else 'invalid'}"
         if failed.kind in (STATEMENT, EXECUTE, FUNCTION, PARSE):
             self._finish(failed, failed.rows or None, reason)
         if failed.kind in (STATEMENT, FUNCTION):
