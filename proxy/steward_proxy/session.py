@@ -415,7 +415,8 @@ class Session:
         failed = ops.popleft()
         # Only the SQLSTATE: PostgreSQL's messages may quote the values involved.
         code = error.sqlstate
-        reason = f"SQLSTATE {code if len(code) == 5 and code.isascii() and code.isalnum() else 'invalid'}"
+        well_formed = len(code) == 5 and code.isascii() and code.isalnum()
+        reason = f"SQLSTATE {code if well_formed else 'invalid'}"
         if failed.kind in (STATEMENT, EXECUTE, FUNCTION, PARSE):
             self._finish(failed, failed.rows or None, reason)
         if failed.kind in (STATEMENT, FUNCTION):
