@@ -12,36 +12,19 @@ The audit sink is a list that records each ``write`` call; no sockets are used.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import yaml
 
 from steward_proxy import wire
-from steward_proxy.metrics import ProxyMetrics
-from steward_proxy.policy import Identity, compile_documents
-from steward_proxy.session import STAND_IN_SQL, Judge, Session
+from steward_proxy.session import STAND_IN_SQL
+
+from sessionkit import POLICY, AuditLog, enc, frames, make_session
 
 SSN = "123-45-6789"
-
-POLICY = """\
-apiVersion: steward.dev/v1alpha1
-kind: DatabaseAccessPolicy
-metadata: {name: unit}
-spec:
-  subjects: [{kind: User, name: alice}]
-  defaultAction: allow
-  guardrails:
-    - {name: no-delete, match: {statements: [DELETE]}, action: deny}
-    - {name: drops-need-review, match: {statements: [DROP]}, action: review}
-    - {name: no-file-access, match: {functions: [pg_read_file]}, action: deny}
-  approval:
-    approvers: [{kind: Group, name: dba}]
-"""
 
 CLOSED = """\
 apiVersion: steward.dev/v1alpha1
@@ -55,50 +38,9 @@ spec:
 DENIED = "DELETE FROM t WHERE id = 1"
 
 
-class AuditLog:
-    """An audit sink that keeps every record it is given."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, type: str, **fields: Any) -> dict[str, Any]:
-        record = {"type": type, **fields}
-        self.records.append(record)
-        return record
-
-    def statements(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["type"] == "statement"]
-
-
-def make_session(audit: AuditLog | None = None, policy: str = POLICY) -> Session:
-    policies = compile_documents(list(yaml.safe_load_all(policy)))
-    identity = Identity("user:alice")
-    ticks = itertools.count()
-    return Session(
-        session_id="s1",
-        identity=identity,
-        database="app",
-        client="127.0.0.1:5555",
-        judge=Judge(policies.policies_for(identity)),
-        audit=audit if audit is not None else AuditLog(),
-        metrics=ProxyMetrics(),
-        clock=lambda: next(ticks) / 1000,
-    )
-
-
-def enc(*messages: wire.Message) -> bytes:
-    return b"".join(wire.encode(m) for m in messages)
-
-
 def backend(data: bytes) -> list[wire.Message]:
     """Decode a stream the session sent to the client."""
-    reader = wire.MessageReader()
-    reader.feed(data)
-    out = []
-    while (frame := reader.next_frame()) is not None:
-        out.append(wire.decode_backend(frame))
-    assert reader.pending == 0, "the session sent part of a message"
-    return out
+    return [wire.decode_backend(frame) for frame in frames(data)]
 
 
 def types(data: bytes) -> str:

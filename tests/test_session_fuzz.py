@@ -24,38 +24,15 @@ import json
 import struct
 from typing import Any
 
-import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from steward_proxy import wire
-from steward_proxy.metrics import ProxyMetrics
-from steward_proxy.policy import Identity, compile_documents
 from steward_proxy.session import STAND_IN_SQL, Judge, Session
 
+from sessionkit import POLICY, AuditLog, enc, frames, make_session, policies_for
+
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-
-POLICY = """\
-apiVersion: steward.dev/v1alpha1
-kind: DatabaseAccessPolicy
-metadata: {name: fuzz}
-spec:
-  subjects: [{kind: User, name: alice}]
-  defaultAction: allow
-  guardrails:
-    - {name: no-delete, match: {statements: [DELETE]}, action: deny}
-    - {name: drops-need-review, match: {statements: [DROP]}, action: review}
-    - {name: no-file-access, match: {functions: [pg_read_file]}, action: deny}
-  approval:
-    approvers: [{kind: Group, name: dba}]
-"""
-
-IDENTITY = Identity("user:alice")
-
-
-def policies_for(text: str) -> tuple[Any, ...]:
-    return tuple(compile_documents(list(yaml.safe_load_all(text))).policies_for(IDENTITY))
-
 
 POLICIES = policies_for(POLICY)
 # Without a function guardrail a FunctionCall is allowed and forwarded.
@@ -110,51 +87,6 @@ NAMES = ["", "s1", "s2", "p1"]
 
 STAND_IN_SQLSTATE = "42601"
 REFUSED_SQLSTATE = "42501"
-
-
-class AuditLog:
-    """An audit sink that keeps every record it is given."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, type: str, **fields: Any) -> dict[str, Any]:
-        record = {"type": type, **fields}
-        self.records.append(record)
-        return record
-
-
-def make_session(
-    audit: AuditLog, *, clock: Any = None, policies: tuple[Any, ...] = POLICIES
-) -> Session:
-    if clock is None:
-        ticks = iter(range(10**9))
-        clock = lambda: next(ticks) / 1000  # noqa: E731
-    return Session(
-        session_id="s1",
-        identity=IDENTITY,
-        database="app",
-        client="127.0.0.1:5555",
-        judge=Judge(policies),
-        audit=audit,
-        metrics=ProxyMetrics(),
-        clock=clock,
-    )
-
-
-def enc(*messages: wire.Message) -> bytes:
-    return b"".join(wire.encode(m) for m in messages)
-
-
-def frames(data: bytes) -> list[wire.Frame]:
-    """Split ``data`` into frames, asserting it holds whole messages only."""
-    reader = wire.MessageReader()
-    reader.feed(data)
-    out = []
-    while (frame := reader.next_frame()) is not None:
-        out.append(frame)
-    assert reader.pending == 0, f"part of a message: {data[-reader.pending :]!r}"
-    return out
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -428,7 +360,7 @@ def test_well_formed_messages_never_raise(
     policies: tuple[Any, ...],
 ) -> None:
     audit = AuditLog()
-    session = make_session(audit, policies=policies)
+    session = make_session(audit, policies)
     judge = Judge(policies)
     steps = interleave(
         chunked(b"".join(client), client_cuts), chunked(b"".join(upstream), upstream_cuts), order
