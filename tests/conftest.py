@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from steward_operator.certs import CertificateAuthority
 from steward_proxy.localpg import LocalPostgres, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -492,3 +493,16 @@ def raw_login(proxy: Proxy, user: str = DEFAULT_USER) -> tuple[socket.socket, by
         raise AssertionError(f"raw login as {user} failed: {errors or messages}")
     raw = b"".join(k + struct.pack("!I", len(p) + 4) + p for k, p in messages)
     return sock, raw
+
+
+def server_certificate(directory: Path) -> tuple[Path, Path]:
+    """A server certificate for 127.0.0.1 and localhost from a throwaway CA, and its key."""
+    cert, key = CertificateAuthority.create().issue_server_cert(
+        "localhost", ["localhost"], ["127.0.0.1"]
+    )
+    cert_path = directory / "server.crt"
+    key_path = directory / "server.key"
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(key)
+    key_path.chmod(0o600)
+    return cert_path, key_path

@@ -22,7 +22,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from steward_operator.certs import CertificateAuthority
 from steward_proxy.audit import AuditWriteError
 from steward_proxy.commands.proxy import _sync_audit
 from steward_proxy.localpg import LocalPostgres
@@ -44,6 +43,7 @@ from conftest import (
     raw_connect,
     raw_login,
     read_until_closed,
+    server_certificate,
     startup_packet,
     wait_for,
 )
@@ -337,12 +337,7 @@ def test_an_admin_port_in_use_is_reported_without_a_traceback(start_proxy: Proxy
 def test_sigterm_ends_a_stalled_tls_handshake_at_once(
     start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
-    cert_pem, key_pem = CertificateAuthority.create().issue_server_cert(
-        "localhost", ["localhost"], ["127.0.0.1"]
-    )
-    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
-    cert.write_bytes(cert_pem)
-    key.write_bytes(key_pem)
+    cert, key = server_certificate(tmp_path)
     proxy = start_proxy(
         ALLOW_ALL_POLICY,
         "--tls-cert",
@@ -379,12 +374,7 @@ def test_a_client_that_never_signs_in_is_closed_after_the_startup_timeout(
 def test_a_second_ssl_request_inside_tls_is_refused(
     start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
-    cert_pem, key_pem = CertificateAuthority.create().issue_server_cert(
-        "localhost", ["localhost"], ["127.0.0.1"]
-    )
-    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
-    cert.write_bytes(cert_pem)
-    key.write_bytes(key_pem)
+    cert, key = server_certificate(tmp_path)
     proxy = start_proxy(ALLOW_ALL_POLICY, "--tls-cert", str(cert), "--tls-key", str(key))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False

@@ -12,23 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from steward_operator.certs import CertificateAuthority
 from steward_proxy.localpg import LocalPostgres
 
-from conftest import ALLOW_ALL_POLICY, ProxyFactory
-
-
-def write_self_signed(directory: Path) -> tuple[Path, Path]:
-    """A server certificate for 127.0.0.1 and localhost from a throwaway CA, and its key."""
-    cert, key = CertificateAuthority.create().issue_server_cert(
-        "localhost", ["localhost"], ["127.0.0.1"]
-    )
-    cert_path = directory / "server.crt"
-    key_path = directory / "server.key"
-    cert_path.write_bytes(cert)
-    key_path.write_bytes(key)
-    key_path.chmod(0o600)
-    return cert_path, key_path
+from conftest import ALLOW_ALL_POLICY, ProxyFactory, server_certificate
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +23,7 @@ def tls_pg() -> Iterator[LocalPostgres]:
     directory = Path(tempfile.mkdtemp(prefix="steward-tls-"))
     directory.chmod(0o755)
     try:
-        cert, key = write_self_signed(directory)
+        cert, key = server_certificate(directory)
         if os.geteuid() == 0:
             shutil.chown(key, "postgres", "postgres")
             shutil.chown(cert, "postgres", "postgres")
@@ -51,7 +37,7 @@ def tls_pg() -> Iterator[LocalPostgres]:
 
 
 def test_client_tls_is_offered_and_used(start_proxy: ProxyFactory, tmp_path: Path) -> None:
-    cert, key = write_self_signed(tmp_path)
+    cert, key = server_certificate(tmp_path)
     proxy = start_proxy(ALLOW_ALL_POLICY, "--tls-cert", str(cert), "--tls-key", str(key))
     with psycopg.connect(proxy.dsn() + "?sslmode=require") as conn:
         assert conn.pgconn.ssl_in_use
