@@ -11,9 +11,6 @@ rows per second and the proxied/direct ratio. Nothing is asserted. Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from steward_proxy.localpg import LocalPostgres, free_port, wait_for_port
+from steward_proxy.localpg import LocalPostgres, LocalProxy
 
 POLICY = """\
 apiVersion: steward.dev/v1alpha1
@@ -48,33 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     sql = f"SELECT g, repeat('x', {args.width}) FROM generate_series(1, {args.rows}) g"
-    user = LocalPostgres.SCRAM_USER
     with tempfile.TemporaryDirectory(prefix="steward-bench-") as tmp, LocalPostgres() as pg:
         workdir = Path(tmp)
         (workdir / "policy.yaml").write_text(POLICY)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "STEWARD_"))}
-        env["STEWARD_UPSTREAM_PASSWORD"] = pg.passwords[user]
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "steward_proxy", "proxy",
-             "--listen", f"127.0.0.1:{port}", "--upstream", pg.dsn(user, password=""),
-             "--policy", str(workdir / "policy.yaml"),
-             "--audit-log", str(workdir / "audit.jsonl")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
-        try:
-            wait_for_port("127.0.0.1", port, process=proxy)
-            direct_dsn = pg.dsn(user)
-            proxied_dsn = f"postgresql://bench@127.0.0.1:{port}/{pg.dbname}"
+        with LocalProxy(
+            pg,
+            policy=workdir / "policy.yaml",
+            audit_log=workdir / "audit.jsonl",
+            log_path=workdir / "proxy.log",
+        ) as proxy:
+            direct_dsn = pg.dsn(LocalPostgres.SCRAM_USER)
             direct, proxied = [], []
             for _ in range(args.repeat):
                 direct.append(read_all(direct_dsn, sql)[0])
-                seconds, rows = read_all(proxied_dsn, sql)
+                seconds, rows = read_all(proxy.dsn("bench"), sql)
                 assert rows == args.rows
                 proxied.append(seconds)
-        finally:
-            proxy.send_signal(signal.SIGTERM)
-            proxy.wait(timeout=30)
     best_direct, best_proxied = min(direct), min(proxied)
     print(f"{args.rows} rows of {args.width + 8} bytes, best of {args.repeat}, psycopg fetchall")
     print(f"{'path':<8} {'seconds':>8} {'rows/s':>12}")

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from steward_proxy.localpg import LocalPostgres, free_port, wait_for_port
+from steward_proxy.localpg import LocalPostgres, LocalProxy, free_port, wait_for_port
 
 POLICY = """\
 apiVersion: steward.dev/v1alpha1
@@ -84,28 +84,21 @@ def main(argv: list[str] | None = None) -> int:
 
         workdir = Path(tmp)
         (workdir / "policy.yaml").write_text(POLICY)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "STEWARD_"))}
-        if pg.passwords[user]:
-            env["STEWARD_UPSTREAM_PASSWORD"] = pg.passwords[user]
-        proxy_argv = [
-            sys.executable, "-m", "steward_proxy", "proxy",
-            "--listen", f"127.0.0.1:{port}",
-            "--upstream", pg.dsn(user, password=""),
-            "--policy", str(workdir / "policy.yaml"),
-            "--audit-log", str(workdir / "audit.jsonl"),
-            "--max-connections", str(args.clients * 4),
-        ]  # fmt: skip
-        log_path = workdir / "proxy.log"
-        with log_path.open("wb") as log:
-            proxy = subprocess.Popen(proxy_argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proxy = LocalProxy(
+            pg,
+            policy=workdir / "policy.yaml",
+            audit_log=workdir / "audit.jsonl",
+            log_path=workdir / "proxy.log",
+            upstream_user=user,
+            extra_args=["--max-connections", str(args.clients * 4)],
+        )
         relay_port = free_port()
         relay = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("forwarder.py")), str(relay_port),
              str(pg.port)]
         )  # fmt: skip
         try:
-            wait_for_port("127.0.0.1", port, process=proxy)
+            proxy.start()
             wait_for_port("127.0.0.1", relay_port, process=relay)
             run = ["-S", "-n", "-c", str(args.clients), "-j", str(args.jobs)]
             run += ["-T", str(args.seconds)]
@@ -125,28 +118,23 @@ def main(argv: list[str] | None = None) -> int:
                     ).stdout
                 )
                 print(f"pgbench -M {mode}: through steward proxy ...", flush=True)
-                proxied = tps(pgbench(pg, mode_args, port=port, user="pgbench", password="").stdout)
+                proxied = tps(
+                    pgbench(pg, mode_args, port=proxy.port, user="pgbench", password="").stdout
+                )
                 rows.append((mode, direct, relayed, proxied))
         except BaseException:
-            print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+            print(proxy.log(), file=sys.stderr)
             raise
         finally:
             relay.send_signal(signal.SIGTERM)
             relay.wait(timeout=30)
-            if proxy.poll() is None:
-                proxy.send_signal(signal.SIGTERM)
-                try:
-                    proxy.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proxy.kill()
-                    proxy.wait()
-        audit = workdir / "audit.jsonl"
-        audit_lines = len(audit.read_bytes().splitlines()) if audit.exists() else 0
+            exit_code = proxy.stop()
+        audit_lines = len(proxy.audit_log.read_bytes().splitlines())
 
     print()
     print(
         f"pgbench -S, {args.clients} clients, {args.jobs} threads, {args.seconds}s per run, "
-        f"scale {args.scale}; proxy exit code {proxy.returncode}, {audit_lines} audit records"
+        f"scale {args.scale}; proxy exit code {exit_code}, {audit_lines} audit records"
     )
     print(
         f"{'mode':<10} {'direct TPS':>11} {'relay TPS':>10} {'proxy TPS':>10} "

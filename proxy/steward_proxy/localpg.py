@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for tests, the demo and the benchmark.
+"""Throwaway PostgreSQL servers, and the proxy in front of one, for tests, demo, bench.
 
 ``LocalPostgres`` runs ``initdb`` in a fresh temporary directory, writes a
 configuration that listens on 127.0.0.1 at a free port (Unix socket inside the
@@ -35,8 +35,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import weakref
@@ -424,3 +426,97 @@ def _stop_all() -> None:
     for instance in list(_LIVE):
         with contextlib.suppress(Exception):
             instance.stop()
+
+
+class LocalProxy:
+    """``steward proxy`` as a child process in front of a :class:`LocalPostgres`.
+
+    The demo and the benchmarks run the proxy exactly as a user would, from its
+    command line; this is the one place that starts it that way. It signs in
+    upstream as ``upstream_user`` (password through ``STEWARD_UPSTREAM_PASSWORD``)
+    and writes its log to ``log_path``.
+    """
+
+    def __init__(
+        self,
+        pg: LocalPostgres,
+        *,
+        policy: Path,
+        audit_log: Path,
+        log_path: Path,
+        upstream_user: str = LocalPostgres.SCRAM_USER,
+        extra_args: Sequence[str] = (),
+        own_session: bool = False,
+    ) -> None:
+        self.pg = pg
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.log_path = log_path
+        self.audit_log = audit_log
+        self.upstream_user = upstream_user
+        self.argv = [
+            sys.executable, "-m", "steward_proxy", "proxy",
+            "--listen", f"{self.host}:{self.port}",
+            "--upstream", pg.dsn(upstream_user, password=""),
+            "--policy", str(policy),
+            "--audit-log", str(audit_log),
+            *extra_args,
+        ]  # fmt: skip
+        self._own_session = own_session  # True: a terminal's Ctrl-C reaches only the caller
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalProxy:
+        """Start the proxy and wait until it listens; RuntimeError with its log if it fails."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "STEWARD_"))}
+        if self.pg.passwords.get(self.upstream_user):
+            env["STEWARD_UPSTREAM_PASSWORD"] = self.pg.passwords[self.upstream_user]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=self._own_session,
+            )
+        try:
+            wait_for_port(self.host, self.port, process=self.process)
+        except (RuntimeError, TimeoutError) as err:
+            self.stop()
+            raise RuntimeError(f"steward proxy did not start: {err}\n{self.log()}") from None
+        return self
+
+    def dsn(self, user: str) -> str:
+        return f"postgresql://{quote(user, safe='')}@{self.host}:{self.port}/{self.pg.dbname}"
+
+    def log(self) -> str:
+        """The tail of the proxy's log."""
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful shutdown), then kill after ``timeout``; the exit code."""
+        process = self.process
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                return process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return process.wait()
+
+    def __enter__(self) -> LocalProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

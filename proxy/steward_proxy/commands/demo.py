@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from steward_proxy.localpg import LocalPostgres, free_port, wait_for_port
+from steward_proxy.localpg import LocalPostgres, LocalProxy
 
 DEMO_USER = "demo"
 REFUSED_USER = "auditor"
@@ -146,16 +146,6 @@ def _print_audit(path: Path) -> None:
         )
 
 
-def _stop(proxy: subprocess.Popen[bytes]) -> int:
-    if proxy.poll() is None:
-        proxy.send_signal(signal.SIGTERM)
-        try:
-            return proxy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
-    return proxy.wait()
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -176,47 +166,36 @@ def _run(args: argparse.Namespace) -> int:
         pg.execute((examples / "schema.sql").read_text())
         workdir = Path(tmp)
         audit_log = workdir / "audit.jsonl"
-        log_path = workdir / "proxy.log"
-        port = free_port()
-        upstream_user = LocalPostgres.SCRAM_USER
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "STEWARD_"))}
-        env["STEWARD_UPSTREAM_PASSWORD"] = pg.passwords[upstream_user]
-        argv = [
-            sys.executable, "-m", "steward_proxy", "proxy",
-            "--listen", f"127.0.0.1:{port}",
-            "--upstream", pg.dsn(upstream_user, password=""),
-            "--policy", str(examples / "policy.yaml"),
-            "--audit-log", str(audit_log),
-        ]  # fmt: skip
-        print(f"PostgreSQL on 127.0.0.1:{pg.port}; starting steward proxy on 127.0.0.1:{port}")
-        print(f"   (upstream login as {upstream_user}; clients never see its password)")
-        with log_path.open("wb") as log:
-            proxy = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # Ctrl-C reaches the demo, which stops the proxy
-            )
+        proxy = LocalProxy(
+            pg,
+            policy=examples / "policy.yaml",
+            audit_log=audit_log,
+            log_path=workdir / "proxy.log",
+            own_session=True,  # Ctrl-C reaches the demo, which stops the proxy
+        )
+        print(
+            f"PostgreSQL on 127.0.0.1:{pg.port}; starting steward proxy on 127.0.0.1:{proxy.port}"
+        )
+        print(f"   (upstream login as {proxy.upstream_user}; clients never see its password)")
         try:
             try:
-                wait_for_port("127.0.0.1", port, process=proxy)
-            except (RuntimeError, TimeoutError) as err:
-                print(f"steward proxy did not start: {err}", file=sys.stderr)
-                print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+                proxy.start()
+            except RuntimeError as err:
+                print(err, file=sys.stderr)
                 return 1
-            _tour(_Tour("127.0.0.1", port, pg.dbname))
+            _tour(_Tour(proxy.host, proxy.port, pg.dbname))
             if args.keep_running:
-                dsn = f"postgresql://{DEMO_USER}@127.0.0.1:{port}/{pg.dbname}"
-                print(f"\nThe proxy keeps running. Try:  psql '{dsn}'   (Ctrl-C to stop)")
+                print(
+                    f"\nThe proxy keeps running. Try:  psql '{proxy.dsn(DEMO_USER)}'"
+                    "   (Ctrl-C to stop)"
+                )
                 proxy.wait()
         except KeyboardInterrupt:
             print("\ninterrupted: cleaning up", file=sys.stderr)
-            _stop(proxy)
+            proxy.stop()
             return 130
         finally:
-            code = _stop(proxy)
+            code = proxy.stop()
         print("\n== Audit trail (statements carry placeholders, never literal values)")
         _print_audit(audit_log)
         print("\n== steward audit verify")
@@ -231,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"   exit code {verify.returncode}")
         if code != 0:
             print(f"\nsteward proxy exited with {code}; its log:", file=sys.stderr)
-            print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+            print(proxy.log(), file=sys.stderr)
         print("\nDone: PostgreSQL stopped, temporary files removed.")
         return 0 if code == 0 and verify.returncode == 0 else 1
 
