@@ -1015,7 +1015,7 @@ def test_abandon_records_statements_still_running() -> None:
     session.feed_client(enc(wire.Query("SELECT 1; SELECT 2")))
     session.abandon("upstream lost")
     assert [r["error"] for r in audit.statements()] == ["upstream lost", "upstream lost"]
-    assert session.closed
+    assert not session.running
 
 
 def test_abandon_with_a_refusal_pending_does_not_audit_it_twice() -> None:

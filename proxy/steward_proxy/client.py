@@ -57,10 +57,6 @@ class Refusal(Exception):
         self.message = message
 
 
-def _fatal(sqlstate: str, message: str) -> bytes:
-    return wire.encode(wire.ErrorResponse.build(sqlstate, message, severity="FATAL"))
-
-
 class ClientProtocol(asyncio.Protocol):
     """One client connection, from the startup packet to the last byte."""
 
@@ -107,7 +103,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._login is not None:
             self.conn.receive_data(data)  # held until sign-in completes
             if self.conn.pending > self.server.settings.max_message_size:
-                self._abort(PROTOCOL_VIOLATION, "too much data before sign-in")
+                self.terminate(PROTOCOL_VIOLATION, "too much data before sign-in")
             return
         self.conn.receive_data(data)
         self._startup_events()
@@ -154,7 +150,7 @@ class ClientProtocol(asyncio.Protocol):
                 if isinstance(event, wire.SSLRequest | wire.GSSENCRequest):
                     if self._tls_active:
                         raise wire.RemoteProtocolError("SSLRequest after TLS was established")
-                    accept = isinstance(event, wire.SSLRequest) and self.server._tls is not None
+                    accept = isinstance(event, wire.SSLRequest) and self.server.tls is not None
                     self.transport.write(self.conn.send(wire.SSLResponse(accept)))  # type: ignore[union-attr]
                     if accept:
                         self._login = asyncio.ensure_future(self._start_tls())
@@ -170,7 +166,7 @@ class ClientProtocol(asyncio.Protocol):
         except wire.ProtocolError as exc:
             log.warning("client %s: protocol error before sign-in: %s", self.peer, exc.message)
             self.server.metrics.error("protocol")
-            self._abort(exc.sqlstate, exc.message)
+            self.terminate(exc.sqlstate, exc.message)
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,7 +175,7 @@ class ClientProtocol(asyncio.Protocol):
             self.transport = await loop.start_tls(  # type: ignore[assignment]
                 self.transport,  # type: ignore[arg-type]
                 self,
-                self.server._tls,  # type: ignore[arg-type]
+                self.server.tls,  # type: ignore[arg-type]
                 server_side=True,
             )
         except (OSError, ssl.SSLError, ConnectionError) as exc:
@@ -262,7 +258,7 @@ class ClientProtocol(asyncio.Protocol):
         log.info("client %s: sign-in refused for %s: %s", self.peer, subject, refusal.message)
         self.server.metrics.sessions["refused"] += 1
         self._audit_failed_sign_in(identity, "deny", f"{refusal.sqlstate}: {refusal.message}")
-        self._abort(refusal.sqlstate, refusal.message)
+        self.terminate(refusal.sqlstate, refusal.message)
 
     def _audit_failed_sign_in(
         self, identity: Identity | None, decision: str | None, error: str
@@ -396,7 +392,7 @@ class ClientProtocol(asyncio.Protocol):
             server.audit.write("session.start", **session.who(), decision="allow")
         except AuditWriteError as exc:
             server.audit_failure(exc)
-            self._abort(CONNECTION_REJECTED, "the audit trail cannot be written")
+            self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
             return
         self.session = session
         server.metrics.sessions["accepted"] += 1
@@ -431,7 +427,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         if out:
             self.transport.write(out)  # type: ignore[union-attr]
-        if self._draining and not session._ops:
+        if self._draining and not session.running:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
 
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -466,22 +462,19 @@ class ClientProtocol(asyncio.Protocol):
         self._draining = True
         session = self.session
         if session is None:
-            self._abort(ADMIN_SHUTDOWN, "the proxy is shutting down")
-        elif not session._ops:
+            self.terminate(ADMIN_SHUTDOWN, "the proxy is shutting down")
+        elif not session.running:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
 
     def terminate(self, sqlstate: str, message: str, reason: str | None = None) -> None:
         self._write_fatal(sqlstate, message)
         self._close(reason or message)
 
-    def _abort(self, sqlstate: str, message: str) -> None:
-        self._write_fatal(sqlstate, message)
-        self._close(message)
-
     def _write_fatal(self, sqlstate: str, message: str) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing() and not self._handshaking:
-            transport.write(_fatal(sqlstate, message))
+            error = wire.ErrorResponse.build(sqlstate, message, severity="FATAL")
+            transport.write(wire.encode(error))
 
     def _close(self, reason: str) -> None:
         if self._closing:

@@ -17,7 +17,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from steward_proxy import wire
@@ -59,7 +59,6 @@ class ProxySettings:
     """How long SIGTERM waits for running statements before closing anyway."""
     tls_cert: str | None = None
     tls_key: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ProxyServer:
@@ -83,10 +82,10 @@ class ProxyServer:
         self.audit_failed = False
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Future[None]] = set()
-        self._tls: ssl.SSLContext | None = None
+        self.tls: ssl.SSLContext | None = None  # toward clients, when configured
         if settings.tls_cert:
-            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(settings.tls_cert, settings.tls_key)
 
     # -- lifecycle -------------------------------------------------------------
 

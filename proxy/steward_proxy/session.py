@@ -150,8 +150,6 @@ class Session:
         self.started = clock()
         self.last_activity = self.started
         self.txn_status = "I"
-        self.statements_run = 0
-        self.closed = False
         self.terminated = False  # the client said goodbye (Terminate)
         self._from_client = wire.MessageReader(max_message_size=max_message_size)
         self._from_upstream = wire.MessageReader(max_message_size=max_message_size)
@@ -168,6 +166,11 @@ class Session:
         }
 
     # -- state seen by the shell ---------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the upstream owes answers."""
+        return bool(self._ops)
 
     @property
     def busy(self) -> bool:
@@ -441,9 +444,8 @@ class Session:
         return self._who
 
     def _finish(self, op: _Op, rows: int | None, error: str | None) -> None:
-        self.statements_run += 1
         if op.verdict is None:
-            # A portal the session never saw prepared; the upstream judged it.
+            # A statement prepared with SQL PREPARE, judged when that ran.
             self.audit.write("statement", **self.who(), rows=rows, error=error)
             return
         self._record(op.statement, op.verdict, op.started, rows=rows, error=error)
@@ -484,4 +486,3 @@ class Session:
             op = ops.popleft()
             if op.kind in (STATEMENT, EXECUTE, FUNCTION):
                 self._finish(op, op.rows or None, reason)
-        self.closed = True
