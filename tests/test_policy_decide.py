@@ -76,6 +76,7 @@ class Stmt:
     tables: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
     has_where: bool = True
+    settings: tuple[tuple[str, str | None], ...] = ()
 
 
 ORDERS = compile_yaml(ORDERS_APP).policies

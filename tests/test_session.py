@@ -929,41 +929,41 @@ def test_feeding_byte_by_byte_gives_the_same_output_as_feeding_whole(
 
 
 @pytest.mark.parametrize(
-    ("client", "refused"),
+    ("client", "tags"),
     [
         pytest.param(
             enc(wire.Query(f"SELECT * FROM t WHERE ssn = '{SSN}'")),
-            False,
+            ("SELECT 1",),
             id="a literal in a WHERE clause",
         ),
         pytest.param(
             execute_batch("SELECT * FROM t WHERE ssn = $1", SSN.encode()) + enc(wire.Sync()),
-            False,
+            ("SELECT 1",),
             id="a bound parameter",
         ),
         pytest.param(
             enc(wire.Query(f"DELETE FROM t WHERE ssn = '{SSN}'")),
-            True,
+            None,
             id="a literal in a denied statement",
         ),
         pytest.param(
             execute_batch(f"DELETE FROM t WHERE ssn = '{SSN}' AND id = $1", b"1")
             + enc(wire.Sync()),
-            True,
+            None,
             id="a literal in a denied Parse",
         ),
         pytest.param(
             enc(wire.Query(f"SELECT 1; UPDATE t SET ssn = E'{SSN}' WHERE id = 1")),
-            False,
+            ("SELECT 1", "UPDATE 1"),
             id="an escaped literal in a multi-statement query",
         ),
     ],
 )
-def test_audit_never_contains_literal_values(client: bytes, refused: bool) -> None:
+def test_audit_never_contains_literal_values(client: bytes, tags: tuple[str, ...] | None) -> None:
     audit = AuditLog()
     session = make_session(audit)
     to_upstream = session.feed_client(client)
-    if refused:
+    if tags is None:
         assert SSN.encode() not in to_upstream, "a refused statement never goes upstream"
         reply = stand_in_error() + ready("I")
     else:
@@ -972,8 +972,7 @@ def test_audit_never_contains_literal_values(client: bytes, refused: bool) -> No
         )
         reply += enc(
             wire.DataRow((SSN.encode(),)),
-            wire.CommandComplete("SELECT 1"),
-            wire.CommandComplete("UPDATE 1"),
+            *(wire.CommandComplete(tag) for tag in tags),
             wire.ReadyForQuery("I"),
         )
     session.feed_upstream(reply)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from steward_proxy import wire
 from steward_proxy.audit import AuditWriteError
 from steward_proxy.policy import Identity
-from steward_proxy.session import Judge, Session
+from steward_proxy.session import Judge, Session, SessionEnded
 from steward_proxy.upstream import Authenticator, UpstreamAuthError, UpstreamGone, UpstreamProtocol
 
 if TYPE_CHECKING:
@@ -78,7 +78,10 @@ class ClientProtocol(asyncio.Protocol):
         self.connected_at = time.monotonic()
         self._draining = False
         self._closing = False
-        self._paused = False
+        self._paused = False  # the client transport's reading is paused
+        self._backpressure = False  # the upstream's write buffer is full
+        self._held = False  # the session holds client input (Session.stalled)
+        self._analysis: asyncio.Future[None] | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -99,6 +102,8 @@ class ClientProtocol(asyncio.Protocol):
                 return
             if to_upstream:
                 self.upstream.transport.write(to_upstream)  # type: ignore[union-attr]
+            if session.stalled:
+                self._stalled(session)
             return
         if self._login is not None:
             self.conn.receive_data(data)  # held until sign-in completes
@@ -130,14 +135,21 @@ class ClientProtocol(asyncio.Protocol):
             self.upstream.transport.resume_reading()
 
     def pause_reading(self) -> None:
-        if self.transport and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
+        self._backpressure = True
+        self._update_reading()
 
     def resume_reading(self) -> None:
-        if self.transport and self._paused:
-            self._paused = False
-            self.transport.resume_reading()
+        self._backpressure = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        pause = self._backpressure or self._held
+        if self.transport and pause != self._paused:
+            self._paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     # -- startup phase -------------------------------------------------------------
 
@@ -386,6 +398,12 @@ class ClientProtocol(asyncio.Protocol):
             audit=server.audit,
             metrics=server.metrics,
             max_message_size=server.settings.max_message_size,
+            limits=server.settings.analysis_limits,
+            parameters={
+                m.name: m.value
+                for m in self._upstream_params
+                if isinstance(m, wire.ParameterStatus)
+            },
         )
         self._signing_in = None
         try:
@@ -427,8 +445,48 @@ class ClientProtocol(asyncio.Protocol):
             return
         if out:
             self.transport.write(out)  # type: ignore[union-attr]
+        if session.resumable:
+            self._resume()
         if self._draining and not session.running:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
+
+    def _stalled(self, session: Session) -> None:
+        """The session holds client input: stop reading, and do what it waits for."""
+        self._held = True
+        self._update_reading()
+        stall = session.stalled
+        if stall == "analysis" and self._analysis is None:
+            sql = session.pending_analysis
+            assert sql is not None
+            self._analysis = asyncio.ensure_future(self._analyse(session, sql))
+        elif stall == "yield":
+            asyncio.get_running_loop().call_soon(self._resume)
+
+    async def _analyse(self, session: Session, sql: str) -> None:
+        result = await self.server.analyzer.analyze(sql)
+        self._analysis = None
+        if self._closing or self.session is not session:
+            return
+        session.analysed(sql, result)
+        self._resume()
+
+    def _resume(self) -> None:
+        """Go on with client input the session held."""
+        session = self.session
+        if session is None or self._closing:
+            return
+        try:
+            to_upstream = session.resume()
+        except Exception as exc:
+            self._relay_failed(exc, "client")
+            return
+        if to_upstream:
+            self.upstream.transport.write(to_upstream)  # type: ignore[union-attr]
+        if session.stalled:
+            self._stalled(session)
+        else:
+            self._held = False
+            self._update_reading()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self._closing:
@@ -441,7 +499,11 @@ class ClientProtocol(asyncio.Protocol):
         self.terminate(CONNECTION_FAILURE, "upstream connection lost", reason="upstream lost")
 
     def _relay_failed(self, exc: Exception, side: str) -> None:
-        if isinstance(exc, wire.ProtocolError):
+        if isinstance(exc, SessionEnded):
+            log.warning("session %s: ended: %s", self.session_id, exc.reason)
+            self.server.metrics.error(exc.kind)
+            self.terminate(exc.sqlstate, exc.message, reason=exc.reason)
+        elif isinstance(exc, wire.ProtocolError):
             log.warning(
                 "session %s: protocol error from %s: %s", self.session_id, side, exc.message
             )
@@ -486,6 +548,8 @@ class ClientProtocol(asyncio.Protocol):
             server.cancel_keys.pop(self.cancel_key, None)
         if self._login is not None and not self._login.done():
             self._login.cancel()
+        if self._analysis is not None and not self._analysis.done():
+            self._analysis.cancel()
         if self._signing_in is not None:
             self._audit_failed_sign_in(None, None, f"sign-in abandoned: {reason}")
         if self.upstream is not None and self.upstream.transport is not None:

@@ -17,10 +17,11 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from steward_proxy import wire
+from steward_proxy.analyzer import AnalysisPool
 from steward_proxy.client import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
@@ -32,7 +33,7 @@ from steward_proxy.client import (
 )
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, PolicySet
-from steward_proxy.session import AuditSink, Judge
+from steward_proxy.session import AnalysisLimits, AuditSink, Judge
 from steward_proxy.upstream import UpstreamTarget
 
 log = logging.getLogger("steward.proxy")
@@ -59,6 +60,13 @@ class ProxySettings:
     """How long SIGTERM waits for running statements before closing anyway."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    analysis_limits: AnalysisLimits = field(default_factory=AnalysisLimits)
+    """Bounds on statement text and on analysing it inline."""
+    analysis_workers: int = 1
+    analysis_timeout: float = 5.0
+    """Seconds an analysis off the event loop may take, waiting for a worker included."""
+    analysis_memory: int = 1 << 30
+    """Bytes of address space an analysis worker may use."""
 
 
 class ProxyServer:
@@ -82,6 +90,12 @@ class ProxyServer:
         self.audit_failed = False
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self.analyzer = AnalysisPool(
+            workers=settings.analysis_workers,
+            timeout=settings.analysis_timeout,
+            memory_bytes=settings.analysis_memory,
+            max_statements=settings.analysis_limits.max_statements,
+        )
         self.tls: ssl.SSLContext | None = None  # toward clients, when configured
         if settings.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -91,6 +105,7 @@ class ProxyServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        await self.analyzer.start()
         self._server = await loop.create_server(
             lambda: ClientProtocol(self),
             self.settings.listen_host,
@@ -137,6 +152,7 @@ class ProxyServer:
             client.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
         if self._server is not None:
             await self._server.wait_closed()
+        await self.analyzer.close()
 
     async def _reap(self) -> None:
         """End sessions idle too long and clients that never finish signing in."""
@@ -174,7 +190,9 @@ class ProxyServer:
                     INVALID_AUTHORIZATION,
                     f"no Steward policy covers subject {identity.subject}: access refused",
                 )
-            judge = self.judges[identity] = Judge(policies)
+            judge = self.judges[identity] = Judge(
+                policies, max_statements=self.settings.analysis_limits.max_statements
+            )
         return judge
 
     def identity_for(self, startup: wire.StartupMessage) -> Identity:

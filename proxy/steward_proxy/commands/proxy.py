@@ -67,6 +67,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-message-size", type=int, default=wire.DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES"
     )
+    p.add_argument(
+        "--max-statement-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="longer statement text is refused (54000) without analysis",
+    )
+    p.add_argument(
+        "--max-statements",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="a query string with more statements is refused (54000)",
+    )
+    p.add_argument(
+        "--analysis-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes that analyse large statements off the event loop",
+    )
+    p.add_argument(
+        "--analysis-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="time one off-loop analysis may take; over it the statement is refused (54000)",
+    )
+    p.add_argument(
+        "--analysis-memory",
+        type=int,
+        default=1024,
+        metavar="MIB",
+        help="address space of an analysis worker; over it the statement is refused (54000)",
+    )
     p.add_argument("--tls-cert", metavar="FILE")
     p.add_argument("--tls-key", metavar="FILE")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -93,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from steward_proxy.metrics import ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
     from steward_proxy.server import ProxyServer, ProxySettings, install_uvloop
+    from steward_proxy.session import AnalysisLimits
     from steward_proxy.upstream import UpstreamTarget
 
     configure_logging(args.log_level)
@@ -125,6 +161,12 @@ def run(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        analysis_limits=AnalysisLimits(
+            max_statement_bytes=args.max_statement_bytes, max_statements=args.max_statements
+        ),
+        analysis_workers=args.analysis_workers,
+        analysis_timeout=args.analysis_timeout,
+        analysis_memory=args.analysis_memory << 20,
     )
     try:
         audit = AuditWriter(args.audit_log, fsync=args.audit_fsync, max_bytes=args.audit_max_bytes)

@@ -2,8 +2,10 @@
 
 Pure: no I/O. Within a policy the guardrails are tried in order and the first
 that matches decides; when none matches, the policy's ``defaultAction`` does.
-Across the statements of one query string and across several policies the most
-restrictive decision wins (deny > review > log > allow); between equally
+A statement that changes a setting Steward pins (see ``pinned``) is refused
+before any policy is consulted. Across the statements of one query string and
+across several policies the most restrictive decision wins (deny > review >
+log > allow); between equally
 restrictive decisions the first statement, then the first policy (by
 ``namespace/name``), is reported.
 """
@@ -14,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from steward_proxy.policy.model import ACTION_RANK, Action, Policy, StatementLike
+from steward_proxy.policy.pinned import pinned_violation
 
 _VERB = {
     "deny": "denied by",
@@ -41,8 +44,19 @@ NO_POLICY = Decision(action="deny", policy=None, rule=None, message="no policy c
 EMPTY_QUERY = Decision(action="allow", policy=None, rule=None, message="empty query")
 
 
+def pinned(statement: StatementLike) -> Decision | None:
+    """The refusal of a statement that changes a pinned setting, whatever the policy."""
+    reason = pinned_violation(statement.settings) if statement.settings else None
+    if reason is None:
+        return None
+    return Decision("deny", None, None, f"statement refused: {reason}")
+
+
 def decide_one(policy: Policy, statement: StatementLike) -> Decision:
     """The decision of one policy on one statement."""
+    refused = pinned(statement)
+    if refused is not None:
+        return refused
     for guardrail in policy.guardrails:
         if guardrail.matches(statement):
             verb = _VERB[guardrail.action]
@@ -63,7 +77,7 @@ def decide_each(
     policies: Sequence[Policy], statements: Sequence[StatementLike]
 ) -> tuple[Decision, ...]:
     """One combined decision per statement, in statement order."""
-    return tuple(_combine(decide_one(p, s) for p in policies) for s in statements)
+    return tuple(pinned(s) or _combine(decide_one(p, s) for p in policies) for s in statements)
 
 
 def decide(policies: Sequence[Policy], statements: Sequence[StatementLike]) -> Decision:
@@ -71,6 +85,10 @@ def decide(policies: Sequence[Policy], statements: Sequence[StatementLike]) -> D
 
     No policies means no access (deny); no statements (an empty query) is allowed.
     """
+    for statement in statements:
+        refused = pinned(statement)
+        if refused is not None:
+            return refused
     if not policies:
         return NO_POLICY
     if not statements:

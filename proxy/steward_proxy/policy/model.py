@@ -34,7 +34,8 @@ class StatementLike(Protocol):
 
     ``command`` is the command tag, ``tables`` are ``schema.table`` names,
     ``functions`` lower-case function names, ``has_where`` whether an UPDATE or
-    DELETE has a WHERE clause.
+    DELETE has a WHERE clause, ``settings`` the ``(name, value)`` run-time
+    parameters it changes.
     """
 
     @property
@@ -45,6 +46,8 @@ class StatementLike(Protocol):
     def functions(self) -> tuple[str, ...]: ...
     @property
     def has_where(self) -> bool: ...
+    @property
+    def settings(self) -> tuple[tuple[str, str | None], ...]: ...
 
 
 class PolicyError(Exception):

@@ -7,18 +7,31 @@ cuts a multi-statement string, ``analyze`` says what each statement does
 Pure: no I/O, no sockets, no asyncio.
 """
 
-from steward_proxy.sql.analysis import DEFAULT_CACHE, StatementInfo, analyze
+from steward_proxy.sql.analysis import (
+    DEFAULT_CACHE,
+    StatementInfo,
+    analyze,
+    cached,
+    cached_exact,
+    depends_on_literals,
+    remember,
+)
 from steward_proxy.sql.cache import ShapeCache
-from steward_proxy.sql.errors import SQLSyntaxError
+from steward_proxy.sql.errors import AnalysisLimitError, SQLSyntaxError
 from steward_proxy.sql.shape import fingerprint, normalize, split_statements
 
 __all__ = [
     "DEFAULT_CACHE",
+    "AnalysisLimitError",
     "SQLSyntaxError",
     "ShapeCache",
     "StatementInfo",
     "analyze",
+    "cached",
+    "cached_exact",
+    "depends_on_literals",
     "fingerprint",
     "normalize",
+    "remember",
     "split_statements",
 ]

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pglast import ast as _ast
 from pglast import parser as _pg
 
 from steward_proxy.sql.cache import ShapeCache
 from steward_proxy.sql.commands import command_tag
-from steward_proxy.sql.errors import SQLSyntaxError
+from steward_proxy.sql.errors import AnalysisLimitError, SQLSyntaxError
 from steward_proxy.sql.shape import normalize, syntax_error
 
 __all__ = ["DEFAULT_CACHE", "StatementInfo", "analyze"]
@@ -61,6 +61,18 @@ class StatementInfo:
       wherever they occur in the statement. Statements that are only defined,
       not run (``CREATE RULE``, ``CREATE FUNCTION`` bodies, ``EXPLAIN`` without
       ``ANALYZE``) add nothing; ``PREPARE`` reports what ``EXECUTE`` will write.
+    - ``settings``: each run-time parameter the statement sets, resets or
+      attaches anywhere (``SET``, ``SET NAMES``, ``SET ROLE``, ``RESET``,
+      ``ALTER ROLE|DATABASE|SYSTEM ... SET``, a function's ``SET`` clause,
+      ``set_config()``), as ``(name, value)``: the name lower-cased, ``""``
+      when it is not a constant; the value as text, ``None`` when it is not a
+      constant or the parameter goes back to its default. ``RESET ALL`` is not
+      listed (it restores the values the session started with).
+    - ``prepared_name``: the name an SQL ``PREPARE`` gives its statement.
+    - ``literal_dependent``: the analysis depends on constant values that
+      :func:`normalize` replaces (a ``SET`` value, ``set_config`` arguments,
+      ``EXPLAIN`` options), so it must not be reused for another statement of
+      the same shape.
     """
 
     command: str
@@ -70,26 +82,82 @@ class StatementInfo:
     functions: tuple[str, ...]
     has_where: bool
     writes: tuple[str, ...]
+    settings: tuple[tuple[str, str | None], ...] = ()
+    prepared_name: str | None = None
+    literal_dependent: bool = False
 
 
 def analyze(
-    sql: str, *, cache: ShapeCache[tuple[StatementInfo, ...]] | None = None
+    sql: str,
+    *,
+    cache: ShapeCache[tuple[StatementInfo, ...]] | None = None,
+    shape: str | None = None,
+    max_statements: int = 0,
 ) -> tuple[StatementInfo, ...]:
     """Describe each statement of ``sql``; an empty or comment-only string gives ``()``.
 
-    Raises :class:`SQLSyntaxError` when ``sql`` does not parse.
+    ``shape`` is ``normalize(sql)`` when the caller has it already. Raises
+    :class:`SQLSyntaxError` when ``sql`` does not parse, and
+    :class:`AnalysisLimitError` when it holds more than ``max_statements``
+    statements (0: no bound).
     """
     if cache is None:
         cache = DEFAULT_CACHE
-    key = normalize(sql)
-    infos = cache.get(key)
+    if shape is None:
+        shape = normalize(sql)
+    infos = cached(cache, sql, shape)
     if infos is None:
-        infos = _analyze_uncached(sql, key)
-        cache.put(key, infos)
+        infos = _analyze_uncached(sql, shape, max_statements)
+    if max_statements and len(infos) > max_statements:
+        raise _too_many(len(infos), max_statements)
+        remember(cache, sql, shape, infos, depends_on_literals(infos))
     return infos
 
 
-def _analyze_uncached(sql: str, normalized: str) -> tuple[StatementInfo, ...]:
+def _too_many(count: int, limit: int) -> AnalysisLimitError:
+    return AnalysisLimitError(
+        f"statement refused: the query string holds {count} statements, "
+        f"more than the limit of {limit}; send them in several queries"
+    )
+
+
+# Keys of entries that hold for one exact text only: a NUL never occurs in
+# analysed SQL (``normalize`` refuses it), so these never meet a shape key.
+_EXACT = "\x00"
+
+T = TypeVar("T")
+
+
+def cached(cache: ShapeCache[T], sql: str, shape: str) -> T | None:
+    """What ``cache`` holds for ``sql``: by its shape, else by its exact text."""
+    exact = _EXACT + sql
+    return cache.get(exact if exact in cache else shape)
+
+
+def cached_exact(cache: ShapeCache[T], sql: str) -> T | None:
+    """What ``cache`` holds for exactly ``sql`` (stored with ``exact=True``)."""
+    exact = _EXACT + sql
+    return cache.get(exact) if exact in cache else None
+
+
+def remember(cache: ShapeCache[T], sql: str, shape: str, value: T, exact: bool) -> None:
+    """Store ``value`` by shape, or by exact text when it depends on literals.
+
+    Whether an analysis depends on literals is a property of the statement's
+    structure (a ``SET``, a ``set_config`` call, ``EXPLAIN`` options), which
+    every statement of one shape shares: a shape entry is never one that
+    would have needed an exact key.
+    """
+    cache.put(_EXACT + sql if exact else shape, value)
+
+
+def depends_on_literals(infos: tuple[StatementInfo, ...]) -> bool:
+    return any(info.literal_dependent for info in infos)
+
+
+def _analyze_uncached(
+    sql: str, normalized: str, max_statements: int = 0
+) -> tuple[StatementInfo, ...]:
     try:
         tree = json.loads(parse_sql_json(sql))
     except (_pg.ParseError, UnicodeError) as exc:
@@ -99,6 +167,8 @@ def _analyze_uncached(sql: str, normalized: str) -> tuple[StatementInfo, ...]:
     raw_stmts = tree.get("stmts", [])
     if not raw_stmts:
         return ()
+    if max_statements and len(raw_stmts) > max_statements:
+        raise _too_many(len(raw_stmts), max_statements)
     originals = list(split(sql, with_parser=True))
     if len(originals) != len(raw_stmts):
         raise SQLSyntaxError("statement string cannot be split into statements")
@@ -108,6 +178,7 @@ def _analyze_uncached(sql: str, normalized: str) -> tuple[StatementInfo, ...]:
         ((node_type, fields),) = raw["stmt"].items()
         walker = _Walker()
         walker.walk(node_type, fields)
+        prepared_name = fields.get("name") if node_type == "PrepareStmt" else None
         infos.append(
             StatementInfo(
                 command=command_tag(node_type, fields),
@@ -117,6 +188,9 @@ def _analyze_uncached(sql: str, normalized: str) -> tuple[StatementInfo, ...]:
                 functions=tuple(walker.functions),
                 has_where=walker.has_where,
                 writes=tuple(walker.writes),
+                settings=tuple(walker.settings),
+                prepared_name=prepared_name,
+                literal_dependent=walker.literal_dependent,
             )
         )
     return tuple(infos)
@@ -228,14 +302,63 @@ def _explain_runs(fields: Fields) -> bool:
     return False
 
 
+def _constant(node: Any) -> tuple[bool, str | None]:
+    """Whether ``node`` is a constant (through casts), and its value as text.
+
+    libpg_query's JSON leaves out zero values: ``{"ival": {}}`` is 0.
+    """
+    while isinstance(node, Mapping) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    if not isinstance(node, Mapping) or "A_Const" not in node:
+        return False, None
+    const = node["A_Const"]
+    if const.get("isnull"):
+        return True, None
+    if "sval" in const:
+        return True, str(const["sval"].get("sval", ""))
+    if "ival" in const:
+        return True, str(const["ival"].get("ival", 0))
+    if "fval" in const:
+        return True, str(const["fval"].get("fval", "0"))
+    if "boolval" in const:
+        return True, "true" if const["boolval"].get("boolval") else "false"
+    if "bsval" in const:
+        return True, str(const["bsval"].get("bsval", ""))
+    return False, None
+
+
+def _set_statement(fields: Fields) -> tuple[str, str | None] | None:
+    """The ``(name, value)`` a ``VariableSetStmt`` sets; None for ``RESET ALL``."""
+    kind = fields.get("kind", "")
+    if kind == "VAR_RESET_ALL":
+        return None
+    name = str(fields.get("name", "")).lower()
+    if kind != "VAR_SET_VALUE":
+        return (name, None)
+    args = fields.get("args") or []
+    if len(args) != 1:
+        return (name, None)
+    return (name, _constant(args[0])[1])
+
+
+def _set_config_call(args: Any) -> tuple[str, str | None]:
+    """The ``(name, value)`` of a ``set_config(name, value, is_local)`` call."""
+    args = args if isinstance(args, list) else []
+    is_constant, name = _constant(args[0]) if args else (False, None)
+    value = _constant(args[1])[1] if len(args) > 1 else None
+    return ((name or "").lower() if is_constant else "", value)
+
+
 class _Walker:
-    __slots__ = ("functions", "has_where", "tables", "writes")
+    __slots__ = ("functions", "has_where", "literal_dependent", "settings", "tables", "writes")
 
     def __init__(self) -> None:
         self.tables: dict[str, None] = {}
         self.functions: dict[str, None] = {}
         self.writes: dict[str, None] = {}
+        self.settings: list[tuple[str, str | None]] = []
         self.has_where = True
+        self.literal_dependent = False
 
     def walk(self, node_type: str, fields: Fields) -> None:
         stack: list[_Frame] = [(node_type, fields, _EMPTY, True)]
@@ -271,7 +394,15 @@ class _Walker:
                 self.functions[names[-1]] = None
                 if len(names) > 1:
                     self.functions[f"{names[-2]}.{names[-1]}"] = None
+                if names[-1] == "set_config":
+                    self.settings.append(_set_config_call(fields.get("args")))
+                    self.literal_dependent = True
             skip = ("funcname",)
+        elif node_type == "VariableSetStmt":
+            setting = _set_statement(fields)
+            if setting is not None:
+                self.settings.append(setting)
+            self.literal_dependent = True
         elif node_type in _WITH_OWNERS:
             with_clause = fields.get("withClause")
             if with_clause:
@@ -317,6 +448,7 @@ class _Walker:
             return
         elif node_type == "ExplainStmt":
             run = run and _explain_runs(fields)
+            self.literal_dependent = self.literal_dependent or bool(fields.get("options"))
         elif node_type in ("RuleStmt", "CreateFunctionStmt"):
             run = False
 

@@ -1,4 +1,4 @@
-"""The one error the SQL layer raises: a statement string that does not parse.
+"""The errors the SQL layer raises: SQL that does not parse, SQL too costly to analyse.
 
 Pure: no I/O.
 """
@@ -23,3 +23,11 @@ class SQLSyntaxError(Exception):
         if self.cursor_position is None:
             return self.message
         return f"{self.message} (at character {self.cursor_position})"
+
+
+class AnalysisLimitError(Exception):
+    """A statement string over a bound on what analysing it may cost (SQLSTATE 54000)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
