@@ -29,7 +29,7 @@ import sys
 from typing import Any
 
 from steward_proxy.session import Analysis
-from steward_proxy.sql import AnalysisLimitError, ShapeCache, SQLSyntaxError, analyze
+from steward_proxy.sql import AnalysisLimitError, SQLSyntaxError, analyze_uncached
 
 log = logging.getLogger("steward.proxy")
 
@@ -165,7 +165,7 @@ def _result(answer: Any) -> Analysis:
 
 def _answer(sql: str, max_statements: int, memory_bytes: int) -> tuple[Any, ...]:
     try:
-        return ("ok", analyze(sql, cache=ShapeCache(0), max_statements=max_statements))
+        return ("ok", analyze_uncached(sql, max_statements=max_statements))
     except SQLSyntaxError as exc:
         if "out of memory" in exc.message:
             return ("limit", _over_memory(memory_bytes))

@@ -107,10 +107,10 @@ def analyze(
         shape = normalize(sql)
     infos = cached(cache, sql, shape)
     if infos is None:
-        infos = _analyze_uncached(sql, shape, max_statements)
+        infos = analyze_uncached(sql, shape, max_statements)
+        remember(cache, sql, shape, infos, depends_on_literals(infos))
     if max_statements and len(infos) > max_statements:
         raise _too_many(len(infos), max_statements)
-        remember(cache, sql, shape, infos, depends_on_literals(infos))
     return infos
 
 
@@ -155,9 +155,13 @@ def depends_on_literals(infos: tuple[StatementInfo, ...]) -> bool:
     return any(info.literal_dependent for info in infos)
 
 
-def _analyze_uncached(
-    sql: str, normalized: str, max_statements: int = 0
+def analyze_uncached(
+    sql: str, normalized: str | None = None, max_statements: int = 0
 ) -> tuple[StatementInfo, ...]:
+    """:func:`analyze` without a cache, bounding the statement count before the costly steps.
+
+    ``normalized`` is ``normalize(sql)`` when the caller has it.
+    """
     try:
         tree = json.loads(parse_sql_json(sql))
     except (_pg.ParseError, UnicodeError) as exc:
@@ -169,6 +173,8 @@ def _analyze_uncached(
         return ()
     if max_statements and len(raw_stmts) > max_statements:
         raise _too_many(len(raw_stmts), max_statements)
+    if normalized is None:
+        normalized = normalize(sql)
     originals = list(split(sql, with_parser=True))
     if len(originals) != len(raw_stmts):
         raise SQLSyntaxError("statement string cannot be split into statements")
