@@ -95,9 +95,7 @@ CORPUS: dict[str, str] = {
     "CALL": "CALL {s}.note('{ssn}')",
     "COMMENT ON TABLE": "COMMENT ON TABLE {s}.people IS 'holds {ssn} and {card}'",
     "COMMENT ON COLUMN": "COMMENT ON COLUMN {s}.people.ssn IS E'{ssn}'",
-    "DO": (
-        "DO $do$ BEGIN PERFORM 1 WHERE '{ssn}' <> '{card}'; RAISE NOTICE '%', {card}; END $do$"
-    ),
+    "DO": ("DO $do$ BEGIN PERFORM 1 WHERE '{ssn}' <> '{card}'; RAISE NOTICE '%', {card}; END $do$"),
     "COPY options": (
         "COPY (SELECT * FROM {s}.people WHERE ssn = '{ssn}') TO STDOUT"
         " WITH (FORMAT csv, NULL '{ssn}', QUOTE '|', HEADER)"

@@ -186,9 +186,7 @@ class _Numbering:
 
 def _highest_param(tokens: list[_pg.Token], text: str) -> int:
     # The scanner refuses parameter numbers beyond PostgreSQL's int range.
-    return max(
-        (int(text[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM"), default=0
-    )
+    return max((int(text[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM"), default=0)
 
 
 def scrub(sql: str) -> str:
