@@ -41,6 +41,7 @@ __all__ = [
 
 _COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 _CONSTANT_TOKENS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST", "ICONST", "FCONST"})
+_CONSTANTS_AND_PARAMS = _CONSTANT_TOKENS | {"PARAM"}
 _PG_SPACE = " \t\n\r\f\v"  # what PostgreSQL's scanner takes for whitespace
 
 
@@ -72,7 +73,7 @@ def _check_nul(sql: str) -> None:
 
 def _strip_comments(text: str) -> str:
     """Replace each comment and the whitespace around it by one space."""
-    return _rewrite(text, list(_pg.scan(text)), _keep)
+    return _rewrite(text, list(_pg.scan(text)))
 
 
 def normalize(sql: str) -> str:
@@ -118,17 +119,35 @@ def _word_char(char: str) -> bool:
     return char.isalnum() or char in "_$" or ord(char) > 127
 
 
-def _rewrite(text: str, tokens: list[_pg.Token], replace: Callable[[str], str | None]) -> str:
+def _rewrite(
+    text: str,
+    tokens: list[_pg.Token],
+    targets: frozenset[str] = frozenset(),
+    replace: Callable[[], str] = str,
+) -> str:
     """Drop comments (with the whitespace around them) and replace tokens.
 
-    ``replace`` gets each token's name and returns its replacement, or ``None``
-    to keep it. A replacement never touches a neighbouring word.
+    Each token whose name is in ``targets`` becomes ``replace()``; a replacement
+    never touches a neighbouring word.
     """
     pieces: list[str] = []  # only non-empty strings
     last = 0
     pending_space = False  # a dropped comment separated what comes next
     for token in tokens:
-        if token.name in _COMMENT_TOKENS:
+        name = token.name
+        if name in targets:
+            if pending_space and pieces:
+                pieces.append(" ")
+            pending_space = False
+            if token.start > last:
+                pieces.append(text[last : token.start])
+            if pieces and _word_char(pieces[-1][-1]):
+                pieces.append(" ")
+            pieces.append(replace())
+            last = token.end + 1
+            if last < len(text) and _word_char(text[last]):
+                pieces.append(" ")
+        elif name in _COMMENT_TOKENS:
             before = text[last : token.start].rstrip(_PG_SPACE)
             if before:
                 if pending_space and pieces:
@@ -138,21 +157,6 @@ def _rewrite(text: str, tokens: list[_pg.Token], replace: Callable[[str], str | 
             last = token.end + 1
             while last < len(text) and text[last] in _PG_SPACE:
                 last += 1
-            continue
-        replacement = replace(token.name)
-        if replacement is None:
-            continue
-        if pending_space and pieces:
-            pieces.append(" ")
-        pending_space = False
-        if token.start > last:
-            pieces.append(text[last : token.start])
-        if pieces and _word_char(pieces[-1][-1]):
-            pieces.append(" ")
-        pieces.append(replacement)
-        last = token.end + 1
-        if last < len(text) and _word_char(text[last]):
-            pieces.append(" ")
     rest = text[last:]
     if rest:
         if pending_space and pieces:
@@ -161,30 +165,22 @@ def _rewrite(text: str, tokens: list[_pg.Token], replace: Callable[[str], str | 
     return "".join(pieces).strip(_PG_SPACE)
 
 
-def _keep(name: str) -> None:
-    return None
-
-
-def _anonymous(name: str) -> str | None:
-    return "?" if name in _CONSTANT_TOKENS or name == "PARAM" else None
-
-
 class _Numbering:
-    """Replaces each constant by the next ``$n``."""
+    """Gives the next ``$n`` at each call."""
 
     __slots__ = ("last",)
 
     def __init__(self, last: int) -> None:
         self.last = last
 
-    def __call__(self, name: str) -> str | None:
-        if name not in _CONSTANT_TOKENS:
-            return None
+    def __call__(self) -> str:
         self.last += 1
         return f"${self.last}"
 
 
 def _highest_param(tokens: list[_pg.Token], text: str) -> int:
+    if "$" not in text:
+        return 0
     # The scanner refuses parameter numbers beyond PostgreSQL's int range.
     return max((int(text[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM"), default=0)
 
@@ -205,7 +201,7 @@ def scrub_parts(parts: Sequence[str]) -> list[str]:
     """:func:`scrub` the statements of one string, numbering ``$n`` across all of them."""
     scanned = [(part, _scan(part)) for part in parts]
     numbering = _Numbering(max((_highest_param(t, part) for part, t in scanned), default=0))
-    return [_rewrite(part, tokens, numbering) for part, tokens in scanned]
+    return [_rewrite(part, tokens, _CONSTANT_TOKENS, numbering) for part, tokens in scanned]
 
 
 def shape_fingerprint(scrubbed: str) -> str:
@@ -222,7 +218,7 @@ def shape_fingerprint(scrubbed: str) -> str:
     except (_pg.ParseError, UnicodeError):
         pass
     try:
-        text = _rewrite(scrubbed, _scan(scrubbed), _anonymous)
+        text = _rewrite(scrubbed, _scan(scrubbed), _CONSTANTS_AND_PARAMS, lambda: "?")
     except SQLSyntaxError:
         text = scrubbed
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
