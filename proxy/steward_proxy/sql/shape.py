@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from pglast import parser as _pg
 
@@ -43,6 +44,17 @@ _COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 _CONSTANT_TOKENS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST", "ICONST", "FCONST"})
 _CONSTANTS_AND_PARAMS = _CONSTANT_TOKENS | {"PARAM"}
 _PG_SPACE = " \t\n\r\f\v"  # what PostgreSQL's scanner takes for whitespace
+
+
+class _Token(Protocol):
+    """One token of ``pglast.parser.scan``: character offsets, ``end`` inclusive."""
+
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def name(self) -> str: ...
 
 
 def syntax_error(exc: Exception, sql: str) -> SQLSyntaxError:
@@ -106,7 +118,7 @@ def fingerprint(sql: str) -> str:
         raise syntax_error(exc, sql) from None
 
 
-def _scan(sql: str) -> list[_pg.Token]:
+def _scan(sql: str) -> list[_Token]:
     _check_nul(sql)
     try:
         return list(_pg.scan(sql))
@@ -121,7 +133,7 @@ def _word_char(char: str) -> bool:
 
 def _rewrite(
     text: str,
-    tokens: list[_pg.Token],
+    tokens: list[_Token],
     targets: frozenset[str] = frozenset(),
     replace: Callable[[], str] = str,
 ) -> str:
@@ -178,7 +190,7 @@ class _Numbering:
         return f"${self.last}"
 
 
-def _highest_param(tokens: list[_pg.Token], text: str) -> int:
+def _highest_param(tokens: list[_Token], text: str) -> int:
     if "$" not in text:
         return 0
     # The scanner refuses parameter numbers beyond PostgreSQL's int range.
