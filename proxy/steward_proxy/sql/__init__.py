@@ -1,8 +1,9 @@
 """SQL analysis on PostgreSQL's own grammar (pglast / libpg_query), with a shape cache.
 
-``normalize`` and ``fingerprint`` give a statement's shape, ``split_statements``
-cuts a multi-statement string, ``analyze`` says what each statement does
-(command, tables, functions, writes) for the guardrail engine.
+``normalize`` and ``fingerprint`` give a statement's shape (the cache key),
+``scrub`` and ``shape_fingerprint`` what the audit trail records of it,
+``split_statements`` cuts a multi-statement string, ``analyze`` says what each
+statement does (command, tables, functions, writes) for the guardrail engine.
 
 Pure: no I/O, no sockets, no asyncio.
 """
@@ -19,7 +20,13 @@ from steward_proxy.sql.analysis import (
 )
 from steward_proxy.sql.cache import ShapeCache
 from steward_proxy.sql.errors import AnalysisLimitError, SQLSyntaxError
-from steward_proxy.sql.shape import fingerprint, normalize, split_statements
+from steward_proxy.sql.shape import (
+    fingerprint,
+    normalize,
+    scrub,
+    shape_fingerprint,
+    split_statements,
+)
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -35,5 +42,7 @@ __all__ = [
     "fingerprint",
     "normalize",
     "remember",
+    "scrub",
+    "shape_fingerprint",
     "split_statements",
 ]

@@ -9,7 +9,10 @@ taken for a table while a real table of the same name elsewhere still is.
 
 Results are cached in a :class:`ShapeCache` keyed by the normalized text of the
 whole string, so a repeated statement shape with new literals costs one
-``normalize`` call and a dict lookup.
+``normalize`` call and a dict lookup. The text and fingerprint each
+:class:`StatementInfo` carries for the audit trail are made from that key
+(``scrub`` replaces the constants ``normalize`` keeps), so every string that
+shares a cache entry is recorded alike and no literal of any of them survives.
 
 Pure: no I/O.
 """
@@ -27,14 +30,13 @@ from pglast import parser as _pg
 from steward_proxy.sql.cache import ShapeCache
 from steward_proxy.sql.commands import command_tag
 from steward_proxy.sql.errors import AnalysisLimitError, SQLSyntaxError
-from steward_proxy.sql.shape import normalize, syntax_error
+from steward_proxy.sql.shape import normalize, scrub_parts, shape_fingerprint, syntax_error
 
 __all__ = ["DEFAULT_CACHE", "StatementInfo", "analyze"]
 
 # Names looked up at call time so tests can count parses by monkeypatching them.
 parse_sql_json = _pg.parse_sql_json
 split = _pg.split
-pg_fingerprint = _pg.fingerprint
 
 DEFAULT_CACHE: ShapeCache[tuple[StatementInfo, ...]] = ShapeCache()
 
@@ -44,9 +46,12 @@ class StatementInfo:
     """What one statement does, as far as the parse tree tells.
 
     - ``command``: command tag, see :mod:`steward_proxy.sql.commands`.
-    - ``normalized``: this statement's text with constants replaced by ``$n``
-      (numbered across the whole string it came from) and comments removed.
-    - ``fingerprint``: libpg_query fingerprint of the statement (hex).
+    - ``normalized``: this statement's text with every constant, in every
+      statement type, replaced by ``$n`` (numbered across the whole string it
+      came from) and comments removed: what the audit trail records.
+    - ``fingerprint``: 16 hex digits, computed from ``normalized`` alone (see
+      :func:`~steward_proxy.sql.shape.shape_fingerprint`), so statements that
+      differ only in literals share it.
     - ``tables``: every relation named anywhere in the statement (subqueries,
       CTE bodies, joins, DML targets, ``DROP``/``COMMENT`` objects), as
       ``schema.table`` (unqualified means ``public``), first appearance first.
@@ -160,7 +165,9 @@ def analyze_uncached(
 ) -> tuple[StatementInfo, ...]:
     """:func:`analyze` without a cache, bounding the statement count before the costly steps.
 
-    ``normalized`` is ``normalize(sql)`` when the caller has it.
+    ``normalized`` is ``normalize(sql)`` when the caller keys a cache on it: the
+    recorded text is then built from it, so every string under one key records
+    the same text.
     """
     try:
         tree = json.loads(parse_sql_json(sql))
@@ -173,14 +180,16 @@ def analyze_uncached(
         return ()
     if max_statements and len(raw_stmts) > max_statements:
         raise _too_many(len(raw_stmts), max_statements)
-    if normalized is None:
-        normalized = normalize(sql)
     originals = list(split(sql, with_parser=True))
     if len(originals) != len(raw_stmts):
         raise SQLSyntaxError("statement string cannot be split into statements")
-    parts = _normalized_parts(normalized, originals)
+    # Without a cache key to agree with, scrub the statements themselves:
+    # linear, where ``normalize`` grows faster than the text on long strings.
+    parts = (
+        scrub_parts(originals) if normalized is None else _normalized_parts(normalized, originals)
+    )
     infos = []
-    for raw, original, part in zip(raw_stmts, originals, parts, strict=True):
+    for raw, part in zip(raw_stmts, parts, strict=True):
         ((node_type, fields),) = raw["stmt"].items()
         walker = _Walker()
         walker.walk(node_type, fields)
@@ -189,7 +198,7 @@ def analyze_uncached(
             StatementInfo(
                 command=command_tag(node_type, fields),
                 normalized=part,
-                fingerprint=pg_fingerprint(original),
+                fingerprint=shape_fingerprint(part),
                 tables=tuple(walker.tables),
                 functions=tuple(walker.functions),
                 has_where=walker.has_where,
@@ -203,7 +212,11 @@ def analyze_uncached(
 
 
 def _normalized_parts(normalized: str, originals: list[str]) -> list[str]:
-    """Cut the normalized whole string into one text per statement."""
+    """Cut the normalized whole string into one scrubbed text per statement."""
+    return scrub_parts(_split_normalized(normalized, originals))
+
+
+def _split_normalized(normalized: str, originals: list[str]) -> list[str]:
     count = len(originals)
     # Normalized text does not always parse (``DO $1``, ``NOTIFY c, $1``); the
     # scanner-only split still cuts it right unless a BEGIN ATOMIC body is involved.
@@ -266,7 +279,8 @@ _WITH_OWNERS = _DML | {"SelectStmt"}
 _TABLE_OBJECTS = frozenset(
     {"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE"}
 )
-_FALSE_WORDS = frozenset({"false", "off", "no", "0"})
+_BOOLEAN_WORDS = {"true": True, "on": True, "false": False, "off": False}
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _EMPTY: frozenset[str] = frozenset()
 
 Fields = Mapping[str, Any]
@@ -289,23 +303,36 @@ def _strings(node: Any) -> list[str]:
 
 
 def _explain_runs(fields: Fields) -> bool:
-    """Whether an ``EXPLAIN`` executes its statement (``ANALYZE`` not switched off)."""
+    """Whether an ``EXPLAIN`` executes its statement, read as PostgreSQL reads it.
+
+    PostgreSQL's ``ExplainQuery`` lets every ``analyze`` option overwrite the one
+    before (the last wins) and reads each with ``defGetBoolean``: no value is true,
+    the integers 0 and 1, and the strings true/false/on/off in any ASCII case.
+    Any other value makes PostgreSQL refuse the statement; it counts as running
+    here, so a reading that differs from PostgreSQL's can only be stricter.
+    """
+    runs = False
     for option in fields.get("options", ()):
         elem = option.get("DefElem", {})
-        if elem.get("defname") != "analyze":
-            continue
-        arg = elem.get("arg")
-        if not arg:
-            return True
-        ((kind, value),) = arg.items()
-        if kind == "String":
-            return str(value.get("sval", "")).lower() not in _FALSE_WORDS
-        if kind == "Boolean":
-            return bool(value.get("boolval"))
-        if kind == "Integer":
-            return bool(value.get("ival"))
+        if elem.get("defname") == "analyze":
+            runs = _def_get_boolean(elem.get("arg")) is not False
+    return runs
+
+
+def _def_get_boolean(arg: Any) -> bool | None:
+    """PostgreSQL's ``defGetBoolean`` on a DefElem argument; ``None`` where it raises."""
+    if not arg:
         return True
-    return False
+    ((kind, value),) = arg.items()
+    if kind == "Integer":
+        return {0: False, 1: True}.get(value.get("ival", 0))
+    if kind == "String":
+        # pg_strcasecmp folds ASCII letters only.
+        word = str(value.get("sval", "")).translate(_ASCII_LOWER)
+        return _BOOLEAN_WORDS.get(word)
+    if kind == "Boolean":
+        return bool(value.get("boolval"))
+    return None
 
 
 def _constant(node: Any) -> tuple[bool, str | None]:
