@@ -136,6 +136,8 @@ class Session:
         judge: Judge,
         audit: AuditSink,
         metrics: ProxyMetrics,
+        application: str | None = None,
+        backend_pid: int | None = None,
         max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -151,6 +153,7 @@ class Session:
         self.last_activity = self.started
         self.txn_status = "I"
         self.terminated = False  # the client said goodbye (Terminate)
+        self.upstream_fatal: str | None = None  # SQLSTATE of a FATAL error the upstream sent
         self._from_client = wire.MessageReader(max_message_size=max_message_size)
         self._from_upstream = wire.MessageReader(max_message_size=max_message_size)
         self._ops: deque[_Op] = deque()
@@ -163,6 +166,8 @@ class Session:
             "groups": list(identity.groups),
             "database": database,
             "client": client,
+            "application": application,
+            "backend_pid": backend_pid,
         }
 
     # -- state seen by the shell ---------------------------------------------
@@ -412,6 +417,8 @@ class Session:
         return b"".join(pieces)
 
     def _upstream_error(self, error: wire.ErrorResponse) -> None:
+        if error.severity in ("FATAL", "PANIC"):
+            self.upstream_fatal = error.sqlstate
         ops = self._ops
         if not ops or ops[0].kind in _ENDS:
             return
