@@ -88,6 +88,7 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         self.server.clients.add(self)
+        self.server.connection_pending(self)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -161,6 +162,7 @@ class ClientProtocol(asyncio.Protocol):
                     self._close("cancel request")
                     return
                 elif isinstance(event, wire.StartupMessage):
+                    self.server.not_pending(self)
                     self._signing_in = event
                     self._login = asyncio.ensure_future(self._sign_in(event))
                     return
@@ -387,10 +389,10 @@ class ClientProtocol(asyncio.Protocol):
             identity=identity,
             database=server.settings.upstream.database,
             client=self.peer,
-            judge=judge,
-            audit=server.audit,
             application=_application_name(self._upstream_params),
             backend_pid=backend_pid,
+            judge=judge,
+            audit=server.audit,
             metrics=server.metrics,
             max_message_size=server.settings.max_message_size,
         )
@@ -443,8 +445,6 @@ class ClientProtocol(asyncio.Protocol):
         if self.session is not None and self.session.terminated:
             self._close("client disconnected")
             return
-        log.warning("session %s: upstream connection lost", self.session_id)
-        self.server.metrics.error("upstream_lost")
         fatal = self.session.upstream_fatal if self.session is not None else None
         if fatal is not None:
             # The client already has PostgreSQL's own FATAL (57P01 after
@@ -455,6 +455,8 @@ class ClientProtocol(asyncio.Protocol):
             log.info("session %s: %s", self.session_id, reason)
             self._close(reason)
             return
+        log.warning("session %s: upstream connection lost", self.session_id)
+        self.server.metrics.error("upstream_lost")
         self.terminate(CONNECTION_FAILURE, "upstream connection lost", reason="upstream lost")
 
     def _relay_failed(self, exc: Exception, side: str) -> None:
@@ -499,6 +501,7 @@ class ClientProtocol(asyncio.Protocol):
         self._closing = True
         server = self.server
         server.clients.discard(self)
+        server.not_pending(self)
         if self.cancel_key is not None:
             server.cancel_keys.pop(self.cancel_key, None)
         if self._login is not None and not self._login.done():
