@@ -69,12 +69,17 @@ def pg8000_pid(conn: pg8000.dbapi.Connection) -> int:
     return pid
 
 
-def session_records(proxy: Proxy, pid: int) -> list[dict[str, object]]:
-    return [r for r in proxy.audit_records() if r["backend_pid"] == pid]
+def session_records(client: Driver) -> list[dict[str, object]]:
+    """The audit records of ``client``'s session (its application name is unique)."""
+    return [
+        r
+        for r in client.proxy.audit_records()
+        if (r["backend_pid"], r["application"]) == (client.pid, client.application)
+    ]
 
 
-def session_ended(proxy: Proxy, pid: int) -> dict[str, object] | None:
-    ends = [r for r in session_records(proxy, pid) if r["type"] == "session.end"]
+def session_ended(client: Driver) -> dict[str, object] | None:
+    ends = [r for r in session_records(client) if r["type"] == "session.end"]
     return ends[0] if ends else None
 
 
@@ -89,6 +94,7 @@ class Driver:
     """The few things each test does, in each driver's own terms."""
 
     name: str
+    pid: int  # as given at sign-in, kept for after the connection closes
 
     def __init__(self, proxy: Proxy, application: str) -> None:
         self.proxy = proxy
@@ -117,6 +123,7 @@ class Psycopg(Driver):
     def __init__(self, proxy: Proxy, application: str) -> None:
         super().__init__(proxy, application)
         self.conn = psycopg.connect(proxy.dsn(), autocommit=True, application_name=application)
+        self.pid = self.given_pid()
 
     def given_pid(self) -> int:
         return self.conn.info.backend_pid
@@ -152,6 +159,7 @@ class Asyncpg(Driver):
                 **proxy.asyncpg_args(), server_settings={"application_name": application}
             )
         )
+        self.pid = self.given_pid()
 
     def given_pid(self) -> int:
         return self.conn.get_server_pid()
@@ -197,6 +205,7 @@ class Pg8000(Driver):
         super().__init__(proxy, application)
         self.conn = pg8000.dbapi.connect(**proxy.pg8000_args(), application_name=application)
         self.conn.autocommit = True
+        self.pid = self.given_pid()
 
     def given_pid(self) -> int:
         return pg8000_pid(self.conn)
@@ -252,12 +261,10 @@ def test_a_notify_from_the_same_connection_carries_its_pid(client: Driver) -> No
 
 
 def test_the_audit_trail_names_the_backend_pid_and_application(client: Driver) -> None:
-    pid = client.given_pid()
     client.query("SELECT 1")
     client.close()
-    proxy = client.proxy
-    wait_for(lambda: session_ended(proxy, pid), "the session.end record")
-    records = session_records(proxy, pid)
+    wait_for(lambda: session_ended(client), "the session.end record")
+    records = session_records(client)
     assert records[0]["type"] == "session.start"
     assert "statement" in [r["type"] for r in records]
     assert {r["application"] for r in records} == {client.application}
@@ -272,7 +279,7 @@ def test_terminating_ones_own_backend_raises_admin_shutdown(
 ) -> None:
     pid = client.given_pid()
     client.assert_admin_shutdown(lambda: client.query(f"SELECT pg_terminate_backend({pid})"))
-    end = wait_for(lambda: session_ended(client.proxy, pid), "the session.end record")
+    end = wait_for(lambda: session_ended(client), "the session.end record")
     assert end["error"] == "the upstream ended the session (SQLSTATE 57P01)"  # type: ignore[index]
     assert not backend_alive(pg, pid)
 
@@ -284,7 +291,7 @@ def test_terminating_a_backend_from_another_connection_ends_that_session_only(
     with psycopg.connect(proxy.dsn("bob"), autocommit=True) as other:
         bystander = other.info.backend_pid
         assert other.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
-        wait_for(lambda: session_ended(proxy, pid), "the proxy to end the session")
+        wait_for(lambda: session_ended(client), "the proxy to end the session")
         client.assert_admin_shutdown(lambda: client.query("SELECT 1"))
         assert other.execute("SELECT pg_backend_pid()").fetchone() == (bystander,)
 
