@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steward_proxy.audit import AuditWriter, record_hash, record_line, verify
+from steward_proxy.audit import ZERO_HASH, AuditWriter, record_hash, record_line, verify
+from steward_proxy.audit.record import EARLIER_FIELDS
 
 N = 8
 
@@ -22,6 +23,9 @@ def write_trail(path: Path, records: int = N) -> list[bytes]:
                 "statement",
                 session="s-1",
                 identity="user:alice",
+                client="10.0.0.7:51000",
+                application="billing",
+                backend_pid=4242,
                 command="UPDATE",
                 statement=f"UPDATE t SET a = $1 WHERE id = $2 -- {n}",
                 decision="allow",
@@ -284,6 +288,41 @@ def test_a_later_file_alone_still_catches_tampering(tmp_path: Path) -> None:
     path = save(tmp_path / "part.log", part)
     result = verify([path])
     assert (result.problem, result.line, result.seq) == ("missing", 3, 7)
+
+
+def in_earlier_layout(lines: list[bytes]) -> list[bytes]:
+    """The same trail as versions before ``application`` and ``backend_pid`` wrote it."""
+    out, prev = [], ZERO_HASH
+    for line in lines:
+        record = {k: v for k, v in parsed(line).items() if k in EARLIER_FIELDS}
+        record["prev"] = prev
+        record["hash"] = prev = record_hash(record)
+        out.append(record_line(record))
+    return out
+
+
+def test_a_trail_of_the_earlier_layout_still_verifies(tmp_path: Path) -> None:
+    lines = in_earlier_layout(write_trail(tmp_path / "source.log"))
+    assert b"backend_pid" not in b"".join(lines)
+    result = verify([save(tmp_path / "audit.log", lines)])
+    assert result.ok and result.records == N, result.message
+
+
+def test_tampering_in_the_earlier_layout_is_caught(tmp_path: Path) -> None:
+    lines = in_earlier_layout(write_trail(tmp_path / "source.log"))
+    lines[3] = lines[3].replace(b"user:alice", b"user:alicf")
+    check(save(tmp_path / "audit.log", lines), "changed", 4, 4)
+
+
+def test_a_record_with_only_one_of_the_new_fields_is_malformed(
+    trail: tuple[Path, list[bytes]],
+) -> None:
+    path, lines = trail
+    record = parsed(lines[2])
+    del record["application"]
+    lines[2] = forged(record)
+    result = verify([save(path, lines)])
+    assert (result.problem, result.line) == ("malformed", 3), result.message
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

@@ -20,14 +20,16 @@ from steward_proxy.audit import (
     AuditWriter,
     canonical_json,
     record_hash,
+    record_line,
     verify,
 )
 from steward_proxy.audit import writer as writer_module
+from steward_proxy.audit.record import EARLIER_FIELDS
 
 DESIGN_ORDER = [
-    "seq", "time", "type", "session", "identity", "groups", "database", "client", "command",
-    "statement", "fingerprint", "decision", "policy", "rule", "masked", "rows", "duration_ms",
-    "error", "prev", "hash",
+    "seq", "time", "type", "session", "identity", "groups", "database", "client",
+    "application", "backend_pid", "command", "statement", "fingerprint", "decision", "policy",
+    "rule", "masked", "rows", "duration_ms", "error", "prev", "hash",
 ]  # fmt: skip
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
@@ -40,6 +42,8 @@ def statement(writer: AuditWriter, n: int = 0) -> dict[str, Any]:
         groups=["dba"],
         database="orders",
         client="10.0.0.7:51000",
+        application="orders-api",
+        backend_pid=31337,
         command="SELECT",
         statement=f"SELECT * FROM users WHERE id = $1 /* {n} */",
         fingerprint="50fde20626009aba",
@@ -158,6 +162,21 @@ def test_reopening_continues_the_chain(tmp_path: Path) -> None:
         assert (record["seq"], record["prev"]) == (4, last)
     result = verify([path])
     assert result.ok and result.records == 4
+
+
+def test_reopening_a_trail_of_the_earlier_layout_continues_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    earlier = {k: None for k in EARLIER_FIELDS}
+    earlier.update(seq=1, time="2024-02-29T12:34:56.789012Z", type="session.start")
+    earlier.update(groups=[], masked=[], prev=ZERO_HASH)
+    earlier["hash"] = record_hash(earlier)
+    path.write_bytes(record_line(earlier))
+    with AuditWriter(path) as writer:
+        record = statement(writer)
+    assert (record["seq"], record["prev"]) == (2, earlier["hash"])
+    assert list(lines(path)[1]) == DESIGN_ORDER
+    result = verify([path])
+    assert result.ok and result.records == 2, result.message
 
 
 def test_reopening_a_torn_last_line_fails_closed(tmp_path: Path) -> None:

@@ -43,9 +43,9 @@ spec:
 """
 
 KEY_ORDER = [
-    "seq", "time", "type", "session", "identity", "groups", "database", "client", "command",
-    "statement", "fingerprint", "decision", "policy", "rule", "masked", "rows", "duration_ms",
-    "error", "prev", "hash",
+    "seq", "time", "type", "session", "identity", "groups", "database", "client",
+    "application", "backend_pid", "command", "statement", "fingerprint", "decision", "policy",
+    "rule", "masked", "rows", "duration_ms", "error", "prev", "hash",
 ]  # fmt: skip
 
 
@@ -163,6 +163,21 @@ def test_session_and_statement_records_with_identity(trail: Trail) -> None:
     assert starts == ends == 4  # psql, psycopg, asyncpg, pg8000
     errors = [r for r in alice if r["type"] == "statement" and r.get("error")]
     assert errors, "the division by zero should be recorded with its error"
+
+
+def test_every_record_of_a_session_names_its_backend_pid_and_application(trail: Trail) -> None:
+    starts = {r["session"]: r for r in trail.records if r["type"] == "session.start"}
+    assert len({r["backend_pid"] for r in starts.values()}) == len(starts) == 5
+    for record in trail.records:
+        if record["session"] is None:
+            continue
+        start = starts[record["session"]]
+        assert isinstance(start["backend_pid"], int) and start["backend_pid"] > 0, start
+        assert (record["backend_pid"], record["application"]) == (
+            start["backend_pid"],
+            start["application"],
+        ), record
+    assert [r["application"] for r in starts.values()].count("psql") == 1
 
 
 def test_denied_statement_recorded_with_policy(trail: Trail) -> None:

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from steward_proxy import wire
-from steward_proxy.session import STAND_IN_SQL
+from steward_proxy.metrics import ProxyMetrics
+from steward_proxy.session import STAND_IN_SQL, Judge, Session
 
-from sessionkit import POLICY, AuditLog, enc, frames, make_session
+from sessionkit import IDENTITY, POLICY, AuditLog, enc, frames, make_session, policies_for
 
 SSN = "123-45-6789"
 
@@ -1025,3 +1026,50 @@ def test_abandon_with_a_refusal_pending_does_not_audit_it_twice() -> None:
     [record] = audit.statements()
     assert record["decision"] == "deny"
     assert not session.busy
+
+
+@pytest.mark.parametrize(
+    ("severity", "idle", "noted"),
+    [
+        pytest.param("FATAL", True, "57P01", id="a FATAL on an idle session is noted"),
+        pytest.param("FATAL", False, "57P01", id="a FATAL ending a running statement is noted"),
+        pytest.param("PANIC", True, "57P01", id="a PANIC is noted"),
+        pytest.param("ERROR", False, None, id="an ERROR is not"),
+    ],
+)
+def test_a_fatal_error_from_the_upstream_is_relayed_and_noted(
+    severity: str, idle: bool, noted: str | None
+) -> None:
+    audit = AuditLog()
+    session = make_session(audit)
+    if not idle:
+        session.feed_client(enc(wire.Query("SELECT pg_sleep(60)")))
+    fatal = enc(wire.ErrorResponse.build("57P01", "terminating connection", severity=severity))
+    assert session.feed_upstream(fatal) == fatal
+    assert session.upstream_fatal == noted
+    if not idle:
+        [record] = audit.statements()
+        assert record["error"] == "SQLSTATE 57P01"
+
+
+def test_every_record_of_a_session_names_its_application_and_backend_pid() -> None:
+    audit = AuditLog()
+    session = Session(
+        session_id="s1",
+        identity=IDENTITY,
+        database="app",
+        client="127.0.0.1:5555",
+        application="billing",
+        backend_pid=4242,
+        judge=Judge(policies_for(POLICY)),
+        audit=audit,
+        metrics=ProxyMetrics(),
+    )
+    session.feed_client(enc(wire.Query("SELECT 1"), wire.Query(DENIED)))
+    session.feed_upstream(rows_reply("SELECT 1", (b"1",)))
+    assert len(audit.statements()) == 2
+    for record in audit.records:
+        assert (record["application"], record["backend_pid"]) == ("billing", 4242), record
+    assert list(session.who()) == [
+        "session", "identity", "groups", "database", "client", "application", "backend_pid"
+    ]  # fmt: skip

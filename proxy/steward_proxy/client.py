@@ -3,9 +3,10 @@
 :class:`ClientProtocol` answers SSLRequest/GSSENCRequest, relays
 CancelRequests, and signs a client in: it names the subject, checks that a
 policy covers it, connects and signs in upstream with the proxy's own
-credentials, then replays the upstream's parameters to the client under a
-cancel key of its own. From then on each chunk goes through the pure
-:class:`~steward_proxy.session.Session` and out again.
+credentials, then replays the upstream's parameters to the client with the
+upstream backend's process id and a cancel secret of its own. From then on
+each chunk goes through the pure :class:`~steward_proxy.session.Session` and
+out again.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         self.server.clients.add(self)
+        self.server.connection_pending(self)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -172,6 +174,7 @@ class ClientProtocol(asyncio.Protocol):
                     self._close("cancel request")
                     return
                 elif isinstance(event, wire.StartupMessage):
+                    self.server.not_pending(self)
                     self._signing_in = event
                     self._login = asyncio.ensure_future(self._sign_in(event))
                     return
@@ -382,9 +385,13 @@ class ClientProtocol(asyncio.Protocol):
         out.append(self.conn.send(wire.AuthenticationOk()))
         for message in self._upstream_params:
             out.append(self.conn.send(message))
-        key = (secrets.randbits(31), secrets.randbits(31))
+        # The client sees the upstream backend's own pid (so NotificationResponse,
+        # pg_stat_activity and pg_terminate_backend agree) and a secret of the proxy's.
+        backend_pid = self.upstream_key[0] if self.upstream_key else None
+        pid = backend_pid if backend_pid is not None else secrets.randbits(31)
+        key = (pid, _secret_key())
         while key in server.cancel_keys:
-            key = (secrets.randbits(31), secrets.randbits(31))
+            key = (pid, _secret_key())
         self.cancel_key = key
         server.cancel_keys[key] = self
         out.append(self.conn.send(wire.BackendKeyData(*key)))
@@ -394,6 +401,8 @@ class ClientProtocol(asyncio.Protocol):
             identity=identity,
             database=server.settings.upstream.database,
             client=self.peer,
+            application=_application_name(self._upstream_params),
+            backend_pid=backend_pid,
             judge=judge,
             audit=server.audit,
             metrics=server.metrics,
@@ -494,6 +503,16 @@ class ClientProtocol(asyncio.Protocol):
         if self.session is not None and self.session.terminated:
             self._close("client disconnected")
             return
+        fatal = self.session.upstream_fatal if self.session is not None else None
+        if fatal is not None:
+            # The client already has PostgreSQL's own FATAL (57P01 after
+            # pg_terminate_backend or a shutdown) and gets no second one.
+            if not (len(fatal) == 5 and fatal.isascii() and fatal.isalnum()):
+                fatal = "invalid"
+            reason = f"the upstream ended the session (SQLSTATE {fatal})"
+            log.info("session %s: %s", self.session_id, reason)
+            self._close(reason)
+            return
         log.warning("session %s: upstream connection lost", self.session_id)
         self.server.metrics.error("upstream_lost")
         self.terminate(CONNECTION_FAILURE, "upstream connection lost", reason="upstream lost")
@@ -544,6 +563,7 @@ class ClientProtocol(asyncio.Protocol):
         self._closing = True
         server = self.server
         server.clients.discard(self)
+        server.not_pending(self)
         if self.cancel_key is not None:
             server.cancel_keys.pop(self.cancel_key, None)
         if self._login is not None and not self._login.done():
@@ -570,3 +590,24 @@ class ClientProtocol(asyncio.Protocol):
             except AuditWriteError as exc:
                 server.audit_failure(exc)
             log.info("session %s: closed (%s)", self.session_id, reason)
+
+
+_NAMEDATALEN = 64  # PostgreSQL's limit on names, terminating NUL included
+
+
+def _secret_key() -> int:
+    """A cancel secret of the proxy's own: a random signed 32-bit integer, as PostgreSQL's."""
+    return secrets.randbits(32) - (1 << 31)
+
+
+def _application_name(parameters: list[wire.Message]) -> str | None:
+    """The application_name the upstream reports for the session, as its own logs show it.
+
+    PostgreSQL keeps at most 63 bytes of printable ASCII and escapes the rest
+    as ``\\xNN``; the same is done here in case an upstream does not.
+    """
+    for message in parameters:
+        if isinstance(message, wire.ParameterStatus) and message.name == "application_name":
+            raw = message.value.encode("utf-8", "surrogateescape")[: _NAMEDATALEN - 1]
+            return "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in raw)
+    return None

@@ -29,6 +29,8 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.sessions_active = 0
         self.sessions: Counter[str] = Counter()  # by sign-in outcome
+        self.pending_connections = 0  # connected, startup packet not yet complete
+        self.pending_evicted = 0  # pending connections closed at --max-pending-connections
         self.statements: Counter[tuple[str, str]] = Counter()  # by (command, decision)
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
@@ -66,6 +68,16 @@ class _Collector:
         for outcome in ("accepted", "refused"):
             sessions.add_metric([outcome], m.sessions[outcome])
         yield sessions
+        yield GaugeMetricFamily(
+            "steward_pending_connections",
+            "Client connections that have not yet sent a complete startup packet.",
+            value=m.pending_connections,
+        )
+        yield CounterMetricFamily(
+            "steward_pending_connections_evicted",
+            "Pending connections closed because --max-pending-connections was reached.",
+            value=m.pending_evicted,
+        )
         statements = CounterMetricFamily(
             "steward_statements",
             "Statements by command tag and policy decision.",

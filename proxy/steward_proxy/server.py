@@ -6,6 +6,14 @@ places with sockets. :class:`ProxyServer` accepts connections (one
 the per-identity judges, reaps idle sessions and drains on SIGTERM. Protocols,
 not streams, keep the relay free of task switches; each side pauses the
 other's reading when its write buffer fills.
+
+Connections that have not yet sent a complete startup packet (silent ones,
+and those in their TLS handshake) are *pending*. At most
+``max_pending_connections`` are kept: a new one beyond the bound closes the
+oldest pending one, so a flood of silent sockets can neither exhaust the
+process's file descriptors nor lock out a client that signs in promptly.
+Connections whose startup packet has arrived are never evicted; they count
+against ``max_connections`` instead.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import ssl
 import time
@@ -28,6 +37,7 @@ from steward_proxy.client import (
     IDLE_SESSION_TIMEOUT,
     INVALID_AUTHORIZATION,
     IO_ERROR,
+    TOO_MANY_CONNECTIONS,
     ClientProtocol,
     Refusal,
 )
@@ -37,6 +47,9 @@ from steward_proxy.session import AnalysisLimits, AuditSink, Judge
 from steward_proxy.upstream import UpstreamTarget
 
 log = logging.getLogger("steward.proxy")
+
+EVICTION_LOG_INTERVAL = 5.0
+"""Seconds between two log lines about pending connections closed at the bound."""
 
 
 @dataclass
@@ -50,6 +63,8 @@ class ProxySettings:
     """Fixed subject of every connection (sidecar mode); None: startup user name."""
     identity_groups: tuple[str, ...] = ()
     max_connections: int = 100
+    max_pending_connections: int = 256
+    """Connections without a complete startup packet kept open; beyond it the oldest closes."""
     idle_timeout: float = 0.0
     """Seconds a session may sit idle outside a transaction; 0 disables."""
     startup_timeout: float = 60.0
@@ -84,6 +99,9 @@ class ProxyServer:
         self.audit = audit
         self.metrics = metrics or ProxyMetrics()
         self.clients: set[ClientProtocol] = set()
+        self.pending: dict[ClientProtocol, None] = {}  # oldest first
+        self._evicted_unlogged = 0
+        self._evicted_logged_at = -math.inf
         self.cancel_keys: dict[tuple[int, int], ClientProtocol] = {}
         self.judges: dict[Identity, Judge] = {}
         self.draining = False
@@ -141,6 +159,7 @@ class ProxyServer:
 
     async def shutdown(self) -> None:
         self.draining = True
+        self._log_evictions(time.monotonic(), flush=True)
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
@@ -162,6 +181,7 @@ class ProxyServer:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            self._log_evictions(now)
             for client in list(self.clients):
                 session = client.session
                 if session is None:
@@ -172,6 +192,44 @@ class ProxyServer:
                         IDLE_SESSION_TIMEOUT,
                         f"terminating connection: idle for more than {idle:g}s",
                     )
+
+    # -- connections before their startup packet ----------------------------------
+
+    def connection_pending(self, client: ClientProtocol) -> None:
+        """A new connection; close the oldest pending ones beyond the bound."""
+        pending = self.pending
+        pending[client] = None
+        while len(pending) > self.settings.max_pending_connections:
+            oldest = next(iter(pending))
+            del pending[oldest]
+            self.metrics.pending_evicted += 1
+            self._evicted_unlogged += 1
+            oldest.terminate(
+                TOO_MANY_CONNECTIONS,
+                "too many connections have not sent a startup packet; closing the oldest",
+            )
+        self.metrics.pending_connections = len(pending)
+        if self._evicted_unlogged:
+            self._log_evictions(time.monotonic())
+
+    def not_pending(self, client: ClientProtocol) -> None:
+        """``client`` sent its startup packet, or closed."""
+        if client in self.pending:
+            del self.pending[client]
+            self.metrics.pending_connections = len(self.pending)
+
+    def _log_evictions(self, now: float, *, flush: bool = False) -> None:
+        """At most one line per EVICTION_LOG_INTERVAL, with the count since the last."""
+        due = flush or now - self._evicted_logged_at >= EVICTION_LOG_INTERVAL
+        if self._evicted_unlogged and due:
+            log.warning(
+                "closed %d connection(s) that had not sent a startup packet: more than "
+                "%d were pending (--max-pending-connections)",
+                self._evicted_unlogged,
+                self.settings.max_pending_connections,
+            )
+            self._evicted_unlogged = 0
+            self._evicted_logged_at = now
 
     # -- helpers for protocols -----------------------------------------------------
 
@@ -212,6 +270,48 @@ class ProxyServer:
         self.metrics.error("audit")
         for client in list(self.clients):
             client.terminate(IO_ERROR, "the audit trail cannot be written; session ended")
+
+
+FD_RESERVE = 64
+"""Descriptors kept aside for the listener, audit trail, admin endpoint and cancel requests."""
+
+
+def raise_open_file_limit(settings: ProxySettings) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit where allowed; log and return it.
+
+    Warns when the limit is below what the connection bounds may use: each
+    session holds two descriptors (client and upstream), each pending
+    connection one. Past the limit accept() fails: uvloop then closes new
+    connections at once, unanswered and unlogged; asyncio logs it and stops
+    accepting for a second. So the bounds should fit under the limit.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open file limit from %d to %d: %s", soft, target, exc)
+        else:
+            log.info("open file limit raised from %d to %d", soft, target)
+            soft = target
+    else:
+        log.info("open file limit: %d", soft)
+    needed = settings.max_pending_connections + 2 * settings.max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open file limit %d is below the %d descriptors that --max-connections %d and "
+            "--max-pending-connections %d may need: new clients may be closed unanswered",
+            soft,
+            needed,
+            settings.max_connections,
+            settings.max_pending_connections,
+        )
+    return soft
 
 
 def install_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -214,6 +214,8 @@ class Session:
         judge: Judge,
         audit: AuditSink,
         metrics: ProxyMetrics,
+        application: str | None = None,
+        backend_pid: int | None = None,
         max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE,
         limits: AnalysisLimits = AnalysisLimits(),
         parameters: Mapping[str, str] | None = None,
@@ -232,6 +234,7 @@ class Session:
         self.last_activity = self.started
         self.txn_status = "I"
         self.terminated = False  # the client said goodbye (Terminate)
+        self.upstream_fatal: str | None = None  # SQLSTATE of a FATAL error the upstream sent
         self._from_client = wire.MessageReader(max_message_size=max_message_size)
         self._from_upstream = wire.MessageReader(max_message_size=max_message_size)
         self._ops: deque[_Op] = deque()
@@ -264,6 +267,8 @@ class Session:
             "groups": list(identity.groups),
             "database": database,
             "client": client,
+            "application": application,
+            "backend_pid": backend_pid,
         }
 
     # -- state seen by the shell ---------------------------------------------
@@ -633,16 +638,18 @@ class Session:
                 self.txn_status = chr(chunk[start + 5])
                 self._ready()
             elif kind == _ERROR_RESPONSE:
-                if ops and ops[0].kind == REFUSAL:
-                    # The stand-in's error becomes the refusal.
+                error = cast(
+                    wire.ErrorResponse, wire.decode_backend(wire.Frame(b"E", chunk[start:end]))
+                )
+                if ops and ops[0].kind == REFUSAL and error.severity == "ERROR":
+                    # The stand-in's error becomes the refusal (a FATAL stays itself).
                     if pieces is None:
                         pieces = []
                     pieces += (chunk[cut:start], ops.popleft().payload)
                     cut = end
                     self._skip_after_error(_ENDS, "SQLSTATE 42501 (refused)")
                     continue
-                error = wire.decode_backend(wire.Frame(b"E", chunk[start:end]))
-                self._upstream_error(cast(wire.ErrorResponse, error))
+                self._upstream_error(error)
             elif kind in (_EMPTY_QUERY, _PORTAL_SUSPENDED):
                 if not ops or ops[0].kind not in _RUNS:
                     raise self._desync("an empty-query or portal-suspended answer")
@@ -719,6 +726,8 @@ class Session:
         )
 
     def _upstream_error(self, error: wire.ErrorResponse) -> None:
+        if error.severity in ("FATAL", "PANIC"):
+            self.upstream_fatal = error.sqlstate
         ops = self._ops
         if not ops or ops[0].kind in _ENDS:
             return

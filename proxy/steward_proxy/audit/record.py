@@ -1,7 +1,8 @@
 """The audit record format: field order, canonical JSON, hashes, timestamps.
 
 A record is one JSON object per line with exactly the keys of
-:data:`AUDIT_FIELDS`, in that order (DESIGN, "Audit record"). Its ``hash`` is
+:data:`AUDIT_FIELDS`, in that order (DESIGN, "Audit record"); records of
+earlier versions have those of :data:`EARLIER_FIELDS`. Its ``hash`` is
 the hex SHA-256 of the record's canonical JSON without ``hash``: keys sorted,
 no spaces, UTF-8 (non-ASCII characters are not escaped). ``prev`` holds the
 previous record's hash, :data:`ZERO_HASH` for the first record of a trail, so
@@ -24,7 +25,9 @@ import orjson
 
 __all__ = [
     "AUDIT_FIELDS",
+    "EARLIER_FIELDS",
     "LIST_FIELDS",
+    "RECORD_LAYOUTS",
     "RECORD_TYPES",
     "ZERO_HASH",
     "canonical_json",
@@ -43,6 +46,8 @@ AUDIT_FIELDS: tuple[str, ...] = (
     "groups",
     "database",
     "client",
+    "application",
+    "backend_pid",
     "command",
     "statement",
     "fingerprint",
@@ -56,6 +61,13 @@ AUDIT_FIELDS: tuple[str, ...] = (
     "prev",
     "hash",
 )
+
+# Records written before ``application`` and ``backend_pid`` existed. They stay
+# valid: the verifier accepts them and the writer continues a trail ending in one.
+EARLIER_FIELDS: tuple[str, ...] = tuple(
+    name for name in AUDIT_FIELDS if name not in ("application", "backend_pid")
+)
+RECORD_LAYOUTS: frozenset[tuple[str, ...]] = frozenset({AUDIT_FIELDS, EARLIER_FIELDS})
 
 # Fields that are lists: ``[]`` rather than ``null`` when not applicable.
 LIST_FIELDS: frozenset[str] = frozenset({"groups", "masked"})

@@ -42,7 +42,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from steward_proxy.audit.record import AUDIT_FIELDS, ZERO_HASH, record_hash, record_line
+from steward_proxy.audit.record import RECORD_LAYOUTS, ZERO_HASH, record_hash, record_line
 from steward_proxy.audit.writer import rotated_siblings
 
 __all__ = ["VerifyResult", "trail_files", "verify"]
@@ -132,7 +132,7 @@ def _parse(file: str, line: int, raw: bytes) -> _Entry:
         return _malformed(file, line, "the line is not valid JSON")
     if not isinstance(record, dict):
         return _malformed(file, line, "the line is not a JSON object")
-    if tuple(record) != AUDIT_FIELDS:
+    if tuple(record) not in RECORD_LAYOUTS:
         return _malformed(file, line, "its fields are not those of an audit record, in order")
     seq, prev, digest = record["seq"], record["prev"], record["hash"]
     if type(seq) is not int or seq < 1:

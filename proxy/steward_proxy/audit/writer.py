@@ -45,6 +45,7 @@ import orjson
 
 from steward_proxy.audit.record import (
     AUDIT_FIELDS,
+    RECORD_LAYOUTS,
     ZERO_HASH,
     check_finite,
     format_time,
@@ -150,7 +151,7 @@ def _chain_state(line: bytes, name: str) -> tuple[int, str]:
         record = json.loads(line)
     except (ValueError, RecursionError) as exc:
         raise AuditWriteError(f"{name}: the last record is not valid JSON ({exc})") from None
-    if not isinstance(record, dict) or tuple(record) != AUDIT_FIELDS:
+    if not isinstance(record, dict) or tuple(record) not in RECORD_LAYOUTS:
         raise AuditWriteError(f"{name}: the last line is not an audit record")
     seq, digest = record["seq"], record["hash"]
     if type(seq) is not int or seq < 1 or not isinstance(digest, str):

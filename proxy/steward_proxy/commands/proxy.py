@@ -29,6 +29,12 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "proxy",
@@ -54,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--admin", type=host_port, metavar="HOST:PORT", help="health and metrics")
     p.add_argument("--hash-key-file", metavar="FILE", help="key for the hash masking strategy")
     p.add_argument("--max-connections", type=int, default=100)
+    p.add_argument(
+        "--max-pending-connections",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="connections that have not sent their startup packet yet; "
+        "beyond N the oldest is closed (default: %(default)s)",
+    )
     p.add_argument("--idle-timeout", type=float, default=0.0, metavar="SECONDS")
     p.add_argument(
         "--startup-timeout",
@@ -127,7 +141,12 @@ def run(args: argparse.Namespace) -> int:
     from steward_proxy.audit import AuditWriteError, AuditWriter
     from steward_proxy.metrics import ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
-    from steward_proxy.server import ProxyServer, ProxySettings, install_uvloop
+    from steward_proxy.server import (
+        ProxyServer,
+        ProxySettings,
+        install_uvloop,
+        raise_open_file_limit,
+    )
     from steward_proxy.session import AnalysisLimits
     from steward_proxy.upstream import UpstreamTarget
 
@@ -154,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         identity=args.identity,
         identity_groups=tuple(args.identity_group),
         max_connections=args.max_connections,
+        max_pending_connections=args.max_pending_connections,
         idle_timeout=args.idle_timeout,
         startup_timeout=args.startup_timeout,
         max_message_size=args.max_message_size,
@@ -168,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         analysis_timeout=args.analysis_timeout,
         analysis_memory=args.analysis_memory << 20,
     )
+    raise_open_file_limit(settings)
     try:
         audit = AuditWriter(args.audit_log, fsync=args.audit_fsync, max_bytes=args.audit_max_bytes)
     except Exception as exc:
