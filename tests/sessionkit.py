@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 
 from steward_proxy import wire
-from steward_proxy.metrics import ProxyMetrics
+from steward_proxy.engine import Judge
 from steward_proxy.policy import Identity, Policy, compile_documents
-from steward_proxy.session import Judge, Session
+from steward_proxy.session import AnalysisLimits, Session
 
 POLICY = """\
 apiVersion: steward.dev/v1alpha1
@@ -53,12 +53,56 @@ def policies_for(text: str) -> tuple[Policy, ...]:
     return compile_documents(list(yaml.safe_load_all(text))).policies_for(IDENTITY)
 
 
+class KitSession(Session):
+    """A session whose effects are applied after every call, as the shell applies them.
+
+    Audit records go to ``audit`` (an :class:`AuditLog`); metric events to
+    ``metric_events``.
+    """
+
+    def __init__(self, *, audit: AuditLog, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.audit = audit
+        self.metric_events: list[tuple[str, str, float | None]] = []
+
+    def _drain(self) -> None:
+        for type, fields in self.take_records():
+            self.audit.write(type, **fields)
+        self.metric_events += self.take_metrics()
+
+    def feed_client(self, data: bytes) -> bytes:
+        try:
+            return super().feed_client(data)
+        finally:
+            self._drain()
+
+    def feed_upstream(self, data: bytes) -> bytes:
+        try:
+            return super().feed_upstream(data)
+        finally:
+            self._drain()
+
+    def resume(self) -> bytes:
+        try:
+            return super().resume()
+        finally:
+            self._drain()
+
+    def abandon(self, reason: str) -> None:
+        try:
+            super().abandon(reason)
+        finally:
+            self._drain()
+
+
 def make_session(
     audit: AuditLog | None = None,
     policy: str | Sequence[Policy] = POLICY,
     *,
     clock: Callable[[], float] | None = None,
-) -> Session:
+    limits: AnalysisLimits | None = None,
+    parameters: dict[str, str] | None = None,
+) -> KitSession:
     """A session for ``IDENTITY`` under ``policy`` (YAML text or compiled policies).
 
     The default clock advances one millisecond per reading.
@@ -66,14 +110,17 @@ def make_session(
     if clock is None:
         ticks = itertools.count()
         clock = lambda: next(ticks) / 1000  # noqa: E731
-    return Session(
+    limits = limits or AnalysisLimits()
+    policies = policies_for(policy) if isinstance(policy, str) else policy
+    return KitSession(
+        audit=audit if audit is not None else AuditLog(),
         session_id="s1",
         identity=IDENTITY,
         database="app",
         client="127.0.0.1:5555",
-        judge=Judge(policies_for(policy) if isinstance(policy, str) else policy),
-        audit=audit if audit is not None else AuditLog(),
-        metrics=ProxyMetrics(),
+        judge=Judge(policies, max_statements=limits.max_statements),
+        limits=limits,
+        parameters=parameters,
         clock=clock,
     )
 

@@ -20,10 +20,18 @@ from typing import Any
 import pytest
 
 from steward_proxy import wire
-from steward_proxy.metrics import ProxyMetrics
-from steward_proxy.session import STAND_IN_SQL, Judge, Session
+from steward_proxy.session import STAND_IN_SQL, Judge
 
-from sessionkit import IDENTITY, POLICY, AuditLog, enc, frames, make_session, policies_for
+from sessionkit import (
+    IDENTITY,
+    POLICY,
+    AuditLog,
+    KitSession,
+    enc,
+    frames,
+    make_session,
+    policies_for,
+)
 
 SSN = "123-45-6789"
 
@@ -1054,7 +1062,8 @@ def test_a_fatal_error_from_the_upstream_is_relayed_and_noted(
 
 def test_every_record_of_a_session_names_its_application_and_backend_pid() -> None:
     audit = AuditLog()
-    session = Session(
+    session = KitSession(
+        audit=audit,
         session_id="s1",
         identity=IDENTITY,
         database="app",
@@ -1062,8 +1071,6 @@ def test_every_record_of_a_session_names_its_application_and_backend_pid() -> No
         application="billing",
         backend_pid=4242,
         judge=Judge(policies_for(POLICY)),
-        audit=audit,
-        metrics=ProxyMetrics(),
     )
     session.feed_client(enc(wire.Query("SELECT 1"), wire.Query(DENIED)))
     session.feed_upstream(rows_reply("SELECT 1", (b"1",)))

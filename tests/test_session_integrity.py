@@ -23,13 +23,12 @@ import pytest
 from steward_proxy import wire
 from steward_proxy.session import (
     AnalysisLimits,
-    Judge,
     Session,
     SessionEnded,
 )
 from steward_proxy.sql import AnalysisLimitError, analyze
 
-from sessionkit import IDENTITY, AuditLog, enc, frames, make_session, policies_for
+from sessionkit import AuditLog, enc, frames, make_session
 from test_session import POLICY, backend, errors, ready, rows_reply
 
 # The SJIS exploit: U+0081 is C2 81 in UTF-8; SJIS reads 81 5C as one character.
@@ -43,19 +42,7 @@ def session_with(
     limits: AnalysisLimits | None = None,
     parameters: dict[str, str] | None = None,
 ) -> Session:
-    return Session(
-        session_id="s1",
-        identity=IDENTITY,
-        database="app",
-        client="127.0.0.1:5555",
-        judge=Judge(
-            policies_for(POLICY), max_statements=(limits or AnalysisLimits()).max_statements
-        ),
-        audit=audit if audit is not None else AuditLog(),
-        metrics=make_session().metrics,
-        limits=limits or AnalysisLimits(),
-        parameters=parameters,
-    )
+    return make_session(audit, POLICY, limits=limits, parameters=parameters)
 
 
 def sent(data: bytes) -> list[wire.Message]:

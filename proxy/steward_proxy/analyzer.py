@@ -28,7 +28,7 @@ import pickle
 import sys
 from typing import Any
 
-from steward_proxy.session import Analysis
+from steward_proxy.engine import Analysis
 from steward_proxy.sql import AnalysisLimitError, SQLSyntaxError, analyze_uncached
 
 log = logging.getLogger("steward.proxy")

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 from steward_proxy import wire
 from steward_proxy.audit import AuditWriteError
+from steward_proxy.engine import Judge
 from steward_proxy.policy import Identity
-from steward_proxy.session import Judge, Session, SessionEnded
+from steward_proxy.session import Session, SessionEnded
 from steward_proxy.upstream import Authenticator, UpstreamAuthError, UpstreamGone, UpstreamProtocol
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class ClientProtocol(asyncio.Protocol):
                 to_upstream = session.feed_client(data)
             except Exception as exc:
                 self._relay_failed(exc, "client")
+                return
+            if not self._apply(session):
                 return
             if to_upstream:
                 self.upstream.transport.write(to_upstream)  # type: ignore[union-attr]
@@ -404,8 +407,6 @@ class ClientProtocol(asyncio.Protocol):
             application=_application_name(self._upstream_params),
             backend_pid=backend_pid,
             judge=judge,
-            audit=server.audit,
-            metrics=server.metrics,
             max_message_size=server.settings.max_message_size,
             limits=server.settings.analysis_limits,
             parameters={
@@ -452,12 +453,33 @@ class ClientProtocol(asyncio.Protocol):
         except Exception as exc:
             self._relay_failed(exc, "upstream")
             return
+        if not self._apply(session):
+            return
         if out:
             self.transport.write(out)  # type: ignore[union-attr]
         if session.resumable:
             self._resume()
         if self._draining and not session.running:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
+
+    def _apply(self, session: Session) -> bool:
+        """Write the session's audit records and count its metrics, before any bytes move.
+
+        False (and the session ended) when the records cannot be written: what
+        was not recorded must not run, nor its answer be delivered.
+        """
+        metrics = self.server.metrics
+        for command, decision, seconds in session.take_metrics():
+            metrics.statement(command, decision, seconds)
+        records = session.take_records()
+        if records:
+            try:
+                self.server.audit.write_many(records)
+            except AuditWriteError as exc:
+                self.server.audit_failure(exc)
+                self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
+                return False
+        return True
 
     def _stalled(self, session: Session) -> None:
         """The session holds client input: stop reading, and do what it waits for."""
@@ -488,6 +510,8 @@ class ClientProtocol(asyncio.Protocol):
             to_upstream = session.resume()
         except Exception as exc:
             self._relay_failed(exc, "client")
+            return
+        if not self._apply(session):
             return
         if to_upstream:
             self.upstream.transport.write(to_upstream)  # type: ignore[union-attr]
@@ -579,14 +603,16 @@ class ClientProtocol(asyncio.Protocol):
         session = self.session
         if session is not None:
             server.metrics.sessions_active -= 1
+            session.abandon(reason)
+            for command, decision, seconds in session.take_metrics():
+                server.metrics.statement(command, decision, seconds)
+            end = {
+                **session.who(),
+                "duration_ms": round((time.monotonic() - session.started) * 1000, 3),
+                "error": None if reason == "client disconnected" else reason,
+            }
             try:
-                session.abandon(reason)
-                server.audit.write(
-                    "session.end",
-                    **session.who(),
-                    duration_ms=round((time.monotonic() - session.started) * 1000, 3),
-                    error=None if reason == "client disconnected" else reason,
-                )
+                server.audit.write_many([*session.take_records(), ("session.end", end)])
             except AuditWriteError as exc:
                 server.audit_failure(exc)
             log.info("session %s: closed (%s)", self.session_id, reason)

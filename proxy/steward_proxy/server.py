@@ -31,6 +31,7 @@ from typing import Any
 
 from steward_proxy import wire
 from steward_proxy.analyzer import AnalysisPool
+from steward_proxy.audit import AuditSink
 from steward_proxy.client import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
@@ -41,9 +42,10 @@ from steward_proxy.client import (
     ClientProtocol,
     Refusal,
 )
+from steward_proxy.engine import Judge
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, PolicySet
-from steward_proxy.session import AnalysisLimits, AuditSink, Judge
+from steward_proxy.session import AnalysisLimits
 from steward_proxy.upstream import UpstreamTarget
 
 log = logging.getLogger("steward.proxy")

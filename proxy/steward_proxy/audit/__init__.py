@@ -15,12 +15,13 @@ from steward_proxy.audit.record import (
     record_line,
 )
 from steward_proxy.audit.verify import VerifyResult, trail_files, verify
-from steward_proxy.audit.writer import AuditWriteError, AuditWriter, rotated_siblings
+from steward_proxy.audit.writer import AuditSink, AuditWriteError, AuditWriter, rotated_siblings
 
 __all__ = [
     "AUDIT_FIELDS",
     "RECORD_TYPES",
     "ZERO_HASH",
+    "AuditSink",
     "AuditWriteError",
     "AuditWriter",
     "VerifyResult",

@@ -36,10 +36,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -67,6 +67,16 @@ _TEMPLATE: dict[str, Any] = {
     name: None for name in AUDIT_FIELDS if name not in ("seq", "time", "type", "prev", "hash")
 }
 _TAIL_CHUNK = 65536
+
+
+class AuditSink(Protocol):
+    """Where a proxy writes audit records (an :class:`AuditWriter`, or a test's list)."""
+
+    def write(self, type: str, **fields: Any) -> dict[str, Any]: ...
+
+    def write_many(
+        self, records: Iterable[tuple[str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]: ...
 
 
 class AuditWriteError(Exception):
@@ -281,31 +291,54 @@ class AuditWriter:
         infinity, and :class:`AuditWriteError` when the record could not be
         written, in which case the chain does not advance.
         """
-        if not _SETTABLE.issuperset(fields):
-            unknown = sorted(set(fields) - _SETTABLE)
-            raise TypeError(f"unknown audit record field(s): {', '.join(unknown)}")
+        return self.write_many(((type, fields),))[0]
+
+    def write_many(self, records: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """Append records (``(type, fields)`` each, as :meth:`write` takes) in one write.
+
+        All or none: when the write fails the chain does not advance.
+        """
         if self._broken is not None:
             raise AuditWriteError(self._broken)
         if self._fd < 0:
             raise AuditWriteError(f"audit trail {self.path} is closed")
-        record: dict[str, Any] = {"seq": self._seq + 1, "time": self._now(), "type": type}
-        record.update(_TEMPLATE)
-        record.update(fields)
-        if record["groups"] is None:
-            record["groups"] = []
-        if record["masked"] is None:
-            record["masked"] = []
-        record["prev"] = self._prev
-        check_finite(fields)
-        digest = hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        record["hash"] = digest
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
-            self._rotate()
-        self._append(line)
-        self._seq += 1
-        self._prev = digest
-        return record
+        seq, prev, size = self._seq, self._prev, self._size
+        written: list[dict[str, Any]] = []
+        lines: list[bytes] = []
+        for type, fields in records:
+            if not _SETTABLE.issuperset(fields):
+                unknown = sorted(set(fields) - _SETTABLE)
+                raise TypeError(f"unknown audit record field(s): {', '.join(unknown)}")
+            check_finite(fields)
+            record: dict[str, Any] = {"seq": seq + 1, "time": self._now(), "type": type}
+            record.update(_TEMPLATE)
+            record.update(fields)
+            if record["groups"] is None:
+                record["groups"] = []
+            if record["masked"] is None:
+                record["masked"] = []
+            record["prev"] = prev
+            digest = hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            record["hash"] = digest
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            if self.max_bytes and size and size + len(line) > self.max_bytes:
+                # Rotation starts a new file: what is built so far goes to the old one.
+                if lines:
+                    self._commit(lines, seq, prev)
+                    lines = []
+                self._rotate()
+                size = 0
+            lines.append(line)
+            size += len(line)
+            seq, prev = seq + 1, digest
+            written.append(record)
+        if lines:
+            self._commit(lines, seq, prev)
+        return written
+
+    def _commit(self, lines: list[bytes], seq: int, prev: str) -> None:
+        self._append(lines[0] if len(lines) == 1 else b"".join(lines))
+        self._seq, self._prev = seq, prev
 
     def _append(self, data: bytes) -> None:
         fd, before = self._fd, self._size

@@ -73,7 +73,8 @@ class StatementInfo:
       when it is not a constant; the value as text, ``None`` when it is not a
       constant or the parameter goes back to its default. ``RESET ALL`` is not
       listed (it restores the values the session started with).
-    - ``prepared_name``: the name an SQL ``PREPARE`` gives its statement.
+    - ``prepared_name``: the name an SQL ``PREPARE`` gives its statement, or
+      the one ``DEALLOCATE`` drops (``""`` for ``DEALLOCATE ALL``).
     - ``literal_dependent``: the analysis depends on constant values that
       :func:`normalize` replaces (a ``SET`` value, ``set_config`` arguments,
       ``EXPLAIN`` options), so it must not be reused for another statement of
@@ -193,7 +194,11 @@ def analyze_uncached(
         ((node_type, fields),) = raw["stmt"].items()
         walker = _Walker()
         walker.walk(node_type, fields)
-        prepared_name = fields.get("name") if node_type == "PrepareStmt" else None
+        prepared_name = None
+        if node_type == "PrepareStmt":
+            prepared_name = fields.get("name", "")
+        elif node_type == "DeallocateStmt":
+            prepared_name = fields.get("name", "")  # "" for DEALLOCATE ALL
         infos.append(
             StatementInfo(
                 command=command_tag(node_type, fields),

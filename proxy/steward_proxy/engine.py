@@ -1,0 +1,102 @@
+"""The one policy engine: statement text in, a verdict out, for one subject.
+
+:class:`Judge` is what the proxy's sessions, ``steward policy explain`` and
+(through the same compiled policies) the operator rely on: it analyses SQL
+with :mod:`steward_proxy.sql` and decides with :mod:`steward_proxy.policy`.
+The two packages never import each other (policy reads statements through
+its ``StatementLike`` protocol); this module joins them.
+
+Verdicts are cached once, here, by statement shape (literals replaced), or
+by exact text when the analysis depends on a literal value.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from steward_proxy.policy import Decision, Policy, decide, decide_function_call
+from steward_proxy.sql import (
+    AnalysisLimitError,
+    ShapeCache,
+    SQLSyntaxError,
+    StatementInfo,
+    analyze_uncached,
+    cached,
+    cached_exact,
+    depends_on_literals,
+    normalize,
+    remember,
+)
+
+__all__ = ["Analysis", "Judge", "Verdict", "function_call_statement"]
+
+# What analysis delivers, done here or off the event loop: the statements, or
+# why they cannot be judged.
+Analysis = tuple[StatementInfo, ...] | SQLSyntaxError | AnalysisLimitError
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What policy says about one statement string, and what the string holds."""
+
+    statements: tuple[StatementInfo, ...]
+    decision: Decision
+
+
+def function_call_statement(function_oid: int) -> StatementInfo:
+    """A FunctionCall message, as a statement: it names its function only by OID."""
+    return StatementInfo(
+        command="FUNCTION CALL",
+        normalized=f"<function call oid {function_oid}>",
+        fingerprint=f"fcall-{function_oid}",
+        tables=(),
+        functions=(str(function_oid),),
+        has_where=True,
+        writes=(),
+    )
+
+
+class Judge:
+    """Verdicts on statement text for the policies that cover one subject.
+
+    Shared by the sessions of that subject; ``max_statements`` bounds the
+    statements of one string (more is an :class:`AnalysisLimitError`).
+    """
+
+    def __init__(
+        self, policies: Sequence[Policy], *, maxsize: int = 4096, max_statements: int = 0
+    ) -> None:
+        self.policies = tuple(policies)
+        self.max_statements = max_statements
+        self._cache: ShapeCache[Verdict] = ShapeCache(maxsize)
+
+    def judge(self, sql: str, analysed: Analysis | None = None) -> Verdict:
+        """The verdict on ``sql``, analysing it here unless ``analysed`` is given.
+
+        Raises :class:`SQLSyntaxError` or :class:`AnalysisLimitError`.
+        """
+        if isinstance(analysed, Exception):
+            raise analysed
+        if analysed is not None:
+            verdict = Verdict(analysed, decide(self.policies, analysed))
+            remember(self._cache, sql, "", verdict, exact=True)
+            return verdict
+        shape = normalize(sql)
+        verdict = cached(self._cache, sql, shape)
+        if verdict is None:
+            statements = analyze_uncached(sql, shape, self.max_statements)
+            verdict = Verdict(statements, decide(self.policies, statements))
+            remember(self._cache, sql, shape, verdict, depends_on_literals(statements))
+        return verdict
+
+    def recall(self, sql: str) -> Verdict | None:
+        """The verdict cached for exactly ``sql``, without analysing anything."""
+        return cached_exact(self._cache, sql)
+
+    def judge_function_call(self, function_oid: int) -> Verdict:
+        """The verdict on a FunctionCall message."""
+        statement = function_call_statement(function_oid)
+        return Verdict((statement,), decide_function_call(self.policies, statement))

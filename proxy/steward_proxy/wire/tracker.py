@@ -1,0 +1,647 @@
+"""After sign-in: which server answer belongs to which client request.
+
+A PostgreSQL client pipelines: it may send many requests before the first
+answer comes back. :class:`Tracker` follows one session's exchange in both
+directions without I/O, as h11 does for HTTP: it frames what each side sends,
+keeps a queue of *pending requests* in the order the server will answer them,
+and ties every answer to its request. The server answers each request kind
+with the messages :data:`ANSWERS` lists; anything else that would carry
+results (rows, a completion, a COPY) means the server ran something the queue
+does not hold, and raises :class:`Desync`. After an error the server skips to
+the next Sync (extended protocol) or the end of the Query string; the queue
+does the same.
+
+Client side, pull one event at a time::
+
+    tracker.receive_client(data)
+    while (statement := tracker.next_statement()) is not NEED_DATA:
+        tracker.forward(statement, notes)       # or tracker.refuse(statement, error)
+    upstream_bytes = tracker.take_upstream()
+
+Only messages that carry statement text (Query, Parse, FunctionCall) come out
+as :class:`Statement` events; the caller must answer each with
+:meth:`Tracker.forward` or :meth:`Tracker.refuse` before the next one comes
+(until then :meth:`next_statement` returns the same event, so a caller may stop
+and come back later). Everything else (Bind, Execute, Sync, Describe, Close,
+COPY data, Flush, Terminate) is tracked and forwarded untouched. A *note* is
+the caller's own object for a request; it comes back in the :class:`Finished`
+event of that request, and a Parse's note is carried to the Executes of
+portals bound to that statement.
+
+A refused statement never reaches the server: in its place goes a *stand-in*
+that fails to parse (a Query, or a Parse under the same name), and the
+stand-in's error is swapped for the caller's refusal on its way back. So the
+server treats it as any failed statement: a transaction becomes failed, an
+extended batch is skipped up to its Sync.
+
+Server side: :meth:`Tracker.receive_server` returns the bytes for the client
+and leaves :class:`Finished`, :class:`ParameterChanged` and
+:class:`RowLayout` events in :attr:`Tracker.events`. Rows are only counted:
+the pass-through path for result rows reads each message's type byte alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from . import messages as m
+from .codec import DEFAULT_MAX_MESSAGE_SIZE, Frame, MessageReader, decode_backend, decode_frontend
+from .connection import NEED_DATA, _Sentinel
+from .errors import RemoteProtocolError
+
+__all__ = [
+    "ANSWERS",
+    "STAND_IN_SQL",
+    "Answer",
+    "Desync",
+    "Finished",
+    "ParameterChanged",
+    "Request",
+    "RowLayout",
+    "Statement",
+    "Tracker",
+    "TrackerEvent",
+]
+
+# What the server runs in place of a refused statement: it fails to parse.
+STAND_IN_SQL: Final = "/* statement refused by Steward */ STEWARD_REFUSED"
+_STAND_IN_QUERY: Final = m.Query(STAND_IN_SQL)._body()
+
+
+class Request(enum.IntEnum):
+    """What the server owes an answer to."""
+
+    PARSE = 0
+    BIND = 1
+    DESCRIBE = 2
+    CLOSE = 3
+    EXECUTE = 4
+    STATEMENT = 5  # one statement of a simple Query string
+    FUNCTION = 6  # a FunctionCall
+    SYNC = 7
+    QUERY_END = 8  # the end of a Query or FunctionCall: ReadyForQuery answers it
+    REFUSAL = 9  # a stand-in whose error becomes the refusal
+
+
+class Answer(enum.Enum):
+    """What an answer does to the request at the head of the queue."""
+
+    DONE = "done"  # the request is answered
+    ROW = "row"  # one result row
+    LAYOUT = "layout"  # the layout of the rows that follow
+    COMPLETE = "complete"  # the statement completed (rows from the tag)
+    KEEP = "keep"  # part of the answer; more follows
+
+
+R, A = Request, Answer
+_RUNS = (R.STATEMENT, R.EXECUTE)
+ANSWERS: Final[dict[tuple[Request, bytes], Answer]] = {
+    (R.PARSE, b"1"): A.DONE,  # ParseComplete
+    (R.BIND, b"2"): A.DONE,  # BindComplete
+    (R.CLOSE, b"3"): A.DONE,  # CloseComplete
+    (R.DESCRIBE, b"t"): A.KEEP,  # ParameterDescription, then:
+    (R.DESCRIBE, b"T"): A.DONE,  # RowDescription
+    (R.DESCRIBE, b"n"): A.DONE,  # NoData
+    (R.FUNCTION, b"V"): A.COMPLETE,  # FunctionCallResponse
+    (R.EXECUTE, b"s"): A.COMPLETE,  # PortalSuspended
+    **{(run, b"T"): A.LAYOUT for run in (R.STATEMENT,)},
+    **{(run, b"D"): A.ROW for run in _RUNS},  # DataRow
+    **{(run, b"C"): A.COMPLETE for run in _RUNS},  # CommandComplete
+    **{(run, b"I"): A.COMPLETE for run in _RUNS},  # EmptyQueryResponse
+    **{(run, t): A.KEEP for run in _RUNS for t in (b"G", b"H", b"W", b"d", b"c")},  # COPY
+}
+"""``(request at the head, backend message type) -> what it does``.
+
+ErrorResponse (any request: it fails and the server skips ahead),
+ReadyForQuery (answers a SYNC or QUERY_END) and the messages a server may send
+at any time (NoticeResponse, NotificationResponse, ParameterStatus) are
+handled apart. Any other pairing is a :class:`Desync`.
+"""
+_ASYNC = frozenset(b"NAS")
+_ENDS = (R.SYNC, R.QUERY_END)
+
+
+class Desync(RemoteProtocolError):
+    """The server answered with something no pending request accounts for."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the server sent {what} that no pending request accounts for")
+        self.what = what
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A client message with statement text: a Query, Parse or FunctionCall.
+
+    ``text`` is the statement text as sent (UTF-8 bytes); ``name`` the
+    prepared statement's name (Parse); ``function_oid`` the function
+    (FunctionCall, whose ``text`` is empty).
+    """
+
+    kind: str  # "Q", "P" or "F"
+    text: bytes = b""
+    name: str = ""
+    function_oid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The server finished a request that runs something (or skipped it).
+
+    ``rows`` is the count from the command tag (else the rows seen; None when
+    not known); ``error`` is None on success, ``SQLSTATE xxxxx`` on failure,
+    or why it did not run.
+    """
+
+    note: Any
+    rows: int | None
+    error: str | None
+    tag: bytes = b""
+    started: float = 0.0
+    """When the request went upstream (the tracker's clock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterChanged:
+    """The server reported a run-time parameter's value (ParameterStatus)."""
+
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowLayout:
+    """The columns of the rows a request returns, and the formats they come in.
+
+    For a simple Query statement it comes with the server's RowDescription;
+    for an Execute, when the portal or its statement was described, at the
+    Execute (``formats`` from the Bind: empty means all text).
+    """
+
+    note: Any
+    fields: tuple[m.FieldDescription, ...]
+    formats: tuple[int, ...] = ()
+
+
+TrackerEvent = Finished | ParameterChanged | RowLayout
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: Request
+    note: Any = None
+    started: float = 0.0
+    rows: int = 0
+    payload: bytes = b""  # REFUSAL: the ErrorResponse the client gets
+    settles: bool = False  # SYNC, QUERY_END: ends a run of executed requests
+    target: tuple[str, str] | None = None  # DESCRIBE: ("S"|"P", name)
+
+
+_MAX_NAMED = 10_000  # prepared statements and portals remembered per session
+
+
+class Tracker:
+    """One session's exchange after sign-in; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        track_layouts: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.track_layouts = track_layouts
+        """Emit :class:`RowLayout` events (masking needs them; they cost a decode)."""
+        self.txn_status = "I"
+        self.terminated = False
+        """The client said goodbye (Terminate)."""
+        self.upstream_fatal: str | None = None
+        """SQLSTATE of a FATAL (or PANIC) error the server sent."""
+        self.events: list[TrackerEvent] = []
+        self._from_client = MessageReader(max_message_size=max_message_size)
+        self._from_server = MessageReader(max_message_size=max_message_size)
+        self._queue: deque[_Pending] = deque()
+        self._statements: dict[str, Any] = {}  # prepared statement name -> note
+        # portal name -> note, result formats, the statement it was bound from
+        self._portals: dict[str, tuple[Any, tuple[int, ...], str]] = {}
+        self._layouts: dict[tuple[str, str], tuple[m.FieldDescription, ...]] = {}
+        self._skipping = False  # dropping client messages until Sync after a refusal
+        self._dirty = False
+        self._unsettled = 0
+        # The client chunk being read: its bytes, frame spans, the next span,
+        # and what goes upstream so far (runs of it, with replacements).
+        self._chunk = b""
+        self._spans: list[tuple[int, int, int]] = []
+        self._index = 0
+        self._cut = 0
+        self._out: list[bytes] = []
+        self._current: Statement | None = None
+
+    # -- state -------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Requests the server still owes an answer to."""
+        return len(self._queue)
+
+    @property
+    def dirty(self) -> bool:
+        """Something that runs code went upstream since the last Sync or Query end."""
+        return self._dirty
+
+    @property
+    def unsettled(self) -> int:
+        """Ends (Sync, Query end) after executed requests whose ReadyForQuery is due.
+
+        A setting a function changed is reported with the next ReadyForQuery;
+        until then the server may read new statement text differently.
+        """
+        return self._unsettled
+
+    def statement_note(self, name: str) -> Any:
+        """The note of prepared statement ``name`` (None if unknown)."""
+        return self._statements.get(name)
+
+    def remember_statement(self, name: str, note: Any) -> None:
+        """Record a statement prepared outside the protocol (SQL ``PREPARE``)."""
+        _remember(self._statements, name, note)
+
+    def forget_statement(self, name: str | None) -> None:
+        """Forget one prepared statement (SQL ``DEALLOCATE``), or all with None."""
+        if name is None:
+            self._statements.clear()
+        else:
+            self._statements.pop(name, None)
+
+    # -- client -> server --------------------------------------------------------
+
+    def receive_client(self, data: bytes) -> None:
+        """Bytes from the client; ``b""`` marks the end of the stream."""
+        self._from_client.feed(data)
+
+    def next_statement(self) -> Statement | _Sentinel:
+        """The next client message with statement text, or ``NEED_DATA``.
+
+        Everything before it is tracked and queued for the server. Until it is
+        answered with :meth:`forward` or :meth:`refuse`, it is returned again.
+        """
+        if self._current is not None:
+            return self._current
+        while True:
+            if self._index == len(self._spans):
+                self._flush_chunk()
+                reader = self._from_client
+                self._chunk, self._spans = reader.read_spans()
+                self._index = self._cut = 0
+                if not self._spans:
+                    if reader.at_eof and reader.pending:
+                        raise RemoteProtocolError("connection closed in the middle of a message")
+                    return NEED_DATA
+            kind, start, end = self._spans[self._index]
+            statement = self._client_message(kind, start, end)
+            if statement is not None:
+                self._current = statement
+                return statement
+            self._index += 1
+
+    def forward(self, statement: Statement, notes: list[Any] | Any) -> None:
+        """Send ``statement`` on. ``notes``: one per statement of a Query (a list), else one.
+
+        An empty Query (no statements) takes ``[]`` and is answered like one
+        statement (EmptyQueryResponse), with a None note.
+        """
+        self._answered(statement)
+        queue = self._queue
+        now = self.clock()
+        if statement.kind == "Q":
+            for note in notes or [None]:
+                queue.append(_Pending(R.STATEMENT, note, now))
+            self._dirty = True
+            self._end(R.QUERY_END)
+        elif statement.kind == "P":
+            _remember(self._statements, statement.name, notes)
+            queue.append(_Pending(R.PARSE, notes, now))
+        else:
+            queue.append(_Pending(R.FUNCTION, notes, now))
+            self._dirty = True
+            self._end(R.QUERY_END)
+
+    def refuse(self, statement: Statement, error: bytes) -> None:
+        """Refuse ``statement``: the client gets ``error`` (an encoded ErrorResponse)."""
+        self._answered(statement)
+        _, start, end = self._spans[self._index - 1]
+        self._queue.append(_Pending(R.REFUSAL, payload=error))
+        if statement.kind == "P":
+            if not statement.name:
+                # PostgreSQL drops the unnamed statement before parsing a new one,
+                # but keeps a named statement when a Parse under its name fails.
+                self._statements.pop("", None)
+            self._skipping = True
+            stand_in = m.Parse(statement.name, STAND_IN_SQL)._body()
+            replacement = b"P" + (len(stand_in) + 4).to_bytes(4, "big") + stand_in
+        else:
+            self._end(R.QUERY_END)
+            replacement = b"Q" + (len(_STAND_IN_QUERY) + 4).to_bytes(4, "big") + _STAND_IN_QUERY
+        self._out += (self._chunk[self._cut : start], replacement)
+        self._cut = end
+
+    def take_upstream(self) -> bytes:
+        """The bytes for the server, up to the last message handled."""
+        chunk, cut = self._chunk, self._cut
+        spans, index = self._spans, self._index
+        upto = len(chunk) if index == len(spans) else spans[index][1]
+        out = self._out
+        if not out:
+            if cut == 0 and upto == len(chunk):
+                self._chunk, self._spans, self._index = b"", [], 0
+                return chunk
+            self._cut = upto
+            return chunk[cut:upto]
+        out.append(chunk[cut:upto])
+        self._out = []
+        self._cut = upto
+        return b"".join(out)
+
+    def _flush_chunk(self) -> None:
+        """Keep what the finished chunk sends upstream before reading the next."""
+        if self._chunk:
+            tail = self._chunk[self._cut :]
+            if tail:
+                self._out.append(tail)
+            self._chunk, self._spans, self._index, self._cut = b"", [], 0, 0
+
+    def _answered(self, statement: Statement) -> None:
+        if statement is not self._current:
+            raise ValueError("that statement is not the one awaiting an answer")
+        self._current = None
+        self._index += 1
+
+    def _end(self, kind: Request) -> None:
+        settles = self._dirty
+        if settles:
+            self._unsettled += 1
+            self._dirty = False
+        self._queue.append(_Pending(kind, settles=settles))
+
+    def _client_message(self, kind: int, start: int, end: int) -> Statement | None:
+        """Track one client message; a Statement when it needs an answer first."""
+        if self._skipping:
+            # As PostgreSQL after an error: discard up to Sync. Flush still goes
+            # up, so answers the server holds reach a client waiting for them.
+            if kind == _SYNC:
+                self._skipping = False
+                self._end(R.SYNC)
+            elif kind == _TERMINATE:
+                self.terminated = True
+            elif kind != _FLUSH:
+                self._drop(start, end)
+            return None
+        chunk = self._chunk
+        if kind == _BIND:
+            portal, statement_name = _names(chunk, start, end, 2)
+            note = self._statements.get(statement_name)
+            formats: tuple[int, ...] = ()
+            if self.track_layouts:
+                bind = cast(m.Bind, decode_frontend(Frame(b"B", chunk[start:end])))
+                formats = bind.result_formats
+            _remember(self._portals, portal, (note, formats, statement_name))
+            self._dirty = True  # a parameter's input function may run code
+            self._queue.append(_Pending(R.BIND))
+        elif kind == _EXECUTE:
+            portal = _names(chunk, start, end, 1)[0]
+            note, formats, statement_name = self._portals.get(portal, (None, (), ""))
+            self._dirty = True
+            self._queue.append(_Pending(R.EXECUTE, note, self.clock()))
+            if self.track_layouts:
+                layout = self._layouts.get(("P", portal)) or self._layouts.get(
+                    ("S", statement_name)
+                )
+                if layout is not None:
+                    self.events.append(RowLayout(note, layout, formats))
+        elif kind == _SYNC:
+            self._end(R.SYNC)
+        elif kind in (_DESCRIBE, _CLOSE):
+            message = cast(m.Describe, decode_frontend(Frame(bytes((kind,)), chunk[start:end])))
+            if kind == _DESCRIBE:
+                self._queue.append(_Pending(R.DESCRIBE, target=(message.kind, message.name)))
+            else:
+                if message.kind == "S":
+                    self._statements.pop(message.name, None)
+                else:
+                    self._portals.pop(message.name, None)
+                self._queue.append(_Pending(R.CLOSE))
+        elif kind == _TERMINATE:
+            self.terminated = True
+        elif kind == _QUERY:
+            if chunk[end - 1] != 0:
+                decode_frontend(Frame(b"Q", chunk[start:end]))  # raises the precise error
+            return Statement("Q", chunk[start + 5 : end - 1])
+        elif kind == _PARSE:
+            parse = cast(m.Parse, decode_frontend(Frame(b"P", chunk[start:end])))
+            return Statement("P", parse.query.encode("utf-8", "surrogateescape"), parse.name)
+        elif kind == _FUNCTION_CALL:
+            call = cast(m.FunctionCall, decode_frontend(Frame(b"F", chunk[start:end])))
+            return Statement("F", function_oid=call.function_oid)
+        elif kind not in _PASSED_THROUGH:
+            decode_frontend(Frame(bytes((kind,)), chunk[start:end]))  # raises for an unknown type
+        return None
+
+    def _drop(self, start: int, end: int) -> None:
+        self._out.append(self._chunk[self._cut : start])
+        self._cut = end
+
+    # -- server -> client ----------------------------------------------------------
+
+    def receive_server(self, data: bytes) -> bytes:
+        """Bytes from the server; returns the bytes for the client.
+
+        Events land in :attr:`events`. Raises :class:`Desync` (nothing of
+        ``data`` is then meant for the client).
+        """
+        reader = self._from_server
+        reader.feed(data)
+        chunk, spans = reader.read_spans()
+        queue = self._queue
+        pieces: list[bytes] | None = None  # only when a refusal replaces an error
+        cut = 0
+        for kind, start, end in spans:
+            if kind == _DATA_ROW:
+                if not queue or queue[0].kind not in _RUNS:
+                    raise Desync("a data row")
+                queue[0].rows += 1
+                continue
+            if kind == _READY_FOR_QUERY:
+                if end - start != 6 or chunk[start + 5] not in b"ITE":
+                    decode_backend(Frame(b"Z", chunk[start:end]))  # raises
+                    raise RemoteProtocolError("malformed ReadyForQuery message")
+                self.txn_status = chr(chunk[start + 5])
+                self._ready()
+                continue
+            if kind == _ERROR_RESPONSE:
+                error = cast(m.ErrorResponse, decode_backend(Frame(b"E", chunk[start:end])))
+                if queue and queue[0].kind is R.REFUSAL and error.severity == "ERROR":
+                    # The stand-in's error becomes the refusal (a FATAL stays itself).
+                    if pieces is None:
+                        pieces = []
+                    pieces += (chunk[cut:start], queue.popleft().payload)
+                    cut = end
+                    self._skip(_ENDS, "SQLSTATE 42501 (refused)")
+                else:
+                    self._failed(error)
+                continue
+            if kind in _ASYNC:
+                if kind == _PARAMETER_STATUS:
+                    status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
+                    self.events.append(ParameterChanged(status.name, status.value))
+                continue
+            type_byte = _TYPE_BYTES[kind]
+            head = queue[0] if queue else None
+            answer = ANSWERS.get((head.kind, type_byte)) if head is not None else None
+            if answer is None or head is None:
+                raise Desync(_DESCRIBED.get(type_byte, f"a {type_byte!r} message"))
+            if answer is A.COMPLETE:
+                queue.popleft()
+                tag = chunk[start + 5 : end - 1] if kind == _COMMAND_COMPLETE else b""
+                count = tag.rpartition(b" ")[2]
+                rows = int(count) if count.isdigit() else head.rows
+                rows_or_none = None if kind == _FUNCTION_RESULT else rows
+                self.events.append(Finished(head.note, rows_or_none, None, tag, head.started))
+            elif answer is A.DONE:
+                queue.popleft()
+                if kind == _ROW_DESCRIPTION and self.track_layouts and head.target is not None:
+                    self._layouts[head.target] = _fields(chunk, start, end)
+            elif answer is A.LAYOUT and self.track_layouts:
+                self.events.append(RowLayout(head.note, _fields(chunk, start, end)))
+        if reader.at_eof and reader.pending:
+            raise RemoteProtocolError("upstream closed in the middle of a message")
+        if pieces is None:
+            return chunk
+        pieces.append(chunk[cut:])
+        return b"".join(pieces)
+
+    def take_events(self) -> list[TrackerEvent]:
+        """The events since the last call, oldest first."""
+        events, self.events = self.events, []
+        return events
+
+    def _ready(self) -> None:
+        """ReadyForQuery: everything up to the next Sync or Query end is answered."""
+        queue = self._queue
+        while queue:
+            head = queue.popleft()
+            if head.kind in _ENDS:
+                if head.settles:
+                    self._unsettled -= 1
+                return
+            if head.kind in _RUNS or head.kind is R.FUNCTION:
+                self.events.append(
+                    Finished(head.note, None, "not executed: no answer", started=head.started)
+                )
+
+    def _failed(self, error: m.ErrorResponse) -> None:
+        if error.severity in ("FATAL", "PANIC"):
+            self.upstream_fatal = error.sqlstate
+        queue = self._queue
+        if not queue or queue[0].kind in _ENDS:
+            return
+        failed = queue.popleft()
+        # Only the SQLSTATE: PostgreSQL's messages may quote the values involved.
+        code = error.sqlstate
+        well_formed = len(code) == 5 and code.isascii() and code.isalnum()
+        reason = f"SQLSTATE {code if well_formed else 'invalid'}"
+        if failed.kind in _RUNS or failed.kind in (R.FUNCTION, R.PARSE):
+            self.events.append(
+                Finished(failed.note, failed.rows or None, reason, started=failed.started)
+            )
+        if failed.kind in (R.STATEMENT, R.FUNCTION):
+            self._skip(_ENDS, reason)  # the rest of this simple Query
+        else:
+            # An extended-protocol batch: the server discards everything up to
+            # Sync, simple Queries sent inside the batch included.
+            self._skip((R.SYNC,), reason)
+
+    def _skip(self, until: tuple[Request, ...], reason: str) -> None:
+        """Drop what the server will not answer after an error, up to ``until``."""
+        queue = self._queue
+        while queue and queue[0].kind not in until:
+            skipped = queue.popleft()
+            if skipped.kind in _RUNS or skipped.kind is R.FUNCTION:
+                self.events.append(
+                    Finished(
+                        skipped.note, None, f"not executed: an earlier message failed ({reason})"
+                    )
+                )
+
+    def abandon(self, reason: str) -> list[TrackerEvent]:
+        """Finish every request still pending when either side went away."""
+        queue = self._queue
+        while queue:
+            head = queue.popleft()
+            if head.kind in _RUNS or head.kind is R.FUNCTION:
+                self.events.append(
+                    Finished(head.note, head.rows or None, reason, started=head.started)
+                )
+        return self.take_events()
+
+
+# Message type bytes, as ints, for the loops.
+_QUERY, _PARSE, _BIND, _EXECUTE, _SYNC, _DESCRIBE, _CLOSE = b"QPBESDC"
+_FUNCTION_CALL, _TERMINATE, _FLUSH = b"FXH"
+_PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
+_DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
+_PARAMETER_STATUS, _FUNCTION_RESULT = b"SV"
+_TYPE_BYTES = tuple(bytes([i]) for i in range(256))
+_DESCRIBED = {
+    b"C": "a command completion",
+    b"T": "a row description",
+    b"I": "an empty-query answer",
+    b"s": "a portal-suspended answer",
+    b"G": "a COPY response",
+    b"H": "a COPY response",
+    b"W": "a COPY response",
+    b"d": "COPY data",
+    b"c": "a COPY end",
+    b"V": "a function result",
+    b"1": "a parse completion",
+    b"2": "a bind completion",
+    b"3": "a close completion",
+    b"n": "a no-data answer",
+    b"t": "a parameter description",
+}
+
+
+def _names(chunk: bytes, start: int, end: int, count: int) -> list[str]:
+    """The first ``count`` NUL-terminated names of the message at ``chunk[start:end]``.
+
+    Bind and Execute arrive once per statement on the prepared-statement path;
+    only their portal and statement names are needed, so they are read without
+    decoding parameters. Malformed bodies are refused as the codec would.
+    """
+    names = []
+    pos = start + 5
+    for _ in range(count):
+        nul = chunk.find(b"\0", pos, end)
+        if nul < 0:
+            decode_frontend(Frame(chunk[start : start + 1], chunk[start:end]))
+            raise RemoteProtocolError("malformed message: name is not NUL-terminated")
+        names.append(chunk[pos:nul].decode("utf-8", "surrogateescape"))
+        pos = nul + 1
+    return names
+
+
+def _fields(chunk: bytes, start: int, end: int) -> tuple[m.FieldDescription, ...]:
+    return cast(m.RowDescription, decode_backend(Frame(b"T", chunk[start:end]))).fields
+
+
+def _remember(named: dict[str, Any], name: str, value: Any) -> None:
+    """Keep ``value`` under ``name``, forgetting the oldest beyond the bound."""
+    named.pop(name, None)
+    named[name] = value
+    if len(named) > _MAX_NAMED:
+        del named[next(iter(named))]
