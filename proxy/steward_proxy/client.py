@@ -1,10 +1,13 @@
 """One client connection: startup packet, sign-in, relay, and its end.
 
 :class:`ClientProtocol` answers SSLRequest/GSSENCRequest, relays
-CancelRequests, and signs a client in: it names the subject, checks that a
-policy covers it, connects and signs in upstream with the proxy's own
-credentials, then replays the upstream's parameters to the client under a
-cancel key of its own. From then on each chunk goes through the pure
+CancelRequests, and signs a client in: it names the subject, judges the startup
+parameters (:mod:`.startup`: an allow-list, client_encoding and
+standard_conforming_strings pinned), checks that a policy covers the subject,
+connects and signs in upstream with the proxy's own credentials, then replays
+the upstream's parameters to the client under a cancel key of its own.
+Everything the client sent reaches the log and refusals through
+:func:`~steward_proxy.escape.escape`. From then on each chunk goes through the pure
 :class:`~steward_proxy.session.Session` and out again.
 """
 
