@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -376,8 +376,11 @@ def direct_dsn(pg: LocalPostgres) -> str:
     return pg.dsn(LocalPostgres.SCRAM_USER)
 
 
-def run_psql(dsn: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+def run_psql(
+    dsn: str, *args: str, input: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """psql without the caller's PG* environment; ``env`` adds variables (PGOPTIONS, ...)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | dict(env or {})
     return subprocess.run(
         ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn, *args],
         input=input,
@@ -404,10 +407,17 @@ PROTOCOL_3 = 196608
 SSL_REQUEST = 80877103
 
 
-def startup_packet(user: str, database: str, version: int = PROTOCOL_3) -> bytes:
+def startup_packet(
+    user: str | bytes,
+    database: str | bytes,
+    version: int = PROTOCOL_3,
+    extra: Mapping[str, str | bytes] | None = None,
+) -> bytes:
+    """A StartupMessage; ``bytes`` values go out as they are (e.g. invalid UTF-8)."""
     body = struct.pack("!I", version)
-    for key, value in (("user", user), ("database", database)):
-        body += key.encode() + b"\0" + value.encode() + b"\0"
+    for key, value in (("user", user), ("database", database), *(extra or {}).items()):
+        raw = value if isinstance(value, bytes) else value.encode()
+        body += key.encode() + b"\0" + raw + b"\0"
     body += b"\0"
     return struct.pack("!I", len(body) + 4) + body
 

@@ -20,6 +20,8 @@ PURE_PACKAGES = [
     "steward_proxy.sql",
     "steward_proxy.policy",
     "steward_proxy.session",
+    "steward_proxy.startup",
+    "steward_proxy.escape",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "selectors", "uvloop"}
 

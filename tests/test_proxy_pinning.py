@@ -265,19 +265,32 @@ def test_risky_text_after_an_execute_in_one_batch_is_refused(
 
 
 @pytest.mark.parametrize(
-    ("sql", "words"),
+    ("sql", "words", "flags"),
     [
-        pytest.param("SELECT 1;" * 100_000, "100000 statements", id="100,000 statements"),
-        pytest.param("SELECT " + "1," * 600_000 + "1", "more than the limit", id="text over 1 MiB"),
         pytest.param(
-            "SELECT " + ",".join(["1"] * 500_000), "statement refused", id="500,000 constants"
+            "SELECT 1;" * 100_000, "100000 statements", (), id="100,000 statements in one string"
+        ),
+        pytest.param(
+            "SELECT " + "1," * 600_000 + "1", "more than the limit", (), id="text over 1 MiB"
+        ),
+        pytest.param(
+            "SELECT " + ",".join(["1"] * 500_000),
+            "needs more than the 256 MiB",
+            ("--analysis-memory", "256"),
+            id="500,000 constants over the memory budget",
+        ),
+        pytest.param(
+            "SELECT " + ",".join(["1"] * 200_000),
+            "took longer than 0.2s",
+            ("--analysis-timeout", "0.2"),
+            id="200,000 constants over the time budget",
         ),
     ],
 )
 def test_costly_statements_are_refused_while_others_are_served(
-    start_proxy: ProxyFactory, sql: str, words: str
+    start_proxy: ProxyFactory, sql: str, words: str, flags: tuple[str, ...]
 ) -> None:
-    proxy = start_proxy(POLICY, "--analysis-timeout", "10")
+    proxy = start_proxy(POLICY, "--analysis-timeout", "10", *flags)
     served: list[object] = []
 
     def other_client() -> None:

@@ -149,6 +149,8 @@ class FakeUpstream:
             if self.behaviour == "ready_then_close":
                 conn.sendall(
                     message(b"R", struct.pack("!I", 0))
+                    + message(b"S", b"client_encoding\0UTF8\0")
+                    + message(b"S", b"standard_conforming_strings\0on\0")
                     + message(b"K", struct.pack("!II", 4242, 4343))
                     + message(b"Z", b"I")
                 )

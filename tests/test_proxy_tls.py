@@ -84,7 +84,8 @@ def test_upstream_without_tls_fails_when_required(
     proxy = start_proxy(ALLOW_ALL_POLICY, upstream=upstream)
     with pytest.raises(psycopg.OperationalError) as failure:
         psycopg.connect(proxy.dsn())
-    assert "upstream does not support TLS" in str(failure.value)
+    assert "upstream database unavailable" in str(failure.value)
+    assert "upstream does not support TLS" in proxy.log()  # the detail is the operator's
     # The proxy keeps serving: a proxy on a plain upstream still works.
     plain = start_proxy(ALLOW_ALL_POLICY)
     with psycopg.connect(plain.dsn()) as conn:

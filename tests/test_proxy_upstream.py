@@ -81,6 +81,8 @@ def test_wrong_upstream_password_gives_client_an_error_not_the_password(
     fields = first_error(reply)
     assert fields is not None, reply[:200]
     assert fields["C"][:2] in {"08", "28"}, fields
+    assert fields["M"] == "the proxy could not sign in upstream", fields
+    assert "password authentication failed" in proxy.log()  # the operator learns why
     assert wrong.encode() not in reply
     assert proxy.alive()
     assert "Traceback" not in proxy.log()
@@ -100,8 +102,10 @@ def test_upstream_down_gives_08_error_and_proxy_keeps_running(
         fields = first_error(reply)
         assert fields is not None, f"expected an ErrorResponse, got {reply[:200]!r}"
         assert fields["C"].startswith("08"), fields
-        assert fields.get("M"), fields
+        assert fields["M"] == "upstream database unavailable", fields
+        assert str(closed_port) not in fields["M"]
         assert proxy.alive()
+    assert f"127.0.0.1:{closed_port}" in proxy.log()  # the operator learns where
 
     async def via_asyncpg() -> None:
         await asyncpg.connect(**proxy.asyncpg_args())

@@ -1,12 +1,14 @@
 """One client connection: startup packet, sign-in, relay, and its end.
 
 :class:`ClientProtocol` answers SSLRequest/GSSENCRequest, relays
-CancelRequests, and signs a client in: it names the subject, checks that a
-policy covers it, connects and signs in upstream with the proxy's own
-credentials, then replays the upstream's parameters to the client with the
-upstream backend's process id and a cancel secret of its own. From then on
-each chunk goes through the pure :class:`~steward_proxy.session.Session` and
-out again.
+CancelRequests, and signs a client in: it names the subject, judges the startup
+parameters (:mod:`.startup`: an allow-list, client_encoding and
+standard_conforming_strings pinned), checks that a policy covers the subject,
+connects and signs in upstream with the proxy's own credentials, then replays
+the upstream's parameters to the client with the upstream backend's process id
+and a cancel secret of its own. Everything the client sent reaches the log and
+refusals through :func:`~steward_proxy.escape.escape`. From then on each chunk
+goes through the pure :class:`~steward_proxy.session.Session` and out again.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from steward_proxy import startup as startup_rules
 from steward_proxy import wire
 from steward_proxy.audit import AuditWriteError
 from steward_proxy.engine import Judge
+from steward_proxy.escape import escape
 from steward_proxy.policy import Identity
 from steward_proxy.session import Session, SessionEnded
 from steward_proxy.upstream import Authenticator, UpstreamAuthError, UpstreamGone, UpstreamProtocol
@@ -46,17 +50,28 @@ INTERNAL_ERROR = "XX000"
 IO_ERROR = "58030"
 PROTOCOL_VIOLATION = "08P01"
 
-# Startup parameters the proxy decides itself rather than passing upstream.
-_NOT_FORWARDED = {"user", "database", "replication"}
+INVALID_PARAMETER_VALUE = "22023"
+UNDEFINED_OBJECT = "42704"
+
+# What a refused client is told; the operator's detail goes to the log.
+UPSTREAM_UNAVAILABLE = "upstream database unavailable"
+UPSTREAM_SIGN_IN_FAILED = "the proxy could not sign in upstream"
+UPSTREAM_NOT_PINNED = (
+    "upstream client_encoding and standard_conforming_strings are not pinned; "
+    "the proxy refuses the session"
+)
+# Upstream sign-in errors caused by a setting the client chose: the client may see them.
+_CLIENT_SETTING_ERRORS = {INVALID_PARAMETER_VALUE, UNDEFINED_OBJECT}
 
 
 class Refusal(Exception):
-    """Sign-in is refused with this SQLSTATE and message."""
+    """Sign-in is refused with this SQLSTATE and message (already escaped)."""
 
-    def __init__(self, sqlstate: str, message: str) -> None:
+    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
+        self.hint = hint
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -235,6 +250,11 @@ class ClientProtocol(asyncio.Protocol):
         settings = server.settings
         identity: Identity | None = None
         try:
+            invalid = startup_rules.invalid_utf8_parameter(startup.parameters)
+            if invalid is not None:
+                raise Refusal(
+                    PROTOCOL_VIOLATION, f'startup parameter "{invalid}" is not valid UTF-8'
+                )
             identity = server.identity_for(startup)
             if server.draining:
                 raise Refusal(ADMIN_SHUTDOWN, "the proxy is shutting down")
@@ -244,6 +264,10 @@ class ClientProtocol(asyncio.Protocol):
                 raise Refusal(
                     FEATURE_NOT_SUPPORTED, "replication connections are not allowed through Steward"
                 )
+            try:
+                upstream_settings = startup_rules.upstream_parameters(startup.parameters)
+            except startup_rules.StartupRefused as exc:
+                raise Refusal(exc.sqlstate, exc.message, exc.hint) from None
             # Sessions still signing in count too, or simultaneous sign-ins all pass.
             live = sum(1 for c in server.clients if c.admitted)
             if live >= settings.max_connections:
@@ -251,18 +275,23 @@ class ClientProtocol(asyncio.Protocol):
             self.admitted = True
             database = startup.database or ""
             if database != settings.upstream.database:
+                log.warning(
+                    "client %s asked for database %s; this proxy serves %s",
+                    self.peer,
+                    escape(database),
+                    settings.upstream.database,
+                )
                 raise Refusal(
                     INVALID_CATALOG_NAME,
-                    f'database "{database}" is not served by this proxy '
-                    f'(it serves "{settings.upstream.database}")',
+                    f'database "{escape(database)}" is not served by this proxy',
                 )
             judge = server.judge_for(identity)
-            await self._connect_upstream(startup)
+            await self._connect_upstream(upstream_settings)
         except Refusal as refusal:
             self._refuse_sign_in(identity, startup, refusal)
             return
         except Exception as exc:
-            log.error("session %s: sign-in failed: %s", self.session_id, exc)
+            log.error("session %s: sign-in failed: %s", self.session_id, escape(repr(exc)))
             self._refuse_sign_in(identity, startup, Refusal(INTERNAL_ERROR, "sign-in failed"))
             return
         if self._closing:
@@ -272,11 +301,13 @@ class ClientProtocol(asyncio.Protocol):
     def _refuse_sign_in(
         self, identity: Identity | None, startup: wire.StartupMessage, refusal: Refusal
     ) -> None:
-        subject = identity.subject if identity else f"user:{startup.user}"
+        subject = escape(identity.subject if identity else f"user:{startup.user}")
         log.info("client %s: sign-in refused for %s: %s", self.peer, subject, refusal.message)
         self.server.metrics.sessions["refused"] += 1
-        self._audit_failed_sign_in(identity, "deny", f"{refusal.sqlstate}: {refusal.message}")
-        self.terminate(refusal.sqlstate, refusal.message)
+        try:
+            self._audit_failed_sign_in(identity, "deny", f"{refusal.sqlstate}: {refusal.message}")
+        finally:
+            self.terminate(refusal.sqlstate, refusal.message, hint=refusal.hint)
 
     def _audit_failed_sign_in(
         self, identity: Identity | None, decision: str | None, error: str
@@ -292,9 +323,9 @@ class ClientProtocol(asyncio.Protocol):
             self.server.audit.write(
                 "session.start",
                 session=self.session_id,
-                identity=identity.subject if identity else f"user:{startup.user}",
-                groups=list(identity.groups) if identity else [],
-                database=startup.database,
+                identity=escape(identity.subject if identity else f"user:{startup.user}"),
+                groups=[escape(group) for group in identity.groups] if identity else [],
+                database=escape(startup.database or ""),
                 client=self.peer,
                 decision=decision,
                 error=error,
@@ -302,7 +333,8 @@ class ClientProtocol(asyncio.Protocol):
         except AuditWriteError as exc:
             self.server.audit_failure(exc)
 
-    async def _connect_upstream(self, startup: wire.StartupMessage) -> None:
+    async def _connect_upstream(self, session_settings: dict[str, str]) -> None:
+        """Connect and sign in upstream with the proxy's credentials and these settings."""
         settings = self.server.settings
         target = settings.upstream
         loop = asyncio.get_running_loop()
@@ -314,11 +346,14 @@ class ClientProtocol(asyncio.Protocol):
             )
         except (OSError, TimeoutError) as exc:
             self.server.metrics.error("upstream_connect")
-            raise Refusal(
-                CANNOT_CONNECT,
-                f"could not connect to upstream {target.host}:{target.port}: "
-                f"{getattr(exc, 'strerror', None) or exc or 'timed out'}",
-            ) from None
+            log.warning(
+                "session %s: could not connect to upstream %s:%s: %s",
+                self.session_id,
+                target.host,
+                target.port,
+                getattr(exc, "strerror", None) or exc or "timed out",
+            )
+            raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE) from None
         self.upstream = upstream
         timeout = settings.connect_timeout
         context = target.ssl_context()
@@ -335,27 +370,37 @@ class ClientProtocol(asyncio.Protocol):
                         ssl_handshake_timeout=timeout,
                     )
                 except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
-                    raise Refusal(
-                        CANNOT_CONNECT, f"TLS handshake with the upstream failed: {exc}"
-                    ) from None
+                    log.warning(
+                        "session %s: TLS handshake with the upstream failed: %s",
+                        self.session_id,
+                        exc,
+                    )
+                    raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE) from None
             elif target.sslmode in ("require", "verify-ca", "verify-full"):
-                raise Refusal(CANNOT_CONNECT, "upstream does not support TLS (sslmode requires it)")
-        params = {"user": target.user, "database": target.database}
-        params.update(
-            (k, v)
-            for k, v in startup.parameters.items()
-            if k not in _NOT_FORWARDED and not k.startswith("_pq_.")
-        )
+                log.warning(
+                    "session %s: upstream does not support TLS (sslmode=%s requires it)",
+                    self.session_id,
+                    target.sslmode,
+                )
+                raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE)
+        params = {"user": target.user, "database": target.database, **session_settings}
         upstream.send(wire.StartupMessage(params))
         auth = Authenticator(target)
         self._upstream_params: list[wire.Message] = []
         while True:
             event = await self._upstream_event(upstream, timeout)
             if isinstance(event, wire.ErrorResponse):
-                raise Refusal(
-                    CONNECTION_REJECTED, f"upstream refused the proxy's sign-in: {event.message}"
+                log.warning(
+                    "session %s: upstream refused the proxy's sign-in: %s: %s",
+                    self.session_id,
+                    event.sqlstate,
+                    escape(event.message, limit=1024),
                 )
+                if event.sqlstate in _CLIENT_SETTING_ERRORS:
+                    raise Refusal(event.sqlstate, escape(event.message))
+                raise Refusal(CONNECTION_REJECTED, UPSTREAM_SIGN_IN_FAILED)
             if isinstance(event, wire.ReadyForQuery):
+                self._check_pinned()
                 return
             if isinstance(event, wire.BackendKeyData):
                 self.upstream_key = (event.process_id, event.secret_key)
@@ -367,16 +412,28 @@ class ClientProtocol(asyncio.Protocol):
                 try:
                     reply = auth.answer(event)
                 except UpstreamAuthError as exc:
-                    raise Refusal(CONNECTION_REJECTED, f"upstream sign-in failed: {exc}") from None
+                    log.warning("session %s: upstream sign-in failed: %s", self.session_id, exc)
+                    raise Refusal(CONNECTION_REJECTED, UPSTREAM_SIGN_IN_FAILED) from None
                 if reply is not None:
                     upstream.send(reply)
 
-    @staticmethod
-    async def _upstream_event(upstream: UpstreamProtocol, timeout: float) -> wire.Message:
+    def _check_pinned(self) -> None:
+        """Refuse the session unless the upstream reports the pinned settings."""
+        reported = {
+            m.name: m.value for m in self._upstream_params if isinstance(m, wire.ParameterStatus)
+        }
+        reason = startup_rules.check_pinned(reported)
+        if reason is not None:
+            log.warning("session %s: %s; sign-in refused", self.session_id, reason)
+            self.server.metrics.error("upstream_not_pinned")
+            raise Refusal(CONNECTION_REJECTED, UPSTREAM_NOT_PINNED)
+
+    async def _upstream_event(self, upstream: UpstreamProtocol, timeout: float) -> wire.Message:
         try:
             return await upstream.next_event(timeout)
         except UpstreamGone as exc:
-            raise Refusal(CANNOT_CONNECT, str(exc)) from None
+            log.warning("session %s: upstream sign-in broke off: %s", self.session_id, exc)
+            raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE) from None
 
     def _ready(self, identity: Identity, startup: wire.StartupMessage, judge: Judge) -> None:
         server = self.server
@@ -571,14 +628,16 @@ class ClientProtocol(asyncio.Protocol):
         elif not session.running:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
 
-    def terminate(self, sqlstate: str, message: str, reason: str | None = None) -> None:
-        self._write_fatal(sqlstate, message)
+    def terminate(
+        self, sqlstate: str, message: str, reason: str | None = None, *, hint: str | None = None
+    ) -> None:
+        self._write_fatal(sqlstate, message, hint)
         self._close(reason or message)
 
-    def _write_fatal(self, sqlstate: str, message: str) -> None:
+    def _write_fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing() and not self._handshaking:
-            error = wire.ErrorResponse.build(sqlstate, message, severity="FATAL")
+            error = wire.ErrorResponse.build(sqlstate, message, severity="FATAL", hint=hint)
             transport.write(wire.encode(error))
 
     def _close(self, reason: str) -> None:

@@ -43,6 +43,7 @@ from steward_proxy.client import (
     Refusal,
 )
 from steward_proxy.engine import Judge
+from steward_proxy.escape import escape, has_controls
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, PolicySet
 from steward_proxy.session import AnalysisLimits
@@ -258,10 +259,11 @@ class ProxyServer:
     def identity_for(self, startup: wire.StartupMessage) -> Identity:
         if self.settings.identity:
             return Identity(self.settings.identity, self.settings.identity_groups)
-        try:
-            return Identity(f"user:{startup.user}", ())
-        except ValueError as exc:
-            raise Refusal(INVALID_AUTHORIZATION, f"invalid user name: {exc}") from None
+        user = startup.user or ""
+        if not user or has_controls(user):
+            # A subject goes into log lines and audit records as it is: no control characters.
+            raise Refusal(INVALID_AUTHORIZATION, f'invalid user name "{escape(user)}"')
+        return Identity(f"user:{user}", ())
 
     def audit_failure(self, exc: Exception) -> None:
         """Fail closed: with no audit trail, no session may go on and none may start."""

@@ -16,11 +16,12 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 __all__ = [
     "PINNED_PARAMETERS",
+    "ascii_lower",
+    "clean_encoding_name",
     "is_on",
     "is_utf8",
     "pinned_violation",
@@ -33,18 +34,30 @@ PINNED_PARAMETERS: dict[str, str] = {
 }
 _PRIVILEGE = ("role", "session_authorization")
 
-# PostgreSQL's parse_bool: case-insensitive, unique prefixes of true/yes, and on/1.
-_TRUE = frozenset({"on", "1", "t", "tr", "tru", "true", "y", "ye", "yes"})
+
+def ascii_lower(name: str) -> str:
+    """``name`` with A-Z folded, as PostgreSQL folds names (not e.g. KELVIN SIGN)."""
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in name)
+
+
+def clean_encoding_name(name: str) -> str:
+    """An encoding name as PostgreSQL looks it up: ASCII alphanumerics, lower case."""
+    return ascii_lower("".join(c for c in name if c.isascii() and c.isalnum()))
 
 
 def is_utf8(name: str) -> bool:
-    """Whether PostgreSQL reads encoding ``name`` as UTF8 (it ignores case and punctuation)."""
-    return re.sub(r"[^0-9a-z]", "", name.lower()) in ("utf8", "unicode")
+    """Whether PostgreSQL reads encoding ``name`` as UTF8."""
+    return clean_encoding_name(name) in ("utf8", "unicode")
 
 
 def is_on(value: str) -> bool:
-    """Whether PostgreSQL reads ``value`` as boolean true."""
-    return value.lower() in _TRUE
+    """PostgreSQL's ``parse_bool`` reading ``value`` as true (prefixes of true/yes, on, 1)."""
+    lowered = ascii_lower(value)
+    if lowered[:1] == "t":
+        return "true".startswith(lowered)
+    if lowered[:1] == "y":
+        return "yes".startswith(lowered)
+    return lowered in ("on", "1")
 
 
 def pinned_violation(settings: Iterable[tuple[str, str | None]]) -> str | None:
