@@ -38,11 +38,18 @@ Server side: :meth:`Tracker.receive_server` returns the bytes for the client
 and leaves :class:`Finished`, :class:`ParameterChanged` and
 :class:`RowLayout` events in :attr:`Tracker.events`. Rows are only counted:
 the pass-through path for result rows reads each message's type byte alone.
+
+Rows can be rewritten on their way (masking): a ``plan_rows`` callback is
+asked, for each request that returns rows, with its note, its columns (None
+when the client never had them described) and their formats, and returns a
+:data:`RowFilter` (or None to pass the rows untouched). The filter gets each
+DataRow message whole and returns the DataRow to send instead.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -62,7 +69,9 @@ __all__ = [
     "Finished",
     "ParameterChanged",
     "Request",
+    "RowFilter",
     "RowLayout",
+    "RowPlanner",
     "Statement",
     "Tracker",
     "TrackerEvent",
@@ -190,6 +199,13 @@ class RowLayout:
 
 TrackerEvent = Finished | ParameterChanged | RowLayout
 
+RowFilter = Callable[[bytes], bytes]
+"""A DataRow message in, the DataRow message to send in its place out."""
+RowPlanner = Callable[
+    [Any, "tuple[m.FieldDescription, ...] | None", tuple[int, ...]], "RowFilter | None"
+]
+"""``(note, columns or None, result formats) -> RowFilter | None``."""
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -199,10 +215,18 @@ class _Pending:
     rows: int = 0
     payload: bytes = b""  # REFUSAL: the ErrorResponse the client gets
     settles: bool = False  # SYNC, QUERY_END: ends a run of executed requests
-    target: tuple[str, str] | None = None  # DESCRIBE: ("S"|"P", name)
+    target: tuple[str, int] | None = None  # DESCRIBE: ("S"|"P", generation)
+    filter: RowFilter | None = None  # STATEMENT, EXECUTE: rewrites each row
+    # EXECUTE whose layout is not known yet: its portal's and statement's
+    # generations, and the result formats.
+    unplanned: tuple[int, int, tuple[int, ...]] | None = None
 
 
 _MAX_NAMED = 10_000  # prepared statements and portals remembered per session
+
+
+def _UNPLANNED(row: bytes) -> bytes:
+    raise AssertionError("an unplanned row filter is never called")
 
 
 class Tracker:
@@ -213,10 +237,12 @@ class Tracker:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         track_layouts: bool = False,
+        plan_rows: RowPlanner | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
-        self.track_layouts = track_layouts
+        self.plan_rows = plan_rows
+        self.track_layouts = track_layouts or plan_rows is not None
         """Emit :class:`RowLayout` events (masking needs them; they cost a decode)."""
         self.txn_status = "I"
         self.terminated = False
@@ -227,10 +253,14 @@ class Tracker:
         self._from_client = MessageReader(max_message_size=max_message_size)
         self._from_server = MessageReader(max_message_size=max_message_size)
         self._queue: deque[_Pending] = deque()
-        self._statements: dict[str, Any] = {}  # prepared statement name -> note
+        # Names are reused (the unnamed statement and portal all the time), so
+        # each Parse and Bind makes a new *generation*; a Describe's answer
+        # belongs to the generation it was sent for, even when pipelined.
+        self._generations = itertools.count(1)
+        self._statements: dict[str, tuple[Any, int]] = {}  # name -> note, generation
         # portal name -> note, result formats, the statement it was bound from
-        self._portals: dict[str, tuple[Any, tuple[int, ...], str]] = {}
-        self._layouts: dict[tuple[str, str], tuple[m.FieldDescription, ...]] = {}
+        self._portals: dict[str, tuple[Any, tuple[int, ...], int, int]] = {}
+        self._layouts: dict[tuple[str, int], tuple[m.FieldDescription, ...]] = {}
         self._skipping = False  # dropping client messages until Sync after a refusal
         self._dirty = False
         self._unsettled = 0
@@ -266,11 +296,12 @@ class Tracker:
 
     def statement_note(self, name: str) -> Any:
         """The note of prepared statement ``name`` (None if unknown)."""
-        return self._statements.get(name)
+        found = self._statements.get(name)
+        return found[0] if found is not None else None
 
     def remember_statement(self, name: str, note: Any) -> None:
         """Record a statement prepared outside the protocol (SQL ``PREPARE``)."""
-        _remember(self._statements, name, note)
+        _remember(self._statements, name, (note, next(self._generations)))
 
     def forget_statement(self, name: str | None) -> None:
         """Forget one prepared statement (SQL ``DEALLOCATE``), or all with None."""
@@ -325,7 +356,7 @@ class Tracker:
             self._dirty = True
             self._end(R.QUERY_END)
         elif statement.kind == "P":
-            _remember(self._statements, statement.name, notes)
+            _remember(self._statements, statement.name, (notes, next(self._generations)))
             queue.append(_Pending(R.PARSE, notes, now))
         else:
             queue.append(_Pending(R.FUNCTION, notes, now))
@@ -405,31 +436,38 @@ class Tracker:
         chunk = self._chunk
         if kind == _BIND:
             portal, statement_name = _names(chunk, start, end, 2)
-            note = self._statements.get(statement_name)
+            note, statement_generation = self._statements.get(statement_name, (None, 0))
             formats: tuple[int, ...] = ()
             if self.track_layouts:
                 bind = cast(m.Bind, decode_frontend(Frame(b"B", chunk[start:end])))
                 formats = bind.result_formats
-            _remember(self._portals, portal, (note, formats, statement_name))
+            _remember(
+                self._portals,
+                portal,
+                (note, formats, statement_generation, next(self._generations)),
+            )
             self._dirty = True  # a parameter's input function may run code
             self._queue.append(_Pending(R.BIND))
         elif kind == _EXECUTE:
             portal = _names(chunk, start, end, 1)[0]
-            note, formats, statement_name = self._portals.get(portal, (None, (), ""))
+            note, formats, statement_generation, portal_generation = self._portals.get(
+                portal, (None, (), 0, 0)
+            )
             self._dirty = True
-            self._queue.append(_Pending(R.EXECUTE, note, self.clock()))
+            pending = _Pending(R.EXECUTE, note, self.clock())
+            self._queue.append(pending)
             if self.track_layouts:
-                layout = self._layouts.get(("P", portal)) or self._layouts.get(
-                    ("S", statement_name)
-                )
-                if layout is not None:
-                    self.events.append(RowLayout(note, layout, formats))
+                pending.unplanned = (portal_generation, statement_generation, formats)
+                self._plan(pending)
         elif kind == _SYNC:
             self._end(R.SYNC)
         elif kind in (_DESCRIBE, _CLOSE):
             message = cast(m.Describe, decode_frontend(Frame(bytes((kind,)), chunk[start:end])))
             if kind == _DESCRIBE:
-                self._queue.append(_Pending(R.DESCRIBE, target=(message.kind, message.name)))
+                named = self._statements if message.kind == "S" else self._portals
+                found = named.get(message.name)
+                target = (message.kind, found[-1]) if found is not None else None
+                self._queue.append(_Pending(R.DESCRIBE, target=target))
             else:
                 if message.kind == "S":
                     self._statements.pop(message.name, None)
@@ -468,13 +506,22 @@ class Tracker:
         reader.feed(data)
         chunk, spans = reader.read_spans()
         queue = self._queue
-        pieces: list[bytes] | None = None  # only when a refusal replaces an error
+        pieces: list[bytes] | None = None  # only when a message is replaced
         cut = 0
         for kind, start, end in spans:
             if kind == _DATA_ROW:
                 if not queue or queue[0].kind not in _RUNS:
                     raise Desync("a data row")
-                queue[0].rows += 1
+                head = queue[0]
+                head.rows += 1
+                if head.filter is not None:
+                    if head.filter is _UNPLANNED:
+                        self._plan(head, final=True)  # never described: no layout
+                    if head.filter is not None:
+                        if pieces is None:
+                            pieces = []
+                        pieces += (chunk[cut:start], head.filter(chunk[start:end]))
+                        cut = end
                 continue
             if kind == _READY_FOR_QUERY:
                 if end - start != 6 or chunk[start + 5] not in b"ITE":
@@ -515,15 +562,42 @@ class Tracker:
             elif answer is A.DONE:
                 queue.popleft()
                 if kind == _ROW_DESCRIPTION and self.track_layouts and head.target is not None:
-                    self._layouts[head.target] = _fields(chunk, start, end)
+                    _remember(self._layouts, head.target, _fields(chunk, start, end))
+                    for later in queue:  # Executes pipelined behind this Describe
+                        if later.unplanned is not None:
+                            self._plan(later)
             elif answer is A.LAYOUT and self.track_layouts:
-                self.events.append(RowLayout(head.note, _fields(chunk, start, end)))
+                fields = _fields(chunk, start, end)
+                self.events.append(RowLayout(head.note, fields))
+                if self.plan_rows is not None:
+                    head.filter = self.plan_rows(head.note, fields, ())
         if reader.at_eof and reader.pending:
             raise RemoteProtocolError("upstream closed in the middle of a message")
         if pieces is None:
             return chunk
         pieces.append(chunk[cut:])
         return b"".join(pieces)
+
+    def _plan(self, pending: _Pending, *, final: bool = False) -> None:
+        """Find an Execute's layout and ask ``plan_rows`` for its filter.
+
+        Until its portal or statement is described the layout is unknown and
+        the filter is ``_UNPLANNED``; with ``final`` (rows are coming and no
+        Describe answered) it is planned with no columns.
+        """
+        assert pending.unplanned is not None
+        portal, statement, formats = pending.unplanned
+        layouts = self._layouts
+        layout = layouts.get(("P", portal)) or layouts.get(("S", statement))
+        if layout is None and not final:
+            if self.plan_rows is not None:
+                pending.filter = _UNPLANNED
+            return
+        pending.unplanned = None
+        if layout is not None:
+            self.events.append(RowLayout(pending.note, layout, formats))
+        if self.plan_rows is not None:
+            pending.filter = self.plan_rows(pending.note, layout, formats)
 
     def take_events(self) -> list[TrackerEvent]:
         """The events since the last call, oldest first."""
@@ -639,7 +713,7 @@ def _fields(chunk: bytes, start: int, end: int) -> tuple[m.FieldDescription, ...
     return cast(m.RowDescription, decode_backend(Frame(b"T", chunk[start:end]))).fields
 
 
-def _remember(named: dict[str, Any], name: str, value: Any) -> None:
+def _remember(named: dict[Any, Any], name: Any, value: Any) -> None:
     """Keep ``value`` under ``name``, forgetting the oldest beyond the bound."""
     named.pop(name, None)
     named[name] = value

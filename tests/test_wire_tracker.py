@@ -1,0 +1,297 @@
+"""The protocol tracker on its own: requests, answers, events, any chunking.
+
+Each test plays a client's messages and the server's true answers through a
+:class:`~steward_proxy.wire.Tracker`, forwarding every statement with a note,
+and checks the bytes that come out and the events. The chunking property:
+whatever the TCP chunking on either side, the bytes out and the events are the
+same. The answers table gets one test per entry.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from steward_proxy import wire
+from steward_proxy.wire import ANSWERS, Answer, Request
+
+from sessionkit import enc
+
+
+def drive(tracker: wire.Tracker, data: bytes, note: Any = "n") -> bytes:
+    """Feed client ``data``; forward each statement (a Query's with one note per ';')."""
+    tracker.receive_client(data)
+    while (statement := tracker.next_statement()) is not wire.NEED_DATA:
+        assert isinstance(statement, wire.Statement)
+        if statement.kind == "Q":
+            count = statement.text.count(b";") + 1
+            tracker.forward(statement, [f"{note}{i}" for i in range(count)])
+        else:
+            tracker.forward(statement, note)
+    return tracker.take_upstream()
+
+
+CLIENT = enc(
+    wire.Query("SELECT 1; SELECT 2"),
+    wire.Parse("s", "SELECT $1::int"),
+    wire.Describe("S", "s"),
+    wire.Bind("p", "s", (0,), (b"7",), (1,)),
+    wire.Describe("P", "p"),
+    wire.Execute("p", 0),
+    wire.Sync(),
+)
+ROW = wire.RowDescription((wire.FieldDescription("x", type_oid=23),))
+SERVER = enc(
+    ROW,
+    wire.DataRow((b"1",)),
+    wire.CommandComplete("SELECT 1"),
+    ROW,
+    wire.DataRow((b"2",)),
+    wire.CommandComplete("SELECT 1"),
+    wire.ReadyForQuery("I"),
+    wire.ParseComplete(),
+    wire.ParameterDescription((23,)),
+    ROW,
+    wire.BindComplete(),
+    ROW,
+    wire.DataRow((b"\x00\x00\x00\x07",)),
+    wire.CommandComplete("SELECT 1"),
+    wire.ParameterStatus("TimeZone", "UTC"),
+    wire.ReadyForQuery("I"),
+)
+
+
+def summary(events: list[wire.TrackerEvent]) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    for e in events:
+        if isinstance(e, wire.Finished):
+            out.append(("finished", e.note, e.rows, e.error, e.tag))
+        elif isinstance(e, wire.RowLayout):
+            out.append(("layout", e.note, tuple(f.name for f in e.fields), e.formats))
+        else:
+            out.append(("parameter", e.name, e.value))
+    return out
+
+
+EXPECTED = [
+    ("layout", "n0", ("x",), ()),
+    ("finished", "n0", 1, None, b"SELECT 1"),
+    ("layout", "n1", ("x",), ()),
+    ("finished", "n1", 1, None, b"SELECT 1"),
+    ("layout", "n", ("x",), (1,)),
+    ("finished", "n", 1, None, b"SELECT 1"),
+    ("parameter", "TimeZone", "UTC"),
+]
+
+
+def test_a_whole_exchange_gives_its_events_and_forwards_everything() -> None:
+    tracker = wire.Tracker(track_layouts=True)
+    assert drive(tracker, CLIENT) == CLIENT
+    assert tracker.pending == 9
+    assert tracker.receive_server(SERVER) == SERVER
+    # The Execute's layout comes when it is sent; the rest in answer order.
+    events = summary(tracker.take_events())
+    assert sorted(events, key=repr) == sorted(EXPECTED, key=repr)
+    assert tracker.pending == 0 and not tracker.unsettled and not tracker.dirty
+
+
+def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    client_cuts=st.lists(st.integers(0, 10_000), max_size=8),
+    server_cuts=st.lists(st.integers(0, 10_000), max_size=8),
+)
+def test_any_chunking_gives_the_same_bytes_and_events(
+    client_cuts: list[int], server_cuts: list[int]
+) -> None:
+    tracker = wire.Tracker(track_layouts=True)
+    upstream = b"".join(drive(tracker, piece) for piece in chunks(CLIENT, client_cuts))
+    assert upstream == CLIENT
+    client = b"".join(tracker.receive_server(piece) for piece in chunks(SERVER, server_cuts))
+    assert client == SERVER
+    assert sorted(summary(tracker.take_events()), key=repr) == sorted(EXPECTED, key=repr)
+
+
+def test_a_statement_not_answered_is_offered_again_and_holds_what_follows() -> None:
+    tracker = wire.Tracker()
+    data = enc(wire.Query("SELECT 1"), wire.Query("SELECT 2"))
+    tracker.receive_client(data)
+    first = tracker.next_statement()
+    assert tracker.next_statement() is first
+    assert tracker.take_upstream() == b""
+    tracker.forward(first, ["a"])  # type: ignore[arg-type]
+    second = tracker.next_statement()
+    assert isinstance(second, wire.Statement) and second.text == b"SELECT 2"
+    assert tracker.take_upstream() == enc(wire.Query("SELECT 1"))
+    tracker.forward(second, ["b"])
+    assert tracker.next_statement() is wire.NEED_DATA
+    assert tracker.take_upstream() == enc(wire.Query("SELECT 2"))
+
+
+def test_a_refused_query_goes_up_as_a_stand_in_and_its_error_becomes_the_refusal() -> None:
+    tracker = wire.Tracker()
+    tracker.receive_client(enc(wire.Query("DELETE FROM t")))
+    statement = tracker.next_statement()
+    refusal = wire.encode(wire.ErrorResponse.build("42501", "no"))
+    tracker.refuse(statement, refusal)  # type: ignore[arg-type]
+    assert tracker.take_upstream() == enc(wire.Query(wire.STAND_IN_SQL))
+    out = tracker.receive_server(
+        enc(wire.ErrorResponse.build("42601", "syntax error"), wire.ReadyForQuery("I"))
+    )
+    assert out == refusal + enc(wire.ReadyForQuery("I"))
+
+
+def test_a_row_filter_rewrites_every_row_of_its_request_only() -> None:
+    def plan(note: Any, fields: Any, formats: tuple[int, ...]) -> wire.RowFilter | None:
+        if note != "secret0":
+            return None
+        return lambda row: wire.encode(wire.DataRow((b"****",)))
+
+    tracker = wire.Tracker(plan_rows=plan)
+    drive(tracker, enc(wire.Query("SELECT ssn FROM t; SELECT 1")), note="secret")
+    out = tracker.receive_server(
+        enc(
+            ROW,
+            wire.DataRow((b"123-45-6789",)),
+            wire.DataRow((b"987-65-4321",)),
+            wire.CommandComplete("SELECT 2"),
+            ROW,
+            wire.DataRow((b"1",)),
+            wire.CommandComplete("SELECT 1"),
+            wire.ReadyForQuery("I"),
+        )
+    )
+    rows = [m for m in map(wire.decode_backend, frames_of(out)) if isinstance(m, wire.DataRow)]
+    assert [r.values for r in rows] == [(b"****",), (b"****",), (b"1",)]
+
+
+def frames_of(data: bytes) -> list[wire.Frame]:
+    reader = wire.MessageReader()
+    reader.feed(data)
+    out = []
+    while (frame := reader.next_frame()) is not None:
+        out.append(frame)
+    return out
+
+
+# --------------------------------------------------------------- the answers table
+
+
+def request_for(kind: Request) -> bytes:
+    """Client bytes that leave ``kind`` at the head of the queue."""
+    return {
+        Request.PARSE: enc(wire.Parse("", "SELECT 1")),
+        Request.BIND: enc(wire.Bind("", "", (), (), ())),
+        Request.DESCRIBE: enc(wire.Describe("S", "")),
+        Request.CLOSE: enc(wire.Close("S", "x")),
+        Request.EXECUTE: enc(wire.Execute("", 0)),
+        Request.STATEMENT: enc(wire.Query("SELECT 1")),
+        Request.FUNCTION: enc(wire.FunctionCall(1, (), (), 0)),
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_byte"),
+    list(ANSWERS),
+    ids=[f"{k.name}: {t.decode()} {a.value}" for (k, t), a in ANSWERS.items()],
+)
+def test_every_answer_in_the_table_is_taken(kind: Request, type_byte: bytes) -> None:
+    tracker = wire.Tracker()
+    drive(tracker, request_for(kind))
+    before = tracker.pending
+    body = {b"C": b"SELECT 1\0", b"T": b"\0\0", b"D": b"\0\0", b"t": b"\0\0"}.get(type_byte, b"")
+    if type_byte in b"GHW":
+        body = b"\0\0\0"
+    if type_byte == b"V":
+        body = b"\xff\xff\xff\xff"
+    message = type_byte + (len(body) + 4).to_bytes(4, "big") + body
+    assert tracker.receive_server(message) == message
+    answer = ANSWERS[(kind, type_byte)]
+    popped = before - tracker.pending
+    assert popped == (1 if answer in (Answer.DONE, Answer.COMPLETE) else 0)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(enc(wire.CommandComplete("DELETE 9")), id="a completion"),
+        pytest.param(enc(wire.DataRow((b"x",))), id="a row"),
+        pytest.param(enc(ROW), id="a row description"),
+        pytest.param(enc(wire.EmptyQueryResponse()), id="an empty-query answer"),
+        pytest.param(enc(wire.CopyOutResponse(0, ())), id="a COPY"),
+        pytest.param(enc(wire.ParseComplete()), id="a parse completion"),
+    ],
+)
+def test_an_answer_with_nothing_pending_is_a_desync(message: bytes) -> None:
+    with pytest.raises(wire.Desync):
+        wire.Tracker().receive_server(message)
+
+
+def test_errors_skip_to_sync_and_finish_what_was_skipped() -> None:
+    tracker = wire.Tracker()
+    drive(
+        tracker,
+        enc(
+            wire.Parse("", "SELECT 1"),
+            wire.Bind("", "", (), (), ()),
+            wire.Execute("", 0),
+            wire.Sync(),
+        ),
+    )
+    tracker.receive_server(
+        enc(wire.ErrorResponse.build("42P01", "no such table"), wire.ReadyForQuery("I"))
+    )
+    events = summary(tracker.take_events())
+    assert events == [
+        ("finished", "n", None, "SQLSTATE 42P01", b""),
+        ("finished", "n", None, "not executed: an earlier message failed (SQLSTATE 42P01)", b""),
+    ]
+    assert tracker.pending == 0
+
+
+def test_an_execute_pipelined_behind_its_describe_is_planned_when_the_layout_arrives() -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    def plan(note: Any, fields: Any, formats: tuple[int, ...]) -> wire.RowFilter | None:
+        seen.append((note, None if fields is None else tuple(f.name for f in fields)))
+        return lambda row: wire.encode(wire.DataRow((b"masked",)))
+
+    tracker = wire.Tracker(plan_rows=plan)
+    drive(
+        tracker,
+        enc(
+            wire.Parse("", "SELECT ssn FROM t"),
+            wire.Bind("", "", (), (), ()),
+            wire.Describe("P", ""),
+            wire.Execute("", 0),
+            wire.Parse("q", "SELECT 1"),
+            wire.Bind("", "q", (), (), ()),
+            wire.Execute("", 0),  # never described: planned with no columns
+            wire.Sync(),
+        ),
+    )
+    assert seen == []
+    out = tracker.receive_server(
+        enc(
+            wire.ParseComplete(),
+            wire.BindComplete(),
+            ROW,
+            wire.DataRow((b"123-45-6789",)),
+            wire.CommandComplete("SELECT 1"),
+            wire.ParseComplete(),
+            wire.BindComplete(),
+            wire.DataRow((b"1",)),
+            wire.CommandComplete("SELECT 1"),
+            wire.ReadyForQuery("I"),
+        )
+    )
+    assert seen == [("n", ("x",)), ("n", None)]
+    assert b"123-45-6789" not in out and out.count(b"masked") == 2
