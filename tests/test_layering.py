@@ -22,8 +22,20 @@ PURE_PACKAGES = [
     "steward_proxy.session",
     "steward_proxy.startup",
     "steward_proxy.escape",
+    "steward_proxy.engine",
+    "steward_proxy.admission",
+    "steward_proxy.sqlstate",
 ]
-FORBIDDEN = {"asyncio", "socket", "ssl", "selectors", "uvloop"}
+FORBIDDEN = {
+    "asyncio",
+    "socket",
+    "ssl",
+    "selectors",
+    "uvloop",
+    "prometheus_client",
+    "http",
+    "urllib",
+}
 
 
 def forbidden_imports(source: str, filename: str) -> list[str]:
@@ -53,6 +65,75 @@ def source_files(name: str) -> list[Path]:
 def test_pure_package_does_not_import_io_modules(package: str) -> None:
     offenders = {}
     for path in source_files(package):
+        found = forbidden_imports(path.read_text(encoding="utf-8"), str(path))
+        if found:
+            offenders[str(path)] = found
+    assert offenders == {}
+
+
+def steward_imports(source: str, filename: str, package: str) -> set[str]:
+    """The ``steward_proxy`` modules a module imports (absolute and relative)."""
+    found = set()
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("steward_proxy")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            if module.startswith("steward_proxy"):
+                found.add(module)
+                found |= {f"{module}.{a.name}" for a in node.names}
+    return {m for m in found if _is_module(m)}
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, AttributeError):  # ``module.attribute``, not a module
+        return False
+
+
+def submodules(name: str) -> list[str]:
+    """``name`` and, for a package, every module in it."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None
+    if not spec.submodule_search_locations:
+        return [name]
+    out = []
+    for root in spec.submodule_search_locations:
+        for path in sorted(Path(root).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            out.append(".".join((name, *parts)))
+    return out
+
+
+def closure(name: str) -> set[str]:
+    """Every ``steward_proxy`` module ``name`` imports, directly or not."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin
+        package = module if spec.submodule_search_locations else module.rpartition(".")[0]
+        path = Path(spec.origin)  # a package's __init__.py: what importing it runs
+        todo += steward_imports(path.read_text(encoding="utf-8"), str(path), package)
+    return seen
+
+
+@pytest.mark.parametrize("package", PURE_PACKAGES, ids=lambda p: f"all {p} imports does no I/O")
+def test_everything_a_pure_package_imports_is_pure(package: str) -> None:
+    offenders = {}
+    modules = set().union(*(closure(m) for m in submodules(package)))
+    for module in sorted(modules):
+        path = Path(importlib.util.find_spec(module).origin)  # type: ignore[union-attr,arg-type]
         found = forbidden_imports(path.read_text(encoding="utf-8"), str(path))
         if found:
             offenders[str(path)] = found

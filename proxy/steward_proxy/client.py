@@ -22,56 +22,26 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from steward_proxy import startup as startup_rules
 from steward_proxy import wire
+from steward_proxy.admission import Refusal, admit
 from steward_proxy.audit import AuditWriteError
 from steward_proxy.engine import Judge
 from steward_proxy.escape import escape
 from steward_proxy.policy import Identity
 from steward_proxy.session import Session, SessionEnded
-from steward_proxy.upstream import Authenticator, UpstreamAuthError, UpstreamGone, UpstreamProtocol
+from steward_proxy.sqlstate import (
+    ADMIN_SHUTDOWN,
+    CONNECTION_FAILURE,
+    CONNECTION_REJECTED,
+    INTERNAL_ERROR,
+    PROTOCOL_VIOLATION,
+)
+from steward_proxy.upstream import UpstreamProtocol, sign_in_upstream
 
 if TYPE_CHECKING:
     from steward_proxy.server import ProxyServer
 
 log = logging.getLogger("steward.proxy")
-
-# SQLSTATEs used when refusing a connection.
-INVALID_AUTHORIZATION = "28000"
-INVALID_CATALOG_NAME = "3D000"
-CONNECTION_REJECTED = "08004"
-CONNECTION_FAILURE = "08006"
-CANNOT_CONNECT = "08001"
-TOO_MANY_CONNECTIONS = "53300"
-ADMIN_SHUTDOWN = "57P01"
-IDLE_SESSION_TIMEOUT = "57P05"
-FEATURE_NOT_SUPPORTED = "0A000"
-INTERNAL_ERROR = "XX000"
-IO_ERROR = "58030"
-PROTOCOL_VIOLATION = "08P01"
-
-INVALID_PARAMETER_VALUE = "22023"
-UNDEFINED_OBJECT = "42704"
-
-# What a refused client is told; the operator's detail goes to the log.
-UPSTREAM_UNAVAILABLE = "upstream database unavailable"
-UPSTREAM_SIGN_IN_FAILED = "the proxy could not sign in upstream"
-UPSTREAM_NOT_PINNED = (
-    "upstream client_encoding and standard_conforming_strings are not pinned; "
-    "the proxy refuses the session"
-)
-# Upstream sign-in errors caused by a setting the client chose: the client may see them.
-_CLIENT_SETTING_ERRORS = {INVALID_PARAMETER_VALUE, UNDEFINED_OBJECT}
-
-
-class Refusal(Exception):
-    """Sign-in is refused with this SQLSTATE and message (already escaped)."""
-
-    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
-        self.hint = hint
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -250,44 +220,23 @@ class ClientProtocol(asyncio.Protocol):
         settings = server.settings
         identity: Identity | None = None
         try:
-            invalid = startup_rules.invalid_utf8_parameter(startup.parameters)
-            if invalid is not None:
-                raise Refusal(
-                    PROTOCOL_VIOLATION, f'startup parameter "{invalid}" is not valid UTF-8'
-                )
-            identity = server.identity_for(startup)
-            if server.draining:
-                raise Refusal(ADMIN_SHUTDOWN, "the proxy is shutting down")
-            if server.audit_failed:
-                raise Refusal(CONNECTION_REJECTED, "the audit trail cannot be written")
-            if "replication" in startup.parameters:
-                raise Refusal(
-                    FEATURE_NOT_SUPPORTED, "replication connections are not allowed through Steward"
-                )
-            try:
-                upstream_settings = startup_rules.upstream_parameters(startup.parameters)
-            except startup_rules.StartupRefused as exc:
-                raise Refusal(exc.sqlstate, exc.message, exc.hint) from None
-            # Sessions still signing in count too, or simultaneous sign-ins all pass.
-            live = sum(1 for c in server.clients if c.admitted)
-            if live >= settings.max_connections:
-                raise Refusal(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+            upstream_settings = admit(startup, server.admission())
             self.admitted = True
-            database = startup.database or ""
-            if database != settings.upstream.database:
-                log.warning(
-                    "client %s asked for database %s; this proxy serves %s",
-                    self.peer,
-                    escape(database),
-                    settings.upstream.database,
-                )
-                raise Refusal(
-                    INVALID_CATALOG_NAME,
-                    f'database "{escape(database)}" is not served by this proxy',
-                )
+            identity = server.identity_for(startup)
             judge = server.judge_for(identity)
-            await self._connect_upstream(upstream_settings)
+            self.upstream = UpstreamProtocol(self)
+            self.upstream_key, self._upstream_params = await sign_in_upstream(
+                self.upstream,
+                settings.upstream,
+                upstream_settings,
+                timeout=settings.connect_timeout,
+                session=self.session_id,
+            )
         except Refusal as refusal:
+            if refusal.detail:
+                log.warning("client %s: %s", self.peer, refusal.detail)
+            if refusal.kind:
+                server.metrics.error(refusal.kind)
             self._refuse_sign_in(identity, startup, refusal)
             return
         except Exception as exc:
@@ -333,108 +282,6 @@ class ClientProtocol(asyncio.Protocol):
         except AuditWriteError as exc:
             self.server.audit_failure(exc)
 
-    async def _connect_upstream(self, session_settings: dict[str, str]) -> None:
-        """Connect and sign in upstream with the proxy's credentials and these settings."""
-        settings = self.server.settings
-        target = settings.upstream
-        loop = asyncio.get_running_loop()
-        upstream = UpstreamProtocol(self)
-        try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: upstream, target.host, target.port),
-                settings.connect_timeout,
-            )
-        except (OSError, TimeoutError) as exc:
-            self.server.metrics.error("upstream_connect")
-            log.warning(
-                "session %s: could not connect to upstream %s:%s: %s",
-                self.session_id,
-                target.host,
-                target.port,
-                getattr(exc, "strerror", None) or exc or "timed out",
-            )
-            raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE) from None
-        self.upstream = upstream
-        timeout = settings.connect_timeout
-        context = target.ssl_context()
-        if context is not None:
-            upstream.send(wire.SSLRequest())
-            answer = await self._upstream_event(upstream, timeout)
-            if isinstance(answer, wire.SSLResponse) and answer.accepted:
-                try:
-                    upstream.transport = await loop.start_tls(  # type: ignore[assignment]
-                        upstream.transport,  # type: ignore[arg-type]
-                        upstream,
-                        context,
-                        server_hostname=target.host if target.sslmode == "verify-full" else None,
-                        ssl_handshake_timeout=timeout,
-                    )
-                except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
-                    log.warning(
-                        "session %s: TLS handshake with the upstream failed: %s",
-                        self.session_id,
-                        exc,
-                    )
-                    raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE) from None
-            elif target.sslmode in ("require", "verify-ca", "verify-full"):
-                log.warning(
-                    "session %s: upstream does not support TLS (sslmode=%s requires it)",
-                    self.session_id,
-                    target.sslmode,
-                )
-                raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE)
-        params = {"user": target.user, "database": target.database, **session_settings}
-        upstream.send(wire.StartupMessage(params))
-        auth = Authenticator(target)
-        self._upstream_params: list[wire.Message] = []
-        while True:
-            event = await self._upstream_event(upstream, timeout)
-            if isinstance(event, wire.ErrorResponse):
-                log.warning(
-                    "session %s: upstream refused the proxy's sign-in: %s: %s",
-                    self.session_id,
-                    event.sqlstate,
-                    escape(event.message, limit=1024),
-                )
-                if event.sqlstate in _CLIENT_SETTING_ERRORS:
-                    raise Refusal(event.sqlstate, escape(event.message))
-                raise Refusal(CONNECTION_REJECTED, UPSTREAM_SIGN_IN_FAILED)
-            if isinstance(event, wire.ReadyForQuery):
-                self._check_pinned()
-                return
-            if isinstance(event, wire.BackendKeyData):
-                self.upstream_key = (event.process_id, event.secret_key)
-            elif isinstance(event, wire.ParameterStatus | wire.NoticeResponse):
-                self._upstream_params.append(event)
-            elif isinstance(event, wire.NegotiateProtocolVersion):
-                continue
-            else:
-                try:
-                    reply = auth.answer(event)
-                except UpstreamAuthError as exc:
-                    log.warning("session %s: upstream sign-in failed: %s", self.session_id, exc)
-                    raise Refusal(CONNECTION_REJECTED, UPSTREAM_SIGN_IN_FAILED) from None
-                if reply is not None:
-                    upstream.send(reply)
-
-    def _check_pinned(self) -> None:
-        """Refuse the session unless the upstream reports the pinned settings."""
-        reported = {
-            m.name: m.value for m in self._upstream_params if isinstance(m, wire.ParameterStatus)
-        }
-        reason = startup_rules.check_pinned(reported)
-        if reason is not None:
-            log.warning("session %s: %s; sign-in refused", self.session_id, reason)
-            self.server.metrics.error("upstream_not_pinned")
-            raise Refusal(CONNECTION_REJECTED, UPSTREAM_NOT_PINNED)
-
-    async def _upstream_event(self, upstream: UpstreamProtocol, timeout: float) -> wire.Message:
-        try:
-            return await upstream.next_event(timeout)
-        except UpstreamGone as exc:
-            log.warning("session %s: upstream sign-in broke off: %s", self.session_id, exc)
-            raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE) from None
-
     def _ready(self, identity: Identity, startup: wire.StartupMessage, judge: Judge) -> None:
         server = self.server
         out = []
@@ -449,11 +296,7 @@ class ClientProtocol(asyncio.Protocol):
         # pg_stat_activity and pg_terminate_backend agree) and a secret of the proxy's.
         backend_pid = self.upstream_key[0] if self.upstream_key else None
         pid = backend_pid if backend_pid is not None else secrets.randbits(31)
-        key = (pid, _secret_key())
-        while key in server.cancel_keys:
-            key = (pid, _secret_key())
-        self.cancel_key = key
-        server.cancel_keys[key] = self
+        key = self.cancel_key = server.issue_cancel_key(self, pid)
         out.append(self.conn.send(wire.BackendKeyData(*key)))
         out.append(self.conn.send(wire.ReadyForQuery("I")))
         session = Session(
@@ -678,11 +521,6 @@ class ClientProtocol(asyncio.Protocol):
 
 
 _NAMEDATALEN = 64  # PostgreSQL's limit on names, terminating NUL included
-
-
-def _secret_key() -> int:
-    """A cancel secret of the proxy's own: a random signed 32-bit integer, as PostgreSQL's."""
-    return secrets.randbits(32) - (1 << 31)
 
 
 def _application_name(parameters: list[wire.Message]) -> str | None:

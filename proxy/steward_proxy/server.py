@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 import signal
 import ssl
 import time
@@ -30,23 +31,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steward_proxy import wire
+from steward_proxy.admission import Admission, Refusal
 from steward_proxy.analyzer import AnalysisPool
 from steward_proxy.audit import AuditSink
-from steward_proxy.client import (
+from steward_proxy.client import ClientProtocol
+from steward_proxy.engine import Judge
+from steward_proxy.escape import escape, has_controls
+from steward_proxy.metrics import ProxyMetrics
+from steward_proxy.policy import Identity, PolicySet
+from steward_proxy.session import AnalysisLimits
+from steward_proxy.sqlstate import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
     IDLE_SESSION_TIMEOUT,
     INVALID_AUTHORIZATION,
     IO_ERROR,
     TOO_MANY_CONNECTIONS,
-    ClientProtocol,
-    Refusal,
 )
-from steward_proxy.engine import Judge
-from steward_proxy.escape import escape, has_controls
-from steward_proxy.metrics import ProxyMetrics
-from steward_proxy.policy import Identity, PolicySet
-from steward_proxy.session import AnalysisLimits
 from steward_proxy.upstream import UpstreamTarget
 
 log = logging.getLogger("steward.proxy")
@@ -177,24 +178,32 @@ class ProxyServer:
         await self.analyzer.close()
 
     async def _reap(self) -> None:
-        """End sessions idle too long and clients that never finish signing in."""
-        idle = self.settings.idle_timeout
-        startup = self.settings.startup_timeout
-        period = min([1.0, *(t / 4 for t in (idle, startup) if t > 0)])
+        """Call :meth:`reap` a few times per timeout."""
+        timeouts = (self.settings.idle_timeout, self.settings.startup_timeout)
+        period = min([1.0, *(t / 4 for t in timeouts if t > 0)])
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
-            self._log_evictions(now)
-            for client in list(self.clients):
-                session = client.session
-                if session is None:
-                    if startup > 0 and now - client.connected_at > startup:
-                        client.terminate(CONNECTION_FAILURE, "canceling sign-in: it took too long")
-                elif idle > 0 and not session.busy and now - session.last_activity > idle:
-                    client.terminate(
-                        IDLE_SESSION_TIMEOUT,
-                        f"terminating connection: idle for more than {idle:g}s",
-                    )
+            self.reap(time.monotonic())
+
+    def reap(self, now: float) -> None:
+        """End sessions idle too long and clients that never finish signing in, as of ``now``.
+
+        ``now`` is on the clock of ``time.monotonic``, which stamps connections
+        and session activity.
+        """
+        idle = self.settings.idle_timeout
+        startup = self.settings.startup_timeout
+        self._log_evictions(now)
+        for client in list(self.clients):
+            session = client.session
+            if session is None:
+                if startup > 0 and now - client.connected_at > startup:
+                    client.terminate(CONNECTION_FAILURE, "canceling sign-in: it took too long")
+            elif idle > 0 and not session.busy and now - session.last_activity > idle:
+                client.terminate(
+                    IDLE_SESSION_TIMEOUT,
+                    f"terminating connection: idle for more than {idle:g}s",
+                )
 
     # -- connections before their startup packet ----------------------------------
 
@@ -241,6 +250,24 @@ class ProxyServer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def admission(self) -> Admission:
+        """What a sign-in is judged against right now."""
+        return Admission(
+            database=self.settings.upstream.database,
+            live_sessions=sum(1 for c in self.clients if c.admitted),
+            max_connections=self.settings.max_connections,
+            draining=self.draining,
+            audit_failed=self.audit_failed,
+        )
+
+    def issue_cancel_key(self, client: ClientProtocol, pid: int) -> tuple[int, int]:
+        """A cancel key for ``client``: ``pid`` and a secret of the proxy's own."""
+        key = (pid, _secret_key())
+        while key in self.cancel_keys:
+            key = (pid, _secret_key())
+        self.cancel_keys[key] = client
+        return key
 
     def judge_for(self, identity: Identity) -> Judge:
         judge = self.judges.get(identity)
@@ -316,6 +343,11 @@ def raise_open_file_limit(settings: ProxySettings) -> int:
             settings.max_pending_connections,
         )
     return soft
+
+
+def _secret_key() -> int:
+    """A cancel secret of the proxy's own: a random signed 32-bit integer, as PostgreSQL's."""
+    return secrets.randbits(32) - (1 << 31)
 
 
 def install_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -46,6 +46,7 @@ from steward_proxy.policy.pinned import (
     is_on,
     is_utf8,
 )
+from steward_proxy.sqlstate import CONNECTION_REJECTED
 
 __all__ = [
     "ALLOWED",
@@ -57,7 +58,6 @@ __all__ = [
     "upstream_parameters",
 ]
 
-CONNECTION_REJECTED = "08004"
 
 PINNED: Mapping[str, str] = PINNED_PARAMETERS
 """Sent upstream on every sign-in, and required in the upstream's ParameterStatus."""

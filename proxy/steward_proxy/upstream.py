@@ -5,8 +5,11 @@ in with its own credentials, answering whichever request the server makes
 (trust, cleartext, MD5 or SCRAM-SHA-256 through ``scramp``, the library pg8000
 uses); the client's password never travels upstream. :class:`Authenticator`
 computes the answers without I/O; :class:`UpstreamProtocol` is the asyncio
-connection, which queues sign-in messages for the client's sign-in task and
+connection, which queues sign-in messages for :func:`sign_in_upstream` and
 then hands every chunk to the client's session.
+
+A refused sign-in tells the client only that the upstream is unavailable or
+refused the proxy; host, port and the server's own words go to the log.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import scramp
 
+from steward_proxy import startup as startup_rules
 from steward_proxy import wire
+from steward_proxy.admission import Refusal
+from steward_proxy.escape import escape
+from steward_proxy.sqlstate import (
+    CANNOT_CONNECT,
+    CONNECTION_REJECTED,
+    INVALID_PARAMETER_VALUE,
+    UNDEFINED_OBJECT,
+)
 
 if TYPE_CHECKING:
     from steward_proxy.client import ClientProtocol
@@ -213,3 +225,117 @@ class UpstreamProtocol(asyncio.Protocol):
     def send(self, message: wire.Message) -> None:
         assert self.transport is not None
         self.transport.write(self.conn.send(message))
+
+
+# What a refused client is told; the operator's detail goes to the log.
+UPSTREAM_UNAVAILABLE = "upstream database unavailable"
+UPSTREAM_SIGN_IN_FAILED = "the proxy could not sign in upstream"
+UPSTREAM_NOT_PINNED = (
+    "upstream client_encoding and standard_conforming_strings are not pinned; "
+    "the proxy refuses the session"
+)
+# Upstream sign-in errors caused by a setting the client chose: the client may see them.
+_CLIENT_SETTING_ERRORS = {INVALID_PARAMETER_VALUE, UNDEFINED_OBJECT}
+
+
+async def sign_in_upstream(
+    upstream: UpstreamProtocol,
+    target: UpstreamTarget,
+    session_settings: dict[str, str],
+    *,
+    timeout: float,
+    session: str,
+) -> tuple[tuple[int, int] | None, list[wire.Message]]:
+    """Connect ``upstream`` and sign in with the proxy's credentials and these settings.
+
+    Returns the upstream's cancel key and the ParameterStatus and notice
+    messages it sent, or raises :class:`Refusal` (with the detail logged).
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(
+            loop.create_connection(lambda: upstream, target.host, target.port), timeout
+        )
+    except (OSError, TimeoutError) as exc:
+        log.warning(
+            "session %s: could not connect to upstream %s:%s: %s",
+            session,
+            target.host,
+            target.port,
+            getattr(exc, "strerror", None) or exc or "timed out",
+        )
+        raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE, kind="upstream_connect") from None
+    context = target.ssl_context()
+    if context is not None:
+        upstream.send(wire.SSLRequest())
+        answer = await _next(upstream, timeout, session)
+        if isinstance(answer, wire.SSLResponse) and answer.accepted:
+            try:
+                upstream.transport = await loop.start_tls(  # type: ignore[assignment]
+                    upstream.transport,  # type: ignore[arg-type]
+                    upstream,
+                    context,
+                    server_hostname=target.host if target.sslmode == "verify-full" else None,
+                    ssl_handshake_timeout=timeout,
+                )
+            except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+                log.warning("session %s: TLS handshake with the upstream failed: %s", session, exc)
+                raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE) from None
+        elif target.sslmode in ("require", "verify-ca", "verify-full"):
+            log.warning(
+                "session %s: upstream does not support TLS (sslmode=%s requires it)",
+                session,
+                target.sslmode,
+            )
+            raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE)
+    params = {"user": target.user, "database": target.database, **session_settings}
+    upstream.send(wire.StartupMessage(params))
+    auth = Authenticator(target)
+    key: tuple[int, int] | None = None
+    reported: list[wire.Message] = []
+    while True:
+        event = await _next(upstream, timeout, session)
+        if isinstance(event, wire.ErrorResponse):
+            log.warning(
+                "session %s: upstream refused the proxy's sign-in: %s: %s",
+                session,
+                event.sqlstate,
+                escape(event.message, limit=1024),
+            )
+            if event.sqlstate in _CLIENT_SETTING_ERRORS:
+                raise Refusal(event.sqlstate, escape(event.message))
+            raise Refusal(CONNECTION_REJECTED, UPSTREAM_SIGN_IN_FAILED)
+        if isinstance(event, wire.ReadyForQuery):
+            _check_pinned(reported, session)
+            return key, reported
+        if isinstance(event, wire.BackendKeyData):
+            key = (event.process_id, event.secret_key)
+        elif isinstance(event, wire.ParameterStatus | wire.NoticeResponse):
+            reported.append(event)
+        elif isinstance(event, wire.NegotiateProtocolVersion):
+            continue
+        else:
+            try:
+                reply = auth.answer(event)
+            except UpstreamAuthError as exc:
+                log.warning("session %s: upstream sign-in failed: %s", session, exc)
+                raise Refusal(CONNECTION_REJECTED, UPSTREAM_SIGN_IN_FAILED) from None
+            if reply is not None:
+                upstream.send(reply)
+
+
+def _check_pinned(reported: list[wire.Message], session: str) -> None:
+    """Refuse the session unless the upstream reports the pinned settings."""
+    status = {m.name: m.value for m in reported if isinstance(m, wire.ParameterStatus)}
+    reason = startup_rules.check_pinned(status)
+    if reason is not None:
+        log.warning("session %s: %s; sign-in refused", session, reason)
+        raise Refusal(CONNECTION_REJECTED, UPSTREAM_NOT_PINNED, kind="upstream_not_pinned")
+
+
+async def _next(upstream: UpstreamProtocol, timeout: float, session: str) -> wire.Message:
+    try:
+        return await upstream.next_event(timeout)
+    except UpstreamGone as exc:
+        log.warning("session %s: upstream sign-in broke off: %s", session, exc)
+        raise Refusal(CANNOT_CONNECT, UPSTREAM_UNAVAILABLE) from None
