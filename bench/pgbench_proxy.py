@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from steward_proxy.localpg import LocalPostgres, LocalProxy, free_port, wait_for_port
+from steward_testing.postgres import LocalPostgres, LocalProxy, free_port, wait_for_port
 
 POLICY = """\
 apiVersion: steward.dev/v1alpha1

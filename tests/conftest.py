@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from steward_operator.certs import CertificateAuthority
-from steward_proxy.localpg import LocalPostgres, free_port
+from steward_testing.certs import CertificateAuthority
+from steward_testing.postgres import LocalPostgres, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIG_ROWS = 120_000

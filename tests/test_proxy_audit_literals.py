@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from pglast import parser as pg_parser
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import ALLOW_ALL_POLICY, ProxyFactory, run_psql
 from literal_corpus import CARD, CORPUS, SSN, render

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import (
     DEFAULT_USER,

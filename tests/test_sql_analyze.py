@@ -17,7 +17,7 @@ from steward_proxy.sql import (
     fingerprint,
 )
 from steward_proxy.sql import analysis as analyze_module
-from steward_proxy.sql.commands import NOT_TOP_LEVEL, command_tag
+from steward_proxy.sql.commands import command_tag
 
 
 def one(sql: str) -> StatementInfo:
@@ -120,7 +120,9 @@ def test_command_tag(sql: str, tag: str) -> None:
 
 
 def test_every_statement_node_has_a_tag() -> None:
-    statement_nodes = {n for n in dir(ast) if n.endswith("Stmt")} - NOT_TOP_LEVEL
+    # Statement nodes that only occur inside other statements or outside plain SQL.
+    not_top_level = {"RawStmt", "SetOperationStmt", "PLAssignStmt", "ReturnStmt"}
+    statement_nodes = {n for n in dir(ast) if n.endswith("Stmt")} - not_top_level
     guessed = {
         name
         for name in statement_nodes

@@ -345,7 +345,7 @@ class LocalPostgres:
             ]
         )
         hba = [
-            "# written by steward_proxy.localpg",
+            "# written by steward_testing.postgres",
             "local all all trust",
             f"host all {self.TRUST_USER} 127.0.0.1/32 trust",
             f"host all {self.MD5_USER} 127.0.0.1/32 md5",
