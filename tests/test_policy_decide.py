@@ -71,12 +71,31 @@ def compile_yaml(*texts: str) -> PolicySet:
 
 
 @dataclass(frozen=True)
+class Op:
+    command: str
+    table: str | None = None
+    unbounded: bool = False
+    copy: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True)
 class Stmt:
+    """A statement; unless ``ops`` are given, one operation of ``command`` per table."""
+
     command: str
     tables: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
     has_where: bool = True
     settings: tuple[tuple[str, str | None], ...] = ()
+    ops: tuple[Op, ...] = ()
+
+    @property
+    def operations(self) -> tuple[Op, ...]:
+        if self.ops:
+            return self.ops
+        unbounded = not self.has_where and self.command in ("UPDATE", "DELETE")
+        return tuple(Op(self.command, t, unbounded) for t in self.tables or (None,))
 
 
 ORDERS = compile_yaml(ORDERS_APP).policies
@@ -87,7 +106,8 @@ GUARDRAIL_CASES: list[tuple[str, Stmt, str, str | None]] = [
     ("DELETE without WHERE is denied by no-unbounded-writes",
      Stmt("DELETE", ("public.orders",), has_where=False), "deny", "no-unbounded-writes"),
     ("a DELETE inside WITH without WHERE is denied by no-unbounded-writes",
-     Stmt("SELECT", ("public.orders",), has_where=False), "deny", "no-unbounded-writes"),
+     Stmt("SELECT", ops=(Op("SELECT"), Op("DELETE", "public.orders", unbounded=True))),
+     "deny", "no-unbounded-writes"),
     ("UPDATE with WHERE falls through to defaultAction allow",
      Stmt("UPDATE", ("public.orders",)), "allow", None),
     ("DROP needs review by schema-changes-need-review",
