@@ -533,7 +533,7 @@ def _statement_texts(sql: str, raw_stmts: list[Any]) -> list[str]:
 def _do_audit_text(fields: Fields) -> str | None:
     """What the audit trail records of a PL/pgSQL ``DO``: its body with literals replaced."""
     language, body = _do_parts(fields)
-    if language != "plpgsql" or body is None:
+    if language.lower() != "plpgsql" or body is None:
         return None
     try:
         scrubbed = scrub(body)
@@ -694,10 +694,11 @@ class _Walker:
 
     def _dynamic_arguments(self, args: Any, ctx: _Ctx) -> None:
         """The SQL in constant string arguments of a function that runs SQL text."""
+        # What the arguments hold decides the analysis, whatever their kind.
+        self.literal_dependent = True
         for arg in args if isinstance(args, list) else ():
             text = _string_constant(arg)
             if text is not None:
-                self.literal_dependent = True
                 self._nested(text, ctx, strict=False)
 
     # -- the visit -------------------------------------------------------------------
@@ -769,9 +770,11 @@ class _Walker:
                 ctx = ctx._replace(mode=_NOT)
             self.literal_dependent = self.literal_dependent or bool(fields.get("options"))
         elif node_type == "DoStmt":
+            # Language and body are constants of the statement's shape.
+            self.literal_dependent = True
             language, _ = _do_parts(fields)
             self._op(ctx.command, language=language.lower())
-            if language == "plpgsql":
+            if language.lower() == "plpgsql":
                 self._plpgsql(ctx)
             else:
                 self._op(DYNAMIC)  # code Steward cannot read runs now
@@ -901,6 +904,8 @@ class _Walker:
             self._op("COPY", copy=target)
 
     def _create_function(self, fields: Fields, ctx: _Ctx) -> Iterator[_Frame]:
+        # LANGUAGE 'sql' and the body are constants of the statement's shape.
+        self.literal_dependent = True
         language = _function_language(fields)
         self._op(ctx.command, language=language.lower() if language else None)
         options = _options(fields)
@@ -908,11 +913,11 @@ class _Walker:
             self._function(_name_parts(options["support"]))
         later = ctx._replace(mode=min(ctx.mode, _LATER))
         body = fields.get("sql_body")
+        language = (language or "").lower()
         if body:
             yield from self._children({"sql_body": body}, "CreateFunctionStmt", later)
         elif language == "sql":
             for text in _strings(options.get("as"))[:1]:
-                self.literal_dependent = True
                 self._nested(text, later, strict=True)
         elif language == "plpgsql":
             self._plpgsql(later)
