@@ -98,7 +98,8 @@ REFUSED = [
     pytest.param("PREPARE p AS SELECT set_config('client_encoding', 'SJIS', false)", id="PREPARE"),
     pytest.param(
         "EXPLAIN ANALYZE SELECT set_config('client_encoding', 'SJIS', false)", id="EXPLAIN ANALYZE"
-    ),    pytest.param("DO $$ BEGIN SET client_encoding = 'SJIS'; END $$", id="SET in a DO block"),
+    ),
+    pytest.param("DO $$ BEGIN SET client_encoding = 'SJIS'; END $$", id="SET in a DO block"),
     pytest.param(
         "DO $$ BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); END $$",
         id="set_config in a DO block",
