@@ -11,7 +11,7 @@ guardrails/allow-all ratio. The shape cache should make guardrails nearly free:
 a statement shape is analysed and judged once. Nothing is asserted: numbers
 depend on the machine. Usage::
 
-    .venv/bin/python bench/pgbench_guardrails.py [--seconds 8] [--clients 8] [--jobs 2]
+    .venv/bin/python bench/pgbench_guardrails.py [--seconds 8] [--warmup 2] [--clients 8]
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ spec:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="duration of each run")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="an untimed run through each proxy first"
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--scale", type=int, default=10)
@@ -100,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             for proxy in proxies.values():
                 proxy.start()
             run = ["-S", "-n", "-c", str(args.clients), "-j", str(args.jobs)]
+            if args.warmup:
+                print("warming up both proxies and the server ...", flush=True)
+                for proxy in proxies.values():
+                    pgbench(pg, [*run, "-T", str(args.warmup)], port=proxy.port, user="pgbench",
+                            password="")  # fmt: skip
             run += ["-T", str(args.seconds)]
             rows = []
             for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from steward_proxy.policy import compile_documents
+from steward_proxy.policy import compile_documents, decide
 from steward_proxy.session import Judge
-from steward_proxy.sql import Operation, ShapeCache, StatementInfo, analyze
+from steward_proxy.sql import (
+    Operation,
+    ShapeCache,
+    SQLSyntaxError,
+    StatementInfo,
+    analyze,
+    as_executed,
+)
 from steward_proxy.sql.plpgsql import PlpgsqlError, body_sql
 
 from sessionkit import IDENTITY
@@ -497,3 +506,67 @@ def test_pl_pgsql_bodies_are_read_as_sql_text() -> None:
     assert body.transaction == ["ROLLBACK"]
     with pytest.raises(PlpgsqlError):
         body_sql("DO $$ BEGIN END")
+
+
+BODY_WORDS = [
+    "BEGIN", "END", ";", "DELETE", "FROM", "t", "WHERE", "1", "=", "'x'", "EXECUTE", "PERFORM",
+    "IF", "THEN", "LOOP", "FOR", "r", "IN", "SELECT", ":=", "v", "DECLARE", "int", "(", ")",
+    "$$", "$a$", "DO", "pg_read_file", "RAISE", "NOTICE", "COMMIT", "--", "/*", "*/", "\n",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(
+        [
+            "DO $q$ {} $q$",
+            "DO $q$ BEGIN {} END $q$",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $q$ BEGIN {} END $q$",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $q$ {} $q$",
+            "SELECT query_to_xml($q$ {} $q$, true, false, '')",
+        ]
+    ),
+    st.lists(st.sampled_from(BODY_WORDS), max_size=30).map(" ".join) | st.text(max_size=40),
+)
+def test_code_in_bodies_only_raises_sqlsyntaxerror(template: str, body: str) -> None:
+    try:
+        infos = analyze(template.format(body), cache=ShapeCache(0))
+    except SQLSyntaxError:
+        return
+    for info in infos:
+        assert info.operations
+        assert set(info.writes) <= set(info.tables)
+
+
+def test_code_nested_deeper_than_the_bound_is_dynamic() -> None:
+    sql = "DELETE FROM t"
+    for depth in range(12):
+        tag = f"$d{depth}$"
+        sql = f"DO {tag} BEGIN {sql}; END {tag}"
+    info = one(sql)
+    assert ("DYNAMIC", None) in [(op.command, op.table) for op in info.operations]
+    assert "public.t" not in info.tables
+
+
+def test_statement_info_with_operations_survives_pickling() -> None:
+    # The analysis pool sends StatementInfo between processes.
+    import pickle
+
+    info = one("DO $$ BEGIN DELETE FROM t; END $$")
+    assert pickle.loads(pickle.dumps(info)) == info
+
+
+def test_an_execute_is_judged_by_what_its_prepare_held() -> None:
+    prepared = one("PREPARE p AS DELETE FROM t WHERE 1 = 1")
+    execute = one("EXECUTE p")
+    executed = as_executed(execute, prepared)
+    assert (executed.command, executed.normalized) == ("EXECUTE", "EXECUTE p")
+    assert [(op.command, op.table, op.unbounded) for op in executed.operations] == [
+        ("EXECUTE", None, False),
+        ("DELETE", T, True),
+    ]
+    assert executed.unbounded and not executed.has_where
+    assert executed.writes == (T,)
+    policies = judge().policies
+    assert decide(policies, [executed]).rule == "no-unbounded"
+    assert decide(policies, [execute]).action == "allow"

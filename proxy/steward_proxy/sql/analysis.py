@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar
 
 from pglast import ast as _ast
@@ -190,6 +190,30 @@ def depends_on_literals(infos: tuple[StatementInfo, ...]) -> bool:
     return any(info.literal_dependent for info in infos)
 
 
+def as_executed(execute: StatementInfo, prepared: StatementInfo) -> StatementInfo:
+    """``EXECUTE p`` (``execute``) with what the ``PREPARE p`` it runs (``prepared``) holds.
+
+    The result keeps the EXECUTE's command, text and fingerprint (what the audit
+    records) and takes the prepared statement's operations (its own PREPARE
+    operation left out), tables, functions, writes and settings, so a guardrail
+    judges the EXECUTE by what it runs.
+    """
+    operations = prepared.operations
+    if operations and operations[0] == Operation(prepared.command):
+        operations = operations[1:]
+    merged = dict.fromkeys((*execute.operations, *operations))
+    return replace(
+        execute,
+        operations=tuple(merged),
+        tables=tuple(dict.fromkeys((*execute.tables, *prepared.tables))),
+        functions=tuple(dict.fromkeys((*execute.functions, *prepared.functions))),
+        writes=prepared.writes,
+        settings=(*execute.settings, *prepared.settings),
+        has_where=prepared.has_where and execute.has_where,
+        unbounded=prepared.unbounded or execute.unbounded,
+    )
+
+
 def analyze_uncached(
     sql: str, normalized: str | None = None, max_statements: int = 0
 ) -> tuple[StatementInfo, ...]:
@@ -345,6 +369,7 @@ _WIRING_NAME_FIELDS = {
     "CreateAmStmt": ("handler_name",),
 }
 _OPCLASS_ITEM_FUNCTION = 2
+_BARE_SELECT = frozenset({"targetList", "limitOption", "op"})
 _BOOLEAN_WORDS = {"true": True, "on": True, "false": False, "off": False}
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _EMPTY: frozenset[str] = frozenset()
@@ -687,7 +712,8 @@ class _Walker:
             return
         select = stmts[0]["stmt"].get("SelectStmt", {}) if len(stmts) == 1 else {}
         targets = select.get("targetList", [])
-        if len(select) == 3 and len(targets) == 1:  # targetList, limitOption, op
+        # Only a bare constant: SELECT 'text', no FROM, WHERE or anything else.
+        if set(select) <= _BARE_SELECT and len(targets) == 1:
             text = _string_constant(targets[0].get("ResTarget", {}).get("val"))
             if text is not None:
                 self._nested(text, ctx, strict=False)
