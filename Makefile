@@ -41,6 +41,7 @@ e2e: $(STAMP) controlplane
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/pgbench_proxy.py
+	$(BIN)/python bench/pgbench_guardrails.py
 	$(BIN)/python bench/large_result.py
 	$(BIN)/python bench/costly_statements.py
 
