@@ -281,7 +281,7 @@ REFUSED = [
         None,
         None,
         "malformed",
-        "unknown fields extra",
+        "unknown fields 'extra'",
         id="an unknown field",
     ),
     pytest.param(

@@ -218,7 +218,7 @@ def load(data: bytes) -> tuple[dict[str, Any], bytes]:
         signature = base64.b64decode(signature_text, validate=True)
     except (binascii.Error, ValueError):
         raise BundleError("signature", "bundle signature is not base64") from None
-    unknown = sorted(set(parsed) - _FIELDS)
+    unknown = [_shown(k) for k in sorted(set(parsed) - _FIELDS)[:5]]
     missing = sorted(_FIELDS - set(parsed))
     if unknown or missing:
         detail = "; ".join(
@@ -270,7 +270,7 @@ def verify(
     expected = target or (running.target if running else None)
     if expected is not None and body["target"] != expected:
         raise BundleError(
-            "target", f"bundle is for {body['target']!r}, this proxy runs {expected!r}"
+            "target", f"bundle is for {_shown(body['target'])}, this proxy runs {_shown(expected)}"
         )
     generation: int = body["generation"]
     if running is not None:
@@ -304,6 +304,12 @@ def verify(
         policies=rebuilt.policies,
         signature=base64.b64encode(signature).decode("ascii"),
     )
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """``value`` quoted and escaped for a log line, cut at ``limit`` characters."""
+    text = repr(value[:limit])
+    return text + "..." if len(value) > limit else text
 
 
 # -- keys -----------------------------------------------------------------------
