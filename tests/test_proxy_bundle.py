@@ -24,8 +24,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from psycopg import errors as pgerr
 
-from conftest import Proxy, ProxyFactory, wait_for
 from steward_proxy.policy.bundle import build, generate_key, sign
+
+from conftest import Proxy, ProxyFactory, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
