@@ -1,0 +1,201 @@
+"""The kopf handlers: each a few lines that call the reconciler or a pure function.
+
+:func:`make_registry` registers them into a fresh registry (tests and the
+operator each get their own). Policies and masking rules are handled on
+create, spec update, resume and delete; the spec field filter keeps status
+writes (and kopf's own annotations) from triggering them again. A timer per
+policy keeps pod counts true and sidecars current. Indexes hold the policies,
+masking rules and governed pods, so admission answers without API calls.
+
+Deletion handlers are optional: no finalizer blocks deleting a policy when the
+operator is down (its ConfigMap is owned by the policy and garbage-collected).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonpatch
+import kopf
+
+from steward_operator import injection
+from steward_operator.push import Sidecar
+from steward_operator.reconcile import Reconciler
+from steward_operator.targets import (
+    GROUP,
+    MASKING_RULES,
+    POLICIES,
+    VERSION,
+    admission_problems,
+    policy_names_using,
+)
+
+POLICY = (GROUP, VERSION, POLICIES)
+MASKING_RULE = (GROUP, VERSION, MASKING_RULES)
+
+
+def document(body: kopf.Body) -> dict[str, Any]:
+    """A plain, independent copy of a resource body."""
+    return copy.deepcopy(dict(body))
+
+
+def sidecar(body: kopf.Body) -> Sidecar:
+    annotations = body.metadata.annotations
+    port = annotations.get(injection.ADMIN_PORT, "")
+    status = body.get("status") or {}
+    return Sidecar(
+        namespace=body.metadata.namespace or "",
+        name=body.metadata.name or "",
+        uid=body.metadata.uid or "",
+        ip=status.get("podIP"),
+        admin_port=int(port) if port.isdigit() else injection.DEFAULT_ADMIN_PORT,
+        running=status.get("phase") == "Running" and not body.metadata.get("deletionTimestamp"),
+    )
+
+
+def make_registry(
+    settings: injection.SidecarSettings, status_interval: float = 30.0
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    # -- indexes ---------------------------------------------------------------------
+
+    @kopf.index(*POLICY, registry=registry)
+    def policies(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any]:
+        return {namespace: document(body)}
+
+    @kopf.index(*MASKING_RULE, registry=registry)
+    def masking_rules(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any]:
+        return {namespace: document(body)}
+
+    @kopf.index("v1", "pods", annotations={injection.POLICY: kopf.PRESENT}, registry=registry)
+    def governed_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Sidecar]:
+        return {(namespace, body.metadata.annotations[injection.POLICY]): sidecar(body)}
+
+    def sidecars_of(index: kopf.Index[Any, Sidecar], namespace: str, name: str) -> list[Sidecar]:
+        return sorted(index.get((namespace, name), []), key=lambda s: s.name)
+
+    # -- policies ----------------------------------------------------------------------
+
+    @kopf.on.resume(*POLICY, registry=registry)
+    @kopf.on.create(*POLICY, registry=registry)
+    @kopf.on.update(*POLICY, field="spec", registry=registry)
+    async def policy_changed(
+        name: str, namespace: str, memo: kopf.Memo, governed_pods: kopf.Index, **_: Any
+    ) -> None:
+        reconciler: Reconciler = memo.reconciler
+        await reconciler.policy(namespace, name, sidecars_of(governed_pods, namespace, name))
+
+    @kopf.on.delete(*POLICY, optional=True, registry=registry)
+    async def policy_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        await memo.reconciler.forget(namespace, name)
+
+    @kopf.timer(*POLICY, interval=status_interval, initial_delay=status_interval, registry=registry)
+    async def policy_pods(
+        body: kopf.Body,
+        name: str,
+        namespace: str,
+        memo: kopf.Memo,
+        governed_pods: kopf.Index,
+        **_: Any,
+    ) -> None:
+        await memo.reconciler.refresh(document(body), sidecars_of(governed_pods, namespace, name))
+
+    # -- masking rules ----------------------------------------------------------------
+
+    async def dependents(
+        name: str, namespace: str, memo: kopf.Memo, policies: kopf.Index, governed_pods: kopf.Index
+    ) -> None:
+        for policy in policy_names_using(name, policies.get(namespace, [])):
+            await memo.reconciler.policy(
+                namespace, policy, sidecars_of(governed_pods, namespace, policy)
+            )
+
+    @kopf.on.resume(*MASKING_RULE, registry=registry)
+    @kopf.on.create(*MASKING_RULE, registry=registry)
+    @kopf.on.update(*MASKING_RULE, field="spec", registry=registry)
+    async def masking_rule_changed(
+        body: kopf.Body,
+        name: str,
+        namespace: str,
+        memo: kopf.Memo,
+        policies: kopf.Index,
+        governed_pods: kopf.Index,
+        **_: Any,
+    ) -> None:
+        await memo.reconciler.masking_rule(document(body))
+        await dependents(name, namespace, memo, policies, governed_pods)
+
+    @kopf.on.delete(*MASKING_RULE, optional=True, registry=registry)
+    async def masking_rule_deleted(
+        name: str,
+        namespace: str,
+        memo: kopf.Memo,
+        policies: kopf.Index,
+        governed_pods: kopf.Index,
+        **_: Any,
+    ) -> None:
+        await dependents(name, namespace, memo, policies, governed_pods)
+
+    # -- admission ------------------------------------------------------------------------
+
+    @kopf.on.mutate("v1", "pods", id="inject-pods", operations=["CREATE"], registry=registry)
+    async def inject_pods(
+        body: kopf.Body,
+        patch: kopf.Patch,
+        warnings: list[str],
+        memo: kopf.Memo,
+        policies: kopf.Index,
+        **_: Any,
+    ) -> None:
+        pod = document(body)
+        namespace = body.metadata.namespace or ""
+        decision = injection.decide(pod, namespace, list(policies.get(namespace, [])), settings)
+        if decision.action == "skip":
+            return
+        if decision.action == "refuse" or decision.policy is None:
+            raise kopf.AdmissionError(decision.message, code=403)
+        name = decision.policy["metadata"]["name"]
+        published = await memo.reconciler.published_for(namespace, name)
+        if published is None:
+            raise kopf.AdmissionError(
+                f"DatabaseAccessPolicy {namespace}/{name} has no compiled bundle yet; "
+                "see its status (kubectl describe dap)",
+                code=403,
+            )
+        ops = injection.patch(pod, namespace, decision.policy, published, settings)
+        patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))
+        warnings.extend(decision.warnings)
+
+    @kopf.on.validate(
+        *POLICY, id="validate-policies", operations=["CREATE", "UPDATE"], registry=registry
+    )
+    async def validate_policies(
+        body: kopf.Body, memo: kopf.Memo, masking_rules: kopf.Index, **_: Any
+    ) -> None:
+        namespace = body.metadata.namespace or ""
+        problems = admission_problems(document(body), list(masking_rules.get(namespace, [])))
+        if any("is not defined" in p for p in problems):
+            # The index may not have seen a rule created a moment ago: ask the API.
+            rules = await memo.reconciler.masking_rules_of(namespace)
+            problems = admission_problems(document(body), rules)
+        if problems:
+            raise kopf.AdmissionError("; ".join(problems), code=422)
+
+    @kopf.on.validate(
+        *MASKING_RULE,
+        id="validate-masking-rules",
+        operations=["CREATE", "UPDATE"],
+        registry=registry,
+    )
+    def validate_masking_rules(body: kopf.Body, **_: Any) -> None:
+        problems = admission_problems(document(body), [])
+        if problems:
+            raise kopf.AdmissionError("; ".join(problems), code=422)
+
+    return registry
