@@ -20,6 +20,7 @@ import jsonpatch
 import kopf
 
 from steward_operator import injection
+from steward_operator.metrics import ADMISSIONS
 from steward_operator.push import Sidecar
 from steward_operator.reconcile import Reconciler
 from steward_operator.targets import (
@@ -59,21 +60,27 @@ def make_registry(
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
 
     # -- indexes ---------------------------------------------------------------------
 
-    @kopf.index(*POLICY, registry=registry)
+    @kopf.index(*POLICY, id="policies", registry=registry)
     def policies(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any]:
         return {namespace: document(body)}
 
-    @kopf.index(*MASKING_RULE, registry=registry)
+    @kopf.index(*MASKING_RULE, id="masking_rules", registry=registry)
     def masking_rules(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any]:
         return {namespace: document(body)}
 
-    @kopf.index("v1", "pods", annotations={injection.POLICY: kopf.PRESENT}, registry=registry)
+    @kopf.index(
+        "v1",
+        "pods",
+        id="governed_pods",
+        annotations={injection.POLICY: kopf.PRESENT},
+        registry=registry,
+    )
     def governed_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Sidecar]:
         return {(namespace, body.metadata.annotations[injection.POLICY]): sidecar(body)}
 
@@ -82,20 +89,26 @@ def make_registry(
 
     # -- policies ----------------------------------------------------------------------
 
-    @kopf.on.resume(*POLICY, registry=registry)
-    @kopf.on.create(*POLICY, registry=registry)
-    @kopf.on.update(*POLICY, field="spec", registry=registry)
+    @kopf.on.resume(*POLICY, id="policy", registry=registry)
+    @kopf.on.create(*POLICY, id="policy", registry=registry)
+    @kopf.on.update(*POLICY, id="policy", field="spec", registry=registry)
     async def policy_changed(
         name: str, namespace: str, memo: kopf.Memo, governed_pods: kopf.Index, **_: Any
     ) -> None:
         reconciler: Reconciler = memo.reconciler
         await reconciler.policy(namespace, name, sidecars_of(governed_pods, namespace, name))
 
-    @kopf.on.delete(*POLICY, optional=True, registry=registry)
+    @kopf.on.delete(*POLICY, id="policy-deleted", optional=True, registry=registry)
     async def policy_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
         await memo.reconciler.forget(namespace, name)
 
-    @kopf.timer(*POLICY, interval=status_interval, initial_delay=status_interval, registry=registry)
+    @kopf.timer(
+        *POLICY,
+        id="policy-pods",
+        interval=status_interval,
+        initial_delay=status_interval,
+        registry=registry,
+    )
     async def policy_pods(
         body: kopf.Body,
         name: str,
@@ -116,9 +129,9 @@ def make_registry(
                 namespace, policy, sidecars_of(governed_pods, namespace, policy)
             )
 
-    @kopf.on.resume(*MASKING_RULE, registry=registry)
-    @kopf.on.create(*MASKING_RULE, registry=registry)
-    @kopf.on.update(*MASKING_RULE, field="spec", registry=registry)
+    @kopf.on.resume(*MASKING_RULE, id="masking-rule", registry=registry)
+    @kopf.on.create(*MASKING_RULE, id="masking-rule", registry=registry)
+    @kopf.on.update(*MASKING_RULE, id="masking-rule", field="spec", registry=registry)
     async def masking_rule_changed(
         body: kopf.Body,
         name: str,
@@ -131,7 +144,7 @@ def make_registry(
         await memo.reconciler.masking_rule(document(body))
         await dependents(name, namespace, memo, policies, governed_pods)
 
-    @kopf.on.delete(*MASKING_RULE, optional=True, registry=registry)
+    @kopf.on.delete(*MASKING_RULE, id="masking-rule-deleted", optional=True, registry=registry)
     async def masking_rule_deleted(
         name: str,
         namespace: str,
@@ -157,12 +170,15 @@ def make_registry(
         namespace = body.metadata.namespace or ""
         decision = injection.decide(pod, namespace, list(policies.get(namespace, [])), settings)
         if decision.action == "skip":
+            ADMISSIONS.labels("inject-pods", "skipped").inc()
             return
         if decision.action == "refuse" or decision.policy is None:
+            ADMISSIONS.labels("inject-pods", "refused").inc()
             raise kopf.AdmissionError(decision.message, code=403)
         name = decision.policy["metadata"]["name"]
         published = await memo.reconciler.published_for(namespace, name)
         if published is None:
+            ADMISSIONS.labels("inject-pods", "refused").inc()
             raise kopf.AdmissionError(
                 f"DatabaseAccessPolicy {namespace}/{name} has no compiled bundle yet; "
                 "see its status (kubectl describe dap)",
@@ -171,6 +187,7 @@ def make_registry(
         ops = injection.patch(pod, namespace, decision.policy, published, settings)
         patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))
         warnings.extend(decision.warnings)
+        ADMISSIONS.labels("inject-pods", "injected").inc()
 
     @kopf.on.validate(
         *POLICY, id="validate-policies", operations=["CREATE", "UPDATE"], registry=registry
@@ -184,6 +201,7 @@ def make_registry(
             # The index may not have seen a rule created a moment ago: ask the API.
             rules = await memo.reconciler.masking_rules_of(namespace)
             problems = admission_problems(document(body), rules)
+        ADMISSIONS.labels("validate-policies", "refused" if problems else "allowed").inc()
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
@@ -195,6 +213,7 @@ def make_registry(
     )
     def validate_masking_rules(body: kopf.Body, **_: Any) -> None:
         problems = admission_problems(document(body), [])
+        ADMISSIONS.labels("validate-masking-rules", "refused" if problems else "allowed").inc()
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 

@@ -1,6 +1,6 @@
 """Running the operator: health endpoint, leader election, then kopf.
 
-The health endpoint runs from the start: ``/healthz`` says the process is
+The health endpoint (with ``/metrics``) runs from the start: ``/healthz`` says the process is
 alive, ``/readyz`` that it leads and kopf (with its webhook server) is up, so
 the chart's Service sends admission requests to the leader only. The operator
 runs in kopf's standalone mode (no kopf peering); the Lease of
@@ -18,12 +18,14 @@ import sys
 
 import kopf
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from steward_operator.cli import OperatorConfig
 from steward_operator.handlers import make_registry
 from steward_operator.injection import SidecarSettings
 from steward_operator.kube import Kube, api_client
 from steward_operator.leader import LeaseElector
+from steward_operator.metrics import REGISTRY
 from steward_operator.reconcile import Reconciler
 from steward_proxy.policy.bundle import load_private_key, public_key_text
 
@@ -31,7 +33,7 @@ log = logging.getLogger("steward.operator")
 
 
 class Health:
-    """``/healthz`` and ``/readyz`` on their own small server."""
+    """``/healthz``, ``/readyz`` and ``/metrics`` on their own small server."""
 
     def __init__(self) -> None:
         self.leading = False
@@ -41,6 +43,7 @@ class Health:
         app = web.Application()
         app.router.add_get("/healthz", self._alive)
         app.router.add_get("/readyz", self._ready)
+        app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
@@ -48,6 +51,11 @@ class Health:
 
     async def _alive(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def _ready(self, _: web.Request) -> web.Response:
         if self.leading and self.operator_ready.is_set():

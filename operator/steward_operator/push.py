@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from steward_operator.metrics import PUSHES
+
 log = logging.getLogger("steward.operator.push")
 
 
@@ -88,4 +90,9 @@ async def bring_up_to_date(
             return await push(session, sidecar, data)
 
         results = await asyncio.gather(*(one(s) for s in reachable))
+    for result in results:
+        if result is None:
+            PUSHES.labels("unreachable").inc()
+        else:
+            PUSHES.labels("current" if result >= generation else "refused").inc()
     return {s.uid: r for s, r in zip(reachable, results, strict=True)}

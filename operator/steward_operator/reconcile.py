@@ -30,6 +30,7 @@ from kubernetes.client.rest import ApiException
 
 from steward_operator.injection import Published
 from steward_operator.kube import Kube
+from steward_operator.metrics import BUNDLES_PUBLISHED, INVALID
 from steward_operator.push import Sidecar, bring_up_to_date
 from steward_operator.targets import (
     ANNOTATION_GENERATION,
@@ -133,6 +134,7 @@ class Reconciler:
                     f"ConfigMap {configmap_name(name)} changed meanwhile; retrying", delay=1
                 ) from None
             raise
+        BUNDLES_PUBLISHED.inc()
         log.info("published %s generation %d (hash %s)", key, generation, bundle.hash[:12])
         current = Current(bundle.hash, generation, bundle.compiled_hash, data)
         self.published[key] = current
@@ -175,6 +177,7 @@ class Reconciler:
         self, policy: dict[str, Any], errors: list[str], sidecars: Sequence[Sidecar]
     ) -> None:
         metadata = policy["metadata"]
+        INVALID.inc()
         reason = invalid_reason(errors)
         message = _bounded("; ".join(errors))
         previous = {
