@@ -3,12 +3,17 @@
 :func:`make_registry` registers them into a fresh registry (tests and the
 operator each get their own). Policies and masking rules are handled on
 create, spec update, resume and delete; the spec field filter keeps status
-writes (and kopf's own annotations) from triggering them again. A timer per
-policy keeps pod counts true and sidecars current. Indexes hold the policies,
-masking rules and governed pods, so admission answers without API calls.
+writes (and kopf's own annotations) from triggering them again. Indexes hold
+the policies and masking rules, so admission answers without API calls;
+events of governed pods keep the reconciler's list of sidecars.
 
-Deletion handlers are optional: no finalizer blocks deleting a policy when the
-operator is down (its ConfigMap is owned by the policy and garbage-collected).
+Deletions are seen as watch events, not through finalizers: nothing blocks
+deleting a policy while the operator is down. Its ConfigMap is owned by the
+policy, so the garbage collector removes it then; a running operator deletes
+it at once. A MaskingRule deleted while the operator is down is noticed when
+the policies naming it are resumed. For the same reason there are no kopf
+timers (kopf gives every object with a timer a finalizer): pod counts and late
+sidecars are looked after by the reconciler's own loop (see ``main``).
 """
 
 from __future__ import annotations
@@ -55,16 +60,14 @@ def sidecar(body: kopf.Body) -> Sidecar:
     )
 
 
-def make_registry(
-    settings: injection.SidecarSettings, status_interval: float = 30.0
-) -> kopf.OperatorRegistry:
+def make_registry(settings: injection.SidecarSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
 
-    # -- indexes ---------------------------------------------------------------------
+    # -- indexes -------------------------------------------------------------------------
 
     @kopf.index(*POLICY, id="policies", registry=registry)
     def policies(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any]:
@@ -74,60 +77,40 @@ def make_registry(
     def masking_rules(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any]:
         return {namespace: document(body)}
 
-    @kopf.index(
-        "v1",
-        "pods",
-        id="governed_pods",
-        annotations={injection.POLICY: kopf.PRESENT},
-        registry=registry,
-    )
-    def governed_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Sidecar]:
-        return {(namespace, body.metadata.annotations[injection.POLICY]): sidecar(body)}
-
-    def sidecars_of(index: kopf.Index[Any, Sidecar], namespace: str, name: str) -> list[Sidecar]:
-        return sorted(index.get((namespace, name), []), key=lambda s: s.name)
-
-    # -- policies ----------------------------------------------------------------------
+    # -- policies ------------------------------------------------------------------------
 
     @kopf.on.resume(*POLICY, id="policy", registry=registry)
     @kopf.on.create(*POLICY, id="policy", registry=registry)
     @kopf.on.update(*POLICY, id="policy", field="spec", registry=registry)
-    async def policy_changed(
-        name: str, namespace: str, memo: kopf.Memo, governed_pods: kopf.Index, **_: Any
-    ) -> None:
+    async def policy_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
         reconciler: Reconciler = memo.reconciler
-        await reconciler.policy(namespace, name, sidecars_of(governed_pods, namespace, name))
+        await reconciler.policy(namespace, name)
 
-    @kopf.on.delete(*POLICY, id="policy-deleted", optional=True, registry=registry)
-    async def policy_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        await memo.reconciler.forget(namespace, name)
+    @kopf.on.event(*POLICY, id="policy-deleted", registry=registry)
+    async def policy_deleted(
+        event: kopf.RawEvent, name: str, namespace: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        if event["type"] == "DELETED":
+            await memo.reconciler.forget(namespace, name)
 
-    @kopf.timer(
-        *POLICY,
-        id="policy-pods",
-        interval=status_interval,
-        initial_delay=status_interval,
+    # -- governed pods -------------------------------------------------------------------
+
+    @kopf.on.event(
+        "v1",
+        "pods",
+        id="governed-pods",
+        annotations={injection.POLICY: kopf.PRESENT},
         registry=registry,
     )
-    async def policy_pods(
-        body: kopf.Body,
-        name: str,
-        namespace: str,
-        memo: kopf.Memo,
-        governed_pods: kopf.Index,
-        **_: Any,
-    ) -> None:
-        await memo.reconciler.refresh(document(body), sidecars_of(governed_pods, namespace, name))
+    def governed_pod(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        policy = body.metadata.annotations[injection.POLICY]
+        memo.reconciler.pod_seen(policy, sidecar(body), gone=event["type"] == "DELETED")
 
-    # -- masking rules ----------------------------------------------------------------
+    # -- masking rules -------------------------------------------------------------------
 
-    async def dependents(
-        name: str, namespace: str, memo: kopf.Memo, policies: kopf.Index, governed_pods: kopf.Index
-    ) -> None:
-        for policy in policy_names_using(name, policies.get(namespace, [])):
-            await memo.reconciler.policy(
-                namespace, policy, sidecars_of(governed_pods, namespace, policy)
-            )
+    async def dependents(name: str, namespace: str, memo: kopf.Memo, index: kopf.Index) -> None:
+        for policy in policy_names_using(name, index.get(namespace, [])):
+            await memo.reconciler.policy(namespace, policy)
 
     @kopf.on.resume(*MASKING_RULE, id="masking-rule", registry=registry)
     @kopf.on.create(*MASKING_RULE, id="masking-rule", registry=registry)
@@ -138,22 +121,22 @@ def make_registry(
         namespace: str,
         memo: kopf.Memo,
         policies: kopf.Index,
-        governed_pods: kopf.Index,
         **_: Any,
     ) -> None:
         await memo.reconciler.masking_rule(document(body))
-        await dependents(name, namespace, memo, policies, governed_pods)
+        await dependents(name, namespace, memo, policies)
 
-    @kopf.on.delete(*MASKING_RULE, id="masking-rule-deleted", optional=True, registry=registry)
+    @kopf.on.event(*MASKING_RULE, id="masking-rule-deleted", registry=registry)
     async def masking_rule_deleted(
+        event: kopf.RawEvent,
         name: str,
         namespace: str,
         memo: kopf.Memo,
         policies: kopf.Index,
-        governed_pods: kopf.Index,
         **_: Any,
     ) -> None:
-        await dependents(name, namespace, memo, policies, governed_pods)
+        if event["type"] == "DELETED":
+            await dependents(name, namespace, memo, policies)
 
     # -- admission ------------------------------------------------------------------------
 

@@ -3,12 +3,14 @@
 Blocking calls of the ``kubernetes`` client; the reconciler runs them in
 threads. Only what the chart's ClusterRole grants: policies and masking rules
 (read, status), ConfigMaps (the bundles), pods (read), Leases (the operator's
-own namespace). Never Secrets.
+own namespace), Events. Never Secrets.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 from typing import Any
 
 from kubernetes import client, config
@@ -139,6 +141,41 @@ class Kube:
                 return False
             raise
         return True
+
+    # -- events ------------------------------------------------------------------------
+
+    def warn(self, obj: dict[str, Any], reason: str, message: str) -> None:
+        """A Warning Event on ``obj`` (what ``kubectl describe`` shows)."""
+        metadata = obj["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.core.create_namespaced_event(
+            metadata["namespace"],
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "generateName": f"{metadata['name']}.",
+                    "namespace": metadata["namespace"],
+                },
+                "involvedObject": {
+                    "apiVersion": obj.get("apiVersion"),
+                    "kind": obj.get("kind"),
+                    "name": metadata["name"],
+                    "namespace": metadata["namespace"],
+                    "uid": metadata.get("uid"),
+                    "resourceVersion": metadata.get("resourceVersion"),
+                },
+                "type": "Warning",
+                "reason": reason,
+                "message": message,
+                "source": {"component": "steward-operator"},
+                "reportingComponent": "steward-operator",
+                "reportingInstance": os.environ.get("POD_NAME", "steward-operator"),
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            },
+        )
 
 
 def api_error_message(exc: ApiException) -> str:

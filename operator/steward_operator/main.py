@@ -35,9 +35,22 @@ log = logging.getLogger("steward.operator")
 class Health:
     """``/healthz``, ``/readyz`` and ``/metrics`` on their own small server."""
 
-    def __init__(self) -> None:
+    def __init__(self, webhook: tuple[str, int] | None = None) -> None:
         self.leading = False
         self.operator_ready = asyncio.Event()
+        self.webhook = webhook
+
+    async def _webhook_listening(self) -> bool:
+        if self.webhook is None:
+            return True
+        host, port = self.webhook
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
 
     async def start(self, host: str, port: int) -> web.AppRunner:
         app = web.Application()
@@ -58,9 +71,11 @@ class Health:
         )
 
     async def _ready(self, _: web.Request) -> web.Response:
-        if self.leading and self.operator_ready.is_set():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not leading\n" if not self.leading else "starting\n")
+        if not self.leading:
+            return web.Response(status=503, text="not leading\n")
+        if not self.operator_ready.is_set() or not await self._webhook_listening():
+            return web.Response(status=503, text="starting\n")
+        return web.Response(text="ready\n")
 
 
 def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
@@ -94,7 +109,7 @@ async def operate(config: OperatorConfig) -> int:
         bundle_poll_seconds=config.sidecar_bundle_poll,
     )
     api = api_client()
-    health = Health()
+    health = Health((config.webhook_address, config.webhook_port))
     runner = await health.start(config.health_address, config.health_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,8 +124,9 @@ async def operate(config: OperatorConfig) -> int:
         health.leading = True
         holder = asyncio.create_task(elector.hold(stop))
         reconciler = Reconciler(Kube(api), key, push_timeout=config.push_timeout)
+        refresher = asyncio.create_task(reconciler.run(config.status_interval, stop))
         await kopf.operator(
-            registry=make_registry(settings, config.status_interval),
+            registry=make_registry(settings),
             settings=kopf_settings(config),
             memo=kopf.Memo(reconciler=reconciler),
             standalone=True,
@@ -119,9 +135,10 @@ async def operate(config: OperatorConfig) -> int:
             ready_flag=health.operator_ready,
         )
         lost = not elector.leading
-        holder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await holder
+        for task in (holder, refresher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if lost:
             return 1
         await asyncio.to_thread(elector.release)

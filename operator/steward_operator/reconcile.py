@@ -9,9 +9,14 @@ Every step is idempotent: a restart re-runs it and finds nothing to change.
 The ConfigMap is the record of what was published; the reconciler's memory is
 only a cache of it.
 
-A policy that does not compile becomes Invalid (with a Warning Event when
-the problem is new) and its last good bundle stays published: the sidecars
-keep enforcing it.
+A policy that does not compile becomes Invalid (with a Warning Event when the
+problem is new) and its last good bundle stays published: the sidecars keep
+enforcing it.
+
+:meth:`Reconciler.run` is the periodic part: it keeps pod counts in status
+true, pushes to sidecars that missed a push (a pod that was not running yet,
+a restarted sidecar that loaded an older file) and republishes a bundle
+ConfigMap that was deleted or overwritten.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,14 +84,29 @@ class Reconciler:
     key: Ed25519PrivateKey
     push_timeout: float = 5.0
     published: dict[str, Current] = field(default_factory=dict)
+    sidecars: dict[str, dict[str, Sidecar]] = field(default_factory=dict)
+    """Governed pods by target, then by pod uid (kept from pod watch events)."""
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    # -- policies -------------------------------------------------------------------
+    # -- governed pods ----------------------------------------------------------------
 
-    async def policy(self, namespace: str, name: str, sidecars: Sequence[Sidecar]) -> None:
+    def pod_seen(self, policy: str, sidecar: Sidecar, *, gone: bool = False) -> None:
+        key = target_key(sidecar.namespace, policy)
+        pods = self.sidecars.setdefault(key, {})
+        if gone:
+            pods.pop(sidecar.uid, None)
+        else:
+            pods[sidecar.uid] = sidecar
+
+    def sidecars_of(self, key: str) -> list[Sidecar]:
+        return sorted(self.sidecars.get(key, {}).values(), key=lambda s: s.name)
+
+    # -- policies -----------------------------------------------------------------------
+
+    async def policy(self, namespace: str, name: str) -> None:
         """Compile, publish, push and report one policy."""
         key = target_key(namespace, name)
         async with self._lock(key):
@@ -99,17 +118,13 @@ class Reconciler:
             try:
                 build(key, 1, documents)
             except PolicyError as exc:
-                await self._invalid(policy, list(exc.errors), sidecars)
+                await self._invalid(policy, list(exc.errors))
                 return
             current = await self._publish(policy, documents)
-            counts = await self._bring_up_to_date(current, sidecars)
+            outdated = await self._bring_up_to_date(key, current)
             configmap = configmap_name(name)
-            await self._status(
-                policy,
-                ready(f"bundle generation {current.generation} published in ConfigMap {configmap}"),
-                current,
-                counts,
-            )
+            message = f"bundle generation {current.generation} published in ConfigMap {configmap}"
+            await self._status(policy, ready(message), current, outdated)
 
     async def _publish(self, policy: dict[str, Any], documents: list[dict[str, Any]]) -> Current:
         metadata = policy["metadata"]
@@ -157,37 +172,22 @@ class Reconciler:
             bundle = verify(text.encode("utf-8"), self.key.public_key(), target=key)
         except (BundleError, TypeError, ValueError):
             return None, previous  # replaced by hand, or signed with an earlier key
-        return Current(
-            bundle.hash, bundle.generation, bundle.compiled_hash, text.encode()
-        ), previous
+        current = Current(bundle.hash, bundle.generation, bundle.compiled_hash, text.encode())
+        return current, previous
 
-    async def _bring_up_to_date(
-        self, current: Current, sidecars: Sequence[Sidecar]
-    ) -> tuple[int, int]:
-        """(governed pods, pods not confirmed to run ``current``)."""
+    async def _bring_up_to_date(self, key: str, current: Current) -> int:
+        """Push to the target's sidecars that are behind; how many still are."""
         running = await bring_up_to_date(
-            sidecars, current.data, current.generation, self.push_timeout
+            self.sidecars_of(key), current.data, current.generation, self.push_timeout
         )
-        outdated = sum(
-            1 for generation in running.values() if (generation or 0) < current.generation
-        )
-        return len(sidecars), outdated
+        return sum(1 for generation in running.values() if (generation or 0) < current.generation)
 
-    async def _invalid(
-        self, policy: dict[str, Any], errors: list[str], sidecars: Sequence[Sidecar]
-    ) -> None:
-        metadata = policy["metadata"]
+    async def _invalid(self, policy: dict[str, Any], errors: list[str]) -> None:
         INVALID.inc()
+        metadata = policy["metadata"]
+        key = target_key(metadata["namespace"], metadata["name"])
         reason = invalid_reason(errors)
         message = _bounded("; ".join(errors))
-        previous = {
-            c.get("type"): c for c in (policy.get("status") or {}).get("conditions") or ()
-        }.get("Invalid")
-        if not (
-            previous and previous.get("status") == "True" and previous.get("message") == message
-        ):
-            kopf.warn(policy, reason=reason, message=message)
-        key = target_key(metadata["namespace"], metadata["name"])
         current = self.published.get(key)
         if current is None:
             existing = await asyncio.to_thread(
@@ -198,26 +198,34 @@ class Reconciler:
             message = _bounded(
                 f"{message} (pods keep enforcing bundle generation {current.generation})"
             )
+        previous = {
+            c.get("type"): c for c in (policy.get("status") or {}).get("conditions") or ()
+        }.get("Invalid")
+        if not (
+            previous and previous.get("status") == "True" and previous.get("message") == message
+        ):
+            await asyncio.to_thread(self.kube.warn, policy, reason, message)
         log.warning("%s is invalid: %s", key, message)
-        await self._status(policy, invalid(reason, message), None, (len(sidecars), None))
+        await self._status(policy, invalid(reason, message), None, None)
 
     async def _status(
         self,
         policy: dict[str, Any],
         wanted: list[Condition],
         current: Current | None,
-        counts: tuple[int, int | None],
+        outdated: int | None,
     ) -> None:
         metadata = policy["metadata"]
+        key = target_key(metadata["namespace"], metadata["name"])
         existing = policy.get("status") or {}
         generation = metadata.get("generation")
         status: dict[str, Any] = {
             "observedGeneration": generation,
             "conditions": conditions(existing.get("conditions") or (), wanted, generation, _now()),
-            "pods": counts[0],
+            "pods": len(self.sidecars.get(key, {})),
         }
-        if counts[1] is not None:
-            status["outdatedPods"] = counts[1]
+        if outdated is not None:
+            status["outdatedPods"] = outdated
         if current is not None:
             status["compiledHash"] = current.compiled_hash
             status["bundleGeneration"] = current.generation
@@ -225,31 +233,44 @@ class Reconciler:
             self.kube.patch_status, POLICIES, metadata["namespace"], metadata["name"], status
         )
 
-    async def refresh(self, policy: dict[str, Any], sidecars: Sequence[Sidecar]) -> None:
-        """Periodic: bring sidecars up to date and keep the pod counts in status true.
-
-        Also republishes a bundle ConfigMap that was deleted or overwritten.
-        """
-        metadata = policy["metadata"]
-        namespace, name = metadata["namespace"], metadata["name"]
+    async def refresh(self, namespace: str, name: str) -> None:
+        """Keep pod counts true, push to late sidecars, restore a lost ConfigMap."""
         key = target_key(namespace, name)
         async with self._lock(key):
+            policy = await asyncio.to_thread(self.kube.get_policy, namespace, name)
+            if policy is None:
+                return
             existing = await asyncio.to_thread(self.kube.read_bundle, namespace, name)
             current = self._read(existing, key)[0]
-        if current is None or current.hash != getattr(self.published.get(key), "hash", None):
-            await self.policy(namespace, name, sidecars)
-            return
-        counts = await self._bring_up_to_date(current, sidecars)
-        status = policy.get("status") or {}
-        if (status.get("pods"), status.get("outdatedPods")) != counts:
-            async with self._lock(key):
-                await asyncio.to_thread(
-                    self.kube.patch_status,
-                    POLICIES,
-                    namespace,
-                    name,
-                    {"pods": counts[0], "outdatedPods": counts[1]},
-                )
+            known = self.published.get(key)
+            stale = current is None or known is None or current.hash != known.hash
+            if not stale and current is not None:
+                outdated = await self._bring_up_to_date(key, current)
+                status = policy.get("status") or {}
+                counts = (len(self.sidecars.get(key, {})), outdated)
+                if (status.get("pods"), status.get("outdatedPods")) != counts:
+                    patch = {"pods": counts[0], "outdatedPods": counts[1]}
+                    await asyncio.to_thread(
+                        self.kube.patch_status, POLICIES, namespace, name, patch
+                    )
+                return
+        if condition_status(policy, "Invalid") != "True":
+            await self.policy(namespace, name)
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Refresh every known target every ``interval`` seconds until ``stop``."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            for key in sorted(set(self.published) | set(self.sidecars)):
+                namespace, name = key.split("/", 1)
+                try:
+                    await self.refresh(namespace, name)
+                except Exception:
+                    log.exception("refreshing %s failed; trying again in %gs", key, interval)
 
     async def forget(self, namespace: str, name: str) -> None:
         """A deleted policy: remove its ConfigMap (its owner reference does too, with GC)."""
@@ -268,7 +289,7 @@ class Reconciler:
             current = self._read(existing, key)[0]
         return None if current is None else Published(current.hash, current.generation)
 
-    # -- masking rules -------------------------------------------------------------------
+    # -- masking rules ------------------------------------------------------------------
 
     async def masking_rules_of(self, namespace: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.kube.list_masking_rules, namespace)
@@ -280,7 +301,7 @@ class Reconciler:
         if problems:
             message = _bounded("; ".join(problems))
             wanted = invalid("CompileError", message)
-            kopf.warn(rule, reason="CompileError", message=message)
+            await asyncio.to_thread(self.kube.warn, rule, "CompileError", message)
         else:
             wanted = [
                 Condition("Ready", "True", "Valid", "the rule validates"),
@@ -298,6 +319,8 @@ class Reconciler:
         )
 
 
-def sidecars_of(entries: Iterable[Sidecar]) -> list[Sidecar]:
-    """Pods of one target, by name, for stable output."""
-    return sorted(entries, key=lambda s: s.name)
+def condition_status(obj: dict[str, Any], kind: str) -> str | None:
+    for entry in (obj.get("status") or {}).get("conditions") or ():
+        if entry.get("type") == kind:
+            return entry.get("status")
+    return None
