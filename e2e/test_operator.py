@@ -565,6 +565,10 @@ def test_a_policy_whose_masking_rule_goes_away_becomes_invalid_with_an_event(
     assert "pods keep enforcing bundle generation" in invalid["message"]
     assert condition(obj, "Ready")["status"] == "False"
     assert obj["status"]["compiledHash"] == good["status"]["compiledHash"]  # the last good one
+    # Still editable where the spec does not change (labels, kopf's own annotations).
+    custom(api_client).patch_namespaced_custom_object(
+        GROUP, VERSION, app_namespace, DAPS, "orphan", {"metadata": {"labels": {"team": "x"}}}
+    )
     core = client.CoreV1Api(api_client)
     assert core.read_namespaced_config_map("steward-bundle-orphan", app_namespace)
 
@@ -734,7 +738,12 @@ class Sidecar:
 
 
 def run_sidecar(
-    api: client.ApiClient, namespace: str, stored: dict[str, Any], root: Path
+    api: client.ApiClient,
+    namespace: str,
+    stored: dict[str, Any],
+    root: Path,
+    *,
+    wait_ready: bool = True,
 ) -> Sidecar:
     """Start the injected container's command as the kubelet would, volumes as directories."""
     core = client.CoreV1Api(api)
@@ -760,9 +769,16 @@ def run_sidecar(
             env[entry["name"]] = entry["value"]
             continue
         ref = entry["valueFrom"]["secretKeyRef"]
-        secret = core.read_namespaced_secret(ref["name"], namespace)
+        try:
+            secret = core.read_namespaced_secret(ref["name"], namespace)
+        except ApiException as exc:
+            if exc.status == 404 and ref.get("optional"):
+                continue  # as the kubelet does: an optional reference to nothing sets nothing
+            raise
         if secret.data and ref["key"] in secret.data:
             env[entry["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
+        elif not ref.get("optional"):
+            pytest.fail(f"the kubelet would not start the sidecar: no key {ref['key']}")
     args = [_local(arg, mounts) for arg in container["args"]]
     log_path = root / "sidecar.log"
     with log_path.open("wb") as log:
@@ -797,7 +813,8 @@ def run_sidecar(
         except (OSError, urllib.error.URLError):
             return False
 
-    wait_until(ready, "the sidecar to become ready")
+    if wait_ready:
+        wait_until(ready, "the sidecar to become ready")
     return sidecar
 
 
@@ -967,6 +984,43 @@ def test_a_forged_or_older_pushed_bundle_is_refused_and_the_policy_stays(
     assert sidecar.running() == running
     with sidecar.connect() as conn:
         assert not deletes_everything(conn)
+
+
+def test_a_sidecar_whose_secret_is_missing_says_so_and_refuses_sign_in(
+    api_client: client.ApiClient,
+    app_namespace: str,
+    injection_policy: str,
+    tmp_path: Path,
+) -> None:
+    annotations = {
+        INJECT: "true",
+        "steward.dev/port": str(free_port()),
+        "steward.dev/admin-port": str(free_port()),
+    }
+    stored = stored_pod(api_client, app_namespace, pod("no-secret", "orders", annotations))
+    sidecar = run_sidecar(api_client, app_namespace, stored, tmp_path, wait_ready=False)
+    try:
+
+        def unready() -> str | None:
+            try:
+                url = f"http://127.0.0.1:{sidecar.admin_port}/readyz"
+                urllib.request.urlopen(url, timeout=5)
+            except urllib.error.HTTPError as err:
+                return err.read().decode() if err.code == 503 else None
+            except OSError:
+                return None  # not listening yet
+            return None
+
+        reason = wait_until(unready, "the sidecar to report itself not ready")
+        assert "Secret orders-db gave no user" in reason
+        assert "Secret orders-db gave no password" in reason
+        with pytest.raises(psycopg.OperationalError) as refused:
+            sidecar.connect()
+        assert "Secret orders-db gave no user" in str(refused.value)
+        assert "not ready, every sign-in is refused" in sidecar.log()
+    finally:
+        sidecar.process.send_signal(signal.SIGTERM)
+        sidecar.process.wait(timeout=30)
 
 
 # -- operator outages and restarts -----------------------------------------------------

@@ -60,6 +60,11 @@ def sidecar(body: kopf.Body) -> Sidecar:
     )
 
 
+def unchanged_spec(body: kopf.Body, old: kopf.Body | None) -> bool:
+    """An UPDATE that leaves the spec as it was (a policy already Invalid stays editable)."""
+    return old is not None and dict(old.get("spec") or {}) == dict(body.get("spec") or {})
+
+
 def make_registry(settings: injection.SidecarSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -176,8 +181,14 @@ def make_registry(settings: injection.SidecarSettings) -> kopf.OperatorRegistry:
         *POLICY, id="validate-policies", operations=["CREATE", "UPDATE"], registry=registry
     )
     async def validate_policies(
-        body: kopf.Body, memo: kopf.Memo, masking_rules: kopf.Index, **_: Any
+        body: kopf.Body,
+        old: kopf.Body | None,
+        memo: kopf.Memo,
+        masking_rules: kopf.Index,
+        **_: Any,
     ) -> None:
+        if unchanged_spec(body, old):
+            return  # metadata only (labels, kopf's own annotations): never blocked
         namespace = body.metadata.namespace or ""
         problems = admission_problems(document(body), list(masking_rules.get(namespace, [])))
         if any("is not defined" in p for p in problems):
@@ -194,7 +205,9 @@ def make_registry(settings: injection.SidecarSettings) -> kopf.OperatorRegistry:
         operations=["CREATE", "UPDATE"],
         registry=registry,
     )
-    def validate_masking_rules(body: kopf.Body, **_: Any) -> None:
+    def validate_masking_rules(body: kopf.Body, old: kopf.Body | None, **_: Any) -> None:
+        if unchanged_spec(body, old):
+            return
         problems = admission_problems(document(body), [])
         ADMISSIONS.labels("validate-masking-rules", "refused" if problems else "allowed").inc()
         if problems:

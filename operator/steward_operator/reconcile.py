@@ -98,6 +98,8 @@ class Reconciler:
         pods = self.sidecars.setdefault(key, {})
         if gone:
             pods.pop(sidecar.uid, None)
+            if not pods:
+                del self.sidecars[key]
         else:
             pods[sidecar.uid] = sidecar
 
