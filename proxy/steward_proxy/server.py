@@ -118,6 +118,12 @@ class LiveJudge(Judge):
     def recall(self, sql: str) -> Verdict | None:
         return self.current.recall(sql)
 
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a session asks of its judge comes from the current one.
+        if name.startswith("__") or name in ("_server", "_seen", "_judge", "identity"):
+            raise AttributeError(name)
+        return getattr(self.current, name)
+
 
 class ProxyServer:
     """Accepts clients and governs their sessions."""
