@@ -50,6 +50,7 @@ from steward_proxy.policy.bundle import (
     verify,
 )
 
+from e2e.conftest import _startup_report
 from e2e.controlplane.harness import _die_with_parent
 from e2e.controlplane.testing import Cluster, HelmRunner
 
@@ -266,8 +267,8 @@ def release(
         finally:
             if operator.process and operator.process.poll() is None:
                 operator.stop()
-            for line in made.measurements:
-                print(f"\ne2e measurement: {line}")
+            # The e2e session's terminal summary prints these lines.
+            _startup_report.extend(f"measured: {line}" for line in made.measurements)
     finally:
         helm("uninstall", RELEASE, "--namespace", OPERATOR_NS, check=False)
 
