@@ -32,6 +32,21 @@ from steward_proxy.policy.bundle import load_private_key, public_key_text
 log = logging.getLogger("steward.operator")
 
 
+class AdmissionRefusals(logging.Filter):
+    """kopf logs every refused admission as an error; it is an answer, not a failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if (
+            record.levelno == logging.ERROR
+            and record.exc_info is None
+            and message.startswith("Webhook '")
+            and "failed permanently" in message
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 class Health:
     """``/healthz``, ``/readyz`` and ``/metrics`` on their own small server."""
 
@@ -155,6 +170,7 @@ def main(config: OperatorConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("kopf.objects").addFilter(AdmissionRefusals())
     if config.log_level != "debug":
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
