@@ -49,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/hadolint Dockerfile.proxy
+	$(BIN)/hadolint Dockerfile.proxy Dockerfile.operator
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
