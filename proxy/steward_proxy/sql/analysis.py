@@ -89,12 +89,17 @@ class StatementInfo:
     - ``settings``: each run-time parameter the statement sets, resets or
       attaches anywhere (``SET``, ``SET NAMES``, ``SET ROLE``, ``RESET``,
       ``ALTER ROLE|DATABASE|SYSTEM ... SET``, a function's ``SET`` clause,
-      ``set_config()``), as ``(name, value)``: the name lower-cased, ``""``
-      when it is not a constant; the value as text, ``None`` when it is not a
-      constant or the parameter goes back to its default. ``RESET ALL`` is not
-      listed (it restores the values the session started with).
-    - ``prepared_name``: the name an SQL ``PREPARE`` gives its statement, or
-      the one ``DEALLOCATE`` drops (``""`` for ``DEALLOCATE ALL``).
+      ``set_config()``; the characteristics of ``BEGIN``, ``SET TRANSACTION``
+      and ``SET SESSION CHARACTERISTICS`` as ``transaction_read_only``,
+      ``default_transaction_read_only`` and their kin), as ``(name, value)``:
+      the name lower-cased, ``""`` when it is not a constant; the value as
+      text, ``None`` when it is not a constant or the parameter goes back to
+      its default. ``RESET ALL`` is not listed (it restores the values the
+      session started with).
+    - ``prepared_name``: the name an SQL ``PREPARE`` gives its statement, the
+      one ``DEALLOCATE`` drops (``""`` for ``DEALLOCATE ALL`` and ``DISCARD
+      ALL``), or the one an ``EXECUTE`` runs (also under ``EXPLAIN`` and in
+      ``CREATE TABLE ... AS EXECUTE``).
     - ``literal_dependent``: the analysis depends on constant values that
       :func:`normalize` replaces (a ``SET`` value, ``set_config`` arguments,
       ``EXPLAIN`` options, a constant ``WHERE`` such as ``1=1``, a ``DO`` or
@@ -249,11 +254,7 @@ def analyze_uncached(
         command = command_tag(node_type, fields)
         walker = _Walker(original)
         walker.statement(node_type, fields, _RUN, command)
-        prepared_name = None
-        if node_type == "PrepareStmt":
-            prepared_name = fields.get("name", "")
-        elif node_type == "DeallocateStmt":
-            prepared_name = fields.get("name", "")  # "" for DEALLOCATE ALL
+        prepared_name = _prepared_name(node_type, fields)
         if node_type == "DoStmt":
             # Keyed by its exact text (the body is a literal of its shape), so
             # the record may show the body, with its own literals replaced.
@@ -375,6 +376,7 @@ _WIRING_NAME_FIELDS = {
 }
 _OPCLASS_ITEM_FUNCTION = 2
 _BARE_SELECT = frozenset({"targetList", "limitOption", "op"})
+_MULTI_SETTINGS = frozenset({"transaction", "session characteristics"})
 _BOOLEAN_WORDS = {"true": True, "on": True, "false": False, "off": False}
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _EMPTY: frozenset[str] = frozenset()
@@ -519,6 +521,44 @@ def _set_statement(fields: Fields) -> tuple[str, str | None] | None:
     if len(args) != 1:
         return (name, None)
     return (name, _constant(args[0])[1])
+
+
+def _prepared_name(node_type: str, fields: Fields) -> str | None:
+    """The prepared statement a statement names: see ``StatementInfo.prepared_name``."""
+    if node_type in ("PrepareStmt", "DeallocateStmt"):
+        return str(fields.get("name", ""))  # "" for DEALLOCATE ALL
+    if node_type == "DiscardStmt":
+        return "" if fields.get("target") == "DISCARD_ALL" else None
+    if node_type in ("ExplainStmt", "CreateTableAsStmt"):
+        query = fields.get("query")
+        fields = query.get("ExecuteStmt") if isinstance(query, Mapping) else None
+        node_type = "ExecuteStmt" if fields is not None else ""
+    if node_type == "ExecuteStmt":
+        return str(fields.get("name", "")) if fields is not None else None
+    return None
+
+
+# SET TRANSACTION / SET SESSION CHARACTERISTICS AS TRANSACTION / BEGIN options:
+# the parameter each option sets, for the transaction and for the session.
+_TRANSACTION_OPTIONS = ("transaction_read_only", "transaction_isolation", "transaction_deferrable")
+
+
+def _transaction_settings(options: Any, *, session: bool) -> list[tuple[str, str | None]]:
+    """The ``(name, value)`` settings of transaction characteristics (``READ WRITE``, ...)."""
+    settings: list[tuple[str, str | None]] = []
+    for elem in _def_elems(options):
+        name = str(elem.get("defname", "")).lower()
+        if name not in _TRANSACTION_OPTIONS:
+            continue
+        arg = elem.get("arg")
+        const = arg.get("A_Const") if isinstance(arg, Mapping) else None
+        value: str | None = None
+        if isinstance(const, Mapping) and "ival" in const:
+            value = "on" if const["ival"].get("ival", 0) else "off"
+        elif isinstance(const, Mapping) and "sval" in const:
+            value = str(const["sval"].get("sval", ""))
+        settings.append((f"default_{name}" if session else name, value))
+    return settings
 
 
 def _set_config_call(args: Any) -> tuple[str, str | None]:
@@ -755,9 +795,18 @@ class _Walker:
                 self._dynamic_arguments(fields.get("args"), ctx)
             skip = ("funcname",)
         elif node_type == "VariableSetStmt":
-            setting = _set_statement(fields)
-            if setting is not None:
-                self.settings.append(setting)
+            name = str(fields.get("name", "")).lower()
+            if fields.get("kind") == "VAR_SET_MULTI" and name in _MULTI_SETTINGS:
+                self.settings += _transaction_settings(
+                    fields.get("args"), session=name == "session characteristics"
+                )
+            else:
+                setting = _set_statement(fields)
+                if setting is not None:
+                    self.settings.append(setting)
+            self.literal_dependent = True
+        elif node_type == "TransactionStmt" and fields.get("options"):
+            self.settings += _transaction_settings(fields.get("options"), session=False)
             self.literal_dependent = True
         elif node_type in _WITH_OWNERS:
             if ctx.mode != _NOT:
