@@ -180,6 +180,7 @@ def run_explain(args: argparse.Namespace) -> int:
         "subject": identity.subject,
         "groups": list(identity.groups),
         "policies": [p.key for p in policies],
+        "readOnly": any(p.read_only for p in policies),
         "decision": overall.action,
         "policy": overall.policy,
         "rule": overall.rule,

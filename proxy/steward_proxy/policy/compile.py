@@ -143,6 +143,7 @@ def compile_policy(name: str, namespace: str, spec: Mapping[str, Any]) -> Policy
         approval_ttl_seconds=parse_duration(approval.get("ttl", DEFAULT_TTL)),
         database=_database(spec.get("database")),
         pod_selector=_selector(spec.get("podSelector")),
+        read_only=bool(spec.get("readOnly", False)),
     )
 
 

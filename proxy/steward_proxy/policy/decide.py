@@ -11,7 +11,9 @@ string and several policies, the most restrictive decision wins (deny > review
 then the first operation, then the first policy (by ``namespace/name``), is
 reported. So an ``allow`` guardrail allows a statement only when it (or
 another allowing rule) covers every operation: ``INSERT INTO payments SELECT
-...`` is not allowed by a rule that allows SELECT.
+...`` is not allowed by a rule that allows SELECT. A policy with ``readOnly``
+denies every operation that is not a read, and every setting that would turn
+read-only off (see ``readonly``), unless a guardrail denies it first.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from steward_proxy.policy.model import (
     operations_of,
 )
 from steward_proxy.policy.pinned import pinned_violation
+from steward_proxy.policy.readonly import READ_ONLY_RULE, read_only_violation, writes
 
 _VERB = {
     "deny": "denied by",
@@ -66,20 +69,50 @@ def pinned(statement: StatementLike) -> Decision | None:
 def decide_operation(
     policy: Policy, operation: OperationLike, statement: StatementLike
 ) -> Decision:
-    """The decision of one policy on one operation of ``statement``."""
+    """The decision of one policy on one operation of ``statement``.
+
+    A guardrail that denies keeps its own message; anything milder gives way
+    to a read-only policy's refusal of a write (see ``readonly``).
+    """
     for guardrail in policy.guardrails:
         if guardrail.matches_operation(operation, statement):
+            if guardrail.action != "deny" and policy.read_only:
+                refused = _read_only(policy, operation, statement)
+                if refused is not None:
+                    return refused
             verb = _VERB[guardrail.action]
             message = f"statement {verb} policy {policy.key} rule {guardrail.name}"
             if guardrail.message:
                 message = f"{message}: {guardrail.message}"
             return Decision(guardrail.action, policy.key, guardrail.name, message)
     action = policy.default_action
+    if action != "deny" and policy.read_only:
+        refused = _read_only(policy, operation, statement)
+        if refused is not None:
+            return refused
     return Decision(
         action,
         policy.key,
         None,
         f"statement {_VERB[action]} policy {policy.key} (defaultAction: {action})",
+    )
+
+
+def _read_only(
+    policy: Policy, operation: OperationLike, statement: StatementLike
+) -> Decision | None:
+    """The refusal by ``spec.readOnly`` of a write or of undoing read-only, or None."""
+    reason = read_only_violation(statement.settings) if statement.settings else None
+    if reason is None and writes(operation.command):
+        on = f" on {operation.table}" if operation.table else ""
+        reason = f"the subject is read-only and {operation.command}{on} is not a read"
+    if reason is None:
+        return None
+    return Decision(
+        "deny",
+        policy.key,
+        READ_ONLY_RULE,
+        f"statement denied by policy {policy.key} rule {READ_ONLY_RULE}: {reason}",
     )
 
 

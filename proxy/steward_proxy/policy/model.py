@@ -288,6 +288,8 @@ class Policy:
     approval_ttl_seconds: int = 900
     database: DatabaseRef | None = None
     pod_selector: LabelSelector | None = None
+    read_only: bool = False
+    """``spec.readOnly``: PostgreSQL enforces read-only for the subjects it covers."""
 
     @property
     def key(self) -> str:
