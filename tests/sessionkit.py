@@ -13,6 +13,7 @@ import yaml
 from steward_proxy import wire
 from steward_proxy.engine import Judge
 from steward_proxy.policy import Identity, Policy, compile_documents
+from steward_proxy.review import ReviewBook
 from steward_proxy.session import AnalysisLimits, Session
 
 POLICY = """\
@@ -102,10 +103,13 @@ def make_session(
     clock: Callable[[], float] | None = None,
     limits: AnalysisLimits | None = None,
     parameters: dict[str, str] | None = None,
+    judge: Judge | None = None,
+    reviews: ReviewBook | None = None,
 ) -> KitSession:
     """A session for ``IDENTITY`` under ``policy`` (YAML text or compiled policies).
 
-    The default clock advances one millisecond per reading.
+    The default clock advances one millisecond per reading. ``judge`` replaces
+    the one made from ``policy``; ``reviews`` is the book of approvals.
     """
     if clock is None:
         ticks = itertools.count()
@@ -118,10 +122,11 @@ def make_session(
         identity=IDENTITY,
         database="app",
         client="127.0.0.1:5555",
-        judge=Judge(policies, max_statements=limits.max_statements),
+        judge=judge or Judge(policies, max_statements=limits.max_statements),
         limits=limits,
         parameters=parameters,
         clock=clock,
+        reviews=reviews,
     )
 
 

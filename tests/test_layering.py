@@ -25,6 +25,8 @@ PURE_PACKAGES = [
     "steward_proxy.engine",
     "steward_proxy.admission",
     "steward_proxy.sqlstate",
+    "steward_proxy.review",
+    "steward_proxy.prepared",
 ]
 FORBIDDEN = {
     "asyncio",

@@ -11,11 +11,13 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from steward_proxy import startup as startup_rules
 from steward_proxy import wire
 from steward_proxy.escape import escape
+from steward_proxy.policy.readonly import READ_ONLY_PARAMETER
 from steward_proxy.sqlstate import (
     ADMIN_SHUTDOWN,
     CONNECTION_REJECTED,
@@ -25,7 +27,7 @@ from steward_proxy.sqlstate import (
     TOO_MANY_CONNECTIONS,
 )
 
-__all__ = ["Admission", "Refusal", "admit"]
+__all__ = ["Admission", "Refusal", "admit", "check_read_only", "read_only_settings"]
 
 
 class Refusal(Exception):
@@ -95,3 +97,31 @@ def admit(startup: wire.StartupMessage, state: Admission) -> dict[str, str]:
             f"this proxy serves {state.database}",
         )
     return settings
+
+
+def read_only_settings(settings: dict[str, str]) -> dict[str, str]:
+    """The upstream settings of a read-only subject: ``default_transaction_read_only=on`` last.
+
+    Clients cannot set it (it is not on the startup allow-list), so it is
+    the proxy's alone.
+    """
+    return {**settings, READ_ONLY_PARAMETER: "on"}
+
+
+def check_read_only(reported: Mapping[str, str]) -> None:
+    """Refuse a read-only subject's session unless the upstream reports read-only on.
+
+    PostgreSQL 14 and later report ``default_transaction_read_only``; without
+    that report the session could not be watched, so it is refused.
+    """
+    value = reported.get(READ_ONLY_PARAMETER)
+    if value != "on":
+        shown = "nothing" if value is None else f'"{escape(value)}"'
+        raise Refusal(
+            CONNECTION_REJECTED,
+            "the subject is read-only, but the upstream does not report "
+            "default_transaction_read_only on; the proxy refuses the session",
+            detail=f"the upstream reported default_transaction_read_only {shown} "
+            "(PostgreSQL 14 or later reports it)",
+            kind="upstream_not_read_only",
+        )

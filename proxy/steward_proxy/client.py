@@ -23,7 +23,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from steward_proxy import wire
-from steward_proxy.admission import Refusal, admit
+from steward_proxy.admission import Refusal, admit, check_read_only, read_only_settings
 from steward_proxy.audit import AuditWriteError
 from steward_proxy.engine import Judge
 from steward_proxy.escape import escape
@@ -224,6 +224,9 @@ class ClientProtocol(asyncio.Protocol):
             self.admitted = True
             identity = server.identity_for(startup)
             judge = server.judge_for(identity)
+            read_only = judge.read_only  # spec.readOnly: PostgreSQL enforces it
+            if read_only:
+                upstream_settings = read_only_settings(upstream_settings)
             self.upstream = UpstreamProtocol(self)
             self.upstream_key, self._upstream_params = await sign_in_upstream(
                 self.upstream,
@@ -232,6 +235,8 @@ class ClientProtocol(asyncio.Protocol):
                 timeout=settings.connect_timeout,
                 session=self.session_id,
             )
+            if read_only:
+                check_read_only(_reported(self._upstream_params))
         except Refusal as refusal:
             if refusal.detail:
                 log.warning("client %s: %s", self.peer, refusal.detail)
@@ -314,6 +319,7 @@ class ClientProtocol(asyncio.Protocol):
                 for m in self._upstream_params
                 if isinstance(m, wire.ParameterStatus)
             },
+            reviews=server.reviews,
         )
         self._signing_in = None
         try:
@@ -379,6 +385,10 @@ class ClientProtocol(asyncio.Protocol):
                 self.server.audit_failure(exc)
                 self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
                 return False
+        if self.server.reviews.changed and not self.server.review_desk.save():
+            # An approval used must be stored as used before its statement runs.
+            self.terminate(CONNECTION_REJECTED, "the review store cannot be written")
+            return False
         return True
 
     def _stalled(self, session: Session) -> None:
@@ -534,3 +544,8 @@ def _application_name(parameters: list[wire.Message]) -> str | None:
             raw = message.value.encode("utf-8", "surrogateescape")[: _NAMEDATALEN - 1]
             return "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in raw)
     return None
+
+
+def _reported(messages: list[wire.Message]) -> dict[str, str]:
+    """The parameters the upstream reported at sign-in."""
+    return {m.name: m.value for m in messages if isinstance(m, wire.ParameterStatus)}

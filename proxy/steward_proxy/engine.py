@@ -86,6 +86,8 @@ class Judge:
     ) -> None:
         self.policies = tuple(policies)
         self.max_statements = max_statements
+        self.read_only = any(p.read_only for p in self.policies)
+        """A policy of the subject has ``spec.readOnly``: sessions sign in read-only."""
         # By shape; and by exact text for verdicts that depend on a literal. A
         # text is in at most one of them: whether a verdict depends on a
         # literal is a matter of the statement's structure, which every text

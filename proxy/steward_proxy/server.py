@@ -43,6 +43,8 @@ from steward_proxy.engine import Analysis, Judge, Verdict
 from steward_proxy.escape import escape, has_controls
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, Policy, PolicySet
+from steward_proxy.review import ReviewBook
+from steward_proxy.reviewdesk import ReviewDesk
 from steward_proxy.session import AnalysisLimits
 from steward_proxy.sqlstate import (
     ADMIN_SHUTDOWN,
@@ -131,6 +133,10 @@ class LiveJudge(Judge):
     def max_statements(self) -> int:
         return self.current.max_statements
 
+    @property  # type: ignore[override]
+    def read_only(self) -> bool:
+        return self.current.read_only
+
     def judge(self, sql: str, analysed: Analysis | None = None) -> Verdict:
         return self.current.judge(sql, analysed)
 
@@ -172,6 +178,10 @@ class ProxyServer:
         self.bundle_target: str | None = None
         self.problems: list[str] = []
         """Configuration problems (missing credentials, ...): not ready, no sign-in."""
+        self.reviews = ReviewBook()
+        """Statements held for review (see :mod:`.review`), shared by the sessions."""
+        self.review_desk = ReviewDesk(self)
+        """Stores :attr:`reviews` and takes approvers' decisions (see :mod:`.reviewdesk`)."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
         self.audit_failed = False

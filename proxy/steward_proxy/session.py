@@ -32,6 +32,9 @@ from typing import Any
 from steward_proxy import wire
 from steward_proxy.engine import Analysis, Judge, Note, Verdict
 from steward_proxy.policy.pinned import PINNED_PARAMETERS
+from steward_proxy.policy.readonly import READ_ONLY_PARAMETER
+from steward_proxy.prepared import as_run, runs_prepared
+from steward_proxy.review import ReviewBook, held_message
 from steward_proxy.sql import AnalysisLimitError, SQLSyntaxError, StatementInfo
 from steward_proxy.sqlstate import (
     FEATURE_NOT_SUPPORTED,
@@ -99,6 +102,7 @@ class Session:
         limits: AnalysisLimits = AnalysisLimits(),
         parameters: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reviews: ReviewBook | None = None,
     ) -> None:
         self.session_id = session_id
         self.identity = identity
@@ -114,6 +118,12 @@ class Session:
         for name in ("session_authorization", "is_superuser"):
             if parameters and name in parameters:
                 self._watched[name] = parameters[name]
+        # spec.readOnly: the server signed in read-only, and must stay so.
+        self.read_only = (parameters or {}).get(READ_ONLY_PARAMETER) == "on"
+        if self.read_only:
+            self._watched[READ_ONLY_PARAMETER] = "on"
+        self.reviews = reviews
+        """Approvals shared by the proxy's sessions; None: ``review`` only refuses."""
         # Why client input is held: "settle", "analysis" or "yield"; None: not held.
         self._stall: str | None = None
         self._analysed: tuple[str, Analysis] | None = None
@@ -230,6 +240,13 @@ class Session:
 
     def _govern(self, statement: wire.Statement, now: float) -> None:
         """Judge one statement and tell the tracker; or hold it (``_stall``)."""
+        if not self.read_only and self.judge.read_only:
+            raise SessionEnded(
+                "terminating connection: a policy now makes this subject read-only; sign in again",
+                reason="a policy made the subject read-only",
+                kind="read_only",
+                sqlstate=INSUFFICIENT_PRIVILEGE,
+            )
         if statement.kind == "F":
             verdict = self.judge.judge_function_call(statement.function_oid)
             if verdict.decision.action in ("deny", "review"):
@@ -237,7 +254,7 @@ class Session:
             else:
                 self.tracker.forward(statement, verdict.notes[0], now)
             return
-        judged = self._judge(statement.text, now)
+        judged = self._judge(statement.text, now, statement.kind)
         if judged is None:
             return  # held
         if isinstance(judged, bytes):
@@ -247,8 +264,8 @@ class Session:
         else:
             self.tracker.forward(statement, judged.notes[0], now)
 
-    def _judge(self, text: bytes, now: float) -> Verdict | bytes | None:
-        """Screen and judge statement text.
+    def _judge(self, text: bytes, now: float, kind: str = "Q") -> Verdict | bytes | None:
+        """Screen and judge statement text (of a Query, or a Parse: ``kind``).
 
         Returns the verdict to go on with, an ErrorResponse for the client (the
         refusal is audited), or None when the text is held (``_stall``).
@@ -268,7 +285,12 @@ class Session:
             return self._refuse_unjudged(PROGRAM_LIMIT_EXCEEDED, exc.message, now)
         if verdict is None:
             return None
-        if verdict.decision.action in ("deny", "review"):
+        if runs_prepared(verdict.statements):
+            verdict = as_run(verdict, self.tracker.statement_note, self.judge.policies)
+        action = verdict.decision.action
+        if action == "review" and self.reviews is not None:
+            return self._review(verdict, now, usable=kind == "Q")
+        if action in ("deny", "review"):
             return self._refuse(verdict, now)
         return verdict
 
@@ -326,12 +348,53 @@ class Session:
 
     # -- refusals --------------------------------------------------------------
 
-    def _refuse(self, verdict: Verdict, now: float) -> bytes:
+    def _review(self, verdict: Verdict, now: float, *, usable: bool) -> Verdict | bytes:
+        """A statement held for review: the verdict to run it on an approval, else a refusal.
+
+        An approval is used only by a simple Query (``usable``): a prepared
+        statement could be executed again and again. A new review is audited
+        (``review.requested``).
+        """
+        decision = verdict.decision
+        assert self.reviews is not None
+        policy = next((p for p in self.judge.policies if p.key == decision.policy), None)
+        admitted = self.reviews.admit(
+            identity=self.identity,
+            database=self._who["database"],
+            statements=verdict.statements,
+            policy=policy,
+            rule=decision.rule,
+            session=self.session_id,
+            usable=usable,
+        )
+        if admitted.outcome == "used":
+            return verdict
+        review = admitted.review
+        if admitted.outcome == "requested" and review is not None:
+            self._records.append(
+                (
+                    "review.requested",
+                    {
+                        **self._who,
+                        "command": review.command,
+                        "statement": review.statement,
+                        "fingerprint": review.fingerprint,
+                        "decision": "review",
+                        "policy": review.policy,
+                        "rule": review.rule,
+                        "error": f"review {review.id} pending until {review.as_json()['expires']}",
+                    },
+                )
+            )
+        return self._refuse(verdict, now, held_message(decision.message, admitted))
+
+    def _refuse(self, verdict: Verdict, now: float, message: str | None = None) -> bytes:
         """Audit a refused statement; return the ErrorResponse for the client."""
         decision = verdict.decision
-        message = decision.message
-        if decision.action == "review":
-            message = f"{message} (approval workflow is not enabled on this proxy)"
+        if message is None:
+            message = decision.message
+            if decision.action == "review":
+                message = f"{message} (approval workflow is not enabled on this proxy)"
         for statement in verdict.statements:
             self._record(statement, verdict, now, rows=None, error=message, decision="deny")
         return wire.encode(wire.ErrorResponse.build(INSUFFICIENT_PRIVILEGE, message))
@@ -409,6 +472,11 @@ class Session:
             elif isinstance(event, wire.ParameterChanged):
                 expected = self._watched.get(event.name)
                 if expected is not None and event.value != expected:
+                    if event.name == READ_ONLY_PARAMETER and not self.judge.read_only:
+                        # No policy asks for read-only (any more): nothing to keep.
+                        del self._watched[event.name]
+                        self.read_only = False
+                        continue
                     raise SessionEnded(
                         f"terminating connection: the server reports {event.name} changed; "
                         "Steward pins it for the whole session",
@@ -429,7 +497,7 @@ class Session:
             # SQL PREPARE and DEALLOCATE share the protocol's statement names.
             if statement.command == "PREPARE":
                 self.tracker.remember_statement(statement.prepared_name, note)
-            elif statement.command == "DEALLOCATE":
+            elif statement.command in ("DEALLOCATE", "DISCARD"):
                 self.tracker.forget_statement(statement.prepared_name or None)
         self._record(statement, note.verdict, event.started, rows=event.rows, error=event.error)
 
