@@ -267,11 +267,14 @@ def test_a_bad_bundle_at_startup_stops_the_proxy(
     proxy.process.returncode = 0  # the factory expects a clean exit at teardown
 
 
-def test_policy_files_take_no_push(start_proxy: ProxyFactory) -> None:
+def test_policy_files_take_no_bundle_push(start_proxy: ProxyFactory) -> None:
+    # A proxy on --policy files takes pushed YAML only, and only with the admin
+    # token (tests/test_proxy_reload.py); a signed bundle alone opens nothing.
     proxy = start_proxy()
     code, answer = put_policy(proxy, bundle(1))
-    assert code == 403
-    assert "no --bundle" in answer["error"]
+    assert code == 401
+    assert "token" in answer["error"]
+    assert running(proxy)["source"].startswith("files ")
 
 
 def test_missing_credentials_from_a_secret_make_the_proxy_unready(

@@ -12,11 +12,16 @@ signed bundle (see :mod:`steward_proxy.reload`) when the proxy runs one
 bundle, 403 for a bad signature or another target, 409 when it is older than
 the running one, 422 when it does not compile, 413 when it is too large. No
 secret is needed: only a bundle signed by the operator's key is ever taken.
+
+The endpoints that change state or show reviews (``/reviews``, and ``PUT
+/policy`` of YAML documents when the proxy runs ``--policy`` files) need the
+admin token; see :mod:`steward_proxy.adminapi`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,11 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from steward_proxy.adminapi import MAX_DECISION_BYTES, AdminApi
 from steward_proxy.policy.bundle import MAX_BUNDLE_BYTES, BundleError
 
 if TYPE_CHECKING:
     from steward_proxy.reload import BundleUpdater
     from steward_proxy.server import ProxyServer
+
+log = logging.getLogger("steward.admin")
 
 _REFUSAL_STATUS = {"malformed": 400, "signature": 403, "target": 403, "stale": 409, "invalid": 422}
 
@@ -41,9 +49,11 @@ class AdminServer:
         address: tuple[str, int],
         proxy: ProxyServer,
         updater: BundleUpdater | None = None,
+        api: AdminApi | None = None,
     ) -> None:
         self.proxy = proxy
-        handler = type("Handler", (_Handler,), {"proxy": proxy, "updater": updater})
+        api = api or AdminApi(proxy)
+        handler = type("Handler", (_Handler,), {"proxy": proxy, "updater": updater, "api": api})
         self.httpd = ThreadingHTTPServer(address, handler)
         self.httpd.daemon_threads = True
         self.address = self.httpd.server_address
@@ -68,12 +78,15 @@ def upstream_reachable(host: str, port: int, timeout: float = 1.0) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     proxy: ProxyServer
     updater: BundleUpdater | None
+    api: AdminApi
     server_version = "steward-admin"
     timeout = 10.0  # seconds a client may take to send a request
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path == "/healthz":
+        if self.api.owns("GET", path):
+            self._api("GET", 0)
+        elif path == "/healthz":
             self._reply(200, b"ok\n")
         elif path == "/readyz":
             upstream = self.proxy.settings.upstream
@@ -107,9 +120,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, b"not found\n")
 
+    def do_POST(self) -> None:
+        if self.api.owns("POST", self.path.split("?", 1)[0]):
+            self._api("POST", MAX_DECISION_BYTES)
+        else:
+            self._reply(404, b"not found\n")
+
     def do_PUT(self) -> None:
         if self.path.split("?", 1)[0] != "/policy":
             self._reply(404, b"not found\n")
+            return
+        if self.updater is None and self.api.owns("PUT", "/policy"):
+            self._api("PUT", MAX_BUNDLE_BYTES)
             return
         if self.updater is None:
             self._json(403, {"error": "policy push is not enabled: this proxy runs no --bundle"})
@@ -133,7 +155,37 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(200, outcome.as_json())
 
-    def _json(self, status: int, body: dict[str, Any]) -> None:
+    def _api(self, method: str, max_body: int) -> None:
+        """A request for :class:`AdminApi`: the admin token first, then a bounded body."""
+        if not self.api.authorized(self.headers.get("Authorization")):
+            self.close_connection = True
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Bearer realm="steward-admin"')
+            body = b'{"error": "the admin token is required"}\n'
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        data = b""
+        if max_body:
+            length = self.headers.get("Content-Length", "")
+            if not length.isdigit():
+                self._json(411, {"error": "Content-Length is required"})
+                return
+            if int(length) > max_body:
+                self.close_connection = True
+                self._json(413, {"error": f"the body has at most {max_body} bytes"})
+                return
+            data = self.rfile.read(int(length))
+        try:
+            status, answer = self.api.handle(method, self.path, data, self.client_address[0])
+        except Exception:
+            log.exception("admin %s %s failed", method, self.path.split("?", 1)[0])
+            status, answer = 500, {"error": "internal error in the proxy"}
+        self._json(status, answer)
+
+    def _json(self, status: int, body: Any) -> None:
         self._reply(status, json.dumps(body).encode() + b"\n", "application/json")
 
     def _reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:

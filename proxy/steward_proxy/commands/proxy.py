@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from steward_proxy import wire
@@ -91,6 +92,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=2.0,
         metavar="SECONDS",
         help="how often the bundle file is checked for a change (default: %(default)s)",
+    )
+    p.add_argument(
+        "--policy-poll",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the --policy files are checked for a change; 0: only on SIGHUP "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="bearer token that /reviews and PUT /policy of YAML need; without it they "
+        "answer 401 (default: none)",
+    )
+    p.add_argument(
+        "--review-store",
+        metavar="FILE",
+        help="SQLite file that keeps reviews across restarts "
+        "(default: steward-reviews.sqlite3 next to --audit-log)",
     )
     p.add_argument("--identity", metavar="SUBJECT", help="fixed subject (sidecar mode)")
     p.add_argument("--identity-group", action="append", default=[], metavar="NAME")
@@ -213,11 +234,14 @@ def upstream_credentials(url: str, password: str | None) -> tuple[str, list[str]
 
 def run(args: argparse.Namespace) -> int:
     from steward_proxy.admin import AdminServer
+    from steward_proxy.adminapi import AdminApi, read_token
     from steward_proxy.audit import AuditWriteError, AuditWriter
     from steward_proxy.metrics import ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
     from steward_proxy.policy.bundle import BundleError, load_public_key, verify
+    from steward_proxy.policyfiles import PolicyFiles
     from steward_proxy.reload import BundleUpdater, read_bundle_file
+    from steward_proxy.reviewdesk import STORE_NAME, ReviewStoreError, SQLiteReviewStore
     from steward_proxy.server import (
         ProxyServer,
         ProxySettings,
@@ -234,6 +258,13 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.policy) == bool(args.bundle):
         print("steward proxy: give either --policy or --bundle", file=sys.stderr)
         return 2
+    token = None
+    if args.admin_token_file:
+        try:
+            token = read_token(Path(args.admin_token_file).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            print(f"steward proxy: no usable admin token: {exc}", file=sys.stderr)
+            return 2
     try:
         password = upstream_password(args)
         url, problems = upstream_credentials(args.upstream, password)
@@ -296,10 +327,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     metrics = ProxyMetrics()
     server = ProxyServer(settings, policies, audit, metrics)
+    review_store_path = args.review_store or str(Path(args.audit_log).parent / STORE_NAME)
+    try:
+        review_store = SQLiteReviewStore(review_store_path)
+        kept = server.review_desk.attach(review_store)
+    except ReviewStoreError as exc:
+        print(f"steward proxy: {exc} (see --review-store)", file=sys.stderr)
+        audit.close()
+        return 2
+    log.info("review store %s: %d reviews", review_store_path, kept)
     server.problems.extend(problems)
     for problem in problems:
         log.error("%s: not ready, every sign-in is refused", problem)
     updater = None
+    files = None if bundle is not None else PolicyFiles(server, args.policy, args.policy_poll)
     try:
         if bundle is not None:
             updater = BundleUpdater(server, key, args.bundle_target or bundle.target)
@@ -312,13 +353,14 @@ def run(args: argparse.Namespace) -> int:
     admin = None
     if args.admin:
         try:
-            admin = AdminServer(args.admin, server, updater)
+            admin = AdminServer(args.admin, server, updater, AdminApi(server, token, files))
         except OSError as exc:
             print(
                 f"steward proxy: cannot listen on {args.admin[0]}:{args.admin[1]}: {exc}",
                 file=sys.stderr,
             )
             audit.close()
+            review_store.close()
             return 2
         admin.start()
 
@@ -329,6 +371,10 @@ def run(args: argparse.Namespace) -> int:
             background.append(
                 asyncio.create_task(updater.watch(Path(args.bundle), args.bundle_poll))
             )
+        if files is not None:
+            _reload_on_sighup(server, files)
+            if args.policy_poll > 0:
+                background.append(asyncio.create_task(files.watch()))
         try:
             await server.serve()
         finally:
@@ -348,9 +394,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if admin:
             admin.stop()
+        review_store.close()
         closed = _close_audit(audit)
     log.info("stopped")
     return 0 if closed else 1
+
+
+def _reload_on_sighup(server: Any, files: Any) -> None:
+    """SIGHUP loads the --policy files again (where the platform has signals)."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(files.reload("SIGHUP")))
 
 
 def _close_audit(audit: AuditWriterLike) -> bool:

@@ -53,19 +53,25 @@ def read_documents(paths: Sequence[PathLike]) -> tuple[list[SourceDocument], lis
     for file in files:
         try:
             text = file.read_text(encoding="utf-8")
-            parsed = list(yaml.load_all(text, Loader=_Loader))
         except (OSError, UnicodeDecodeError) as exc:
             errors.append(f"{file}: cannot read: {exc}")
             continue
-        except yaml.YAMLError as exc:
-            errors.append(f"{file}: not valid YAML: {_one_line(exc)}")
-            continue
-        documents.extend(
-            SourceDocument(doc, str(file), i)
-            for i, doc in enumerate(parsed, start=1)
-            if doc is not None
-        )
+        found, error = parse_documents(text, str(file))
+        documents.extend(found)
+        if error is not None:
+            errors.append(error)
     return documents, errors
+
+
+def parse_documents(text: str, origin: str) -> tuple[list[SourceDocument], str | None]:
+    """The non-empty YAML documents in ``text`` (from ``origin``), or why it is not YAML."""
+    try:
+        parsed = list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError as exc:
+        return [], f"{origin}: not valid YAML: {_one_line(exc)}"
+    return [
+        SourceDocument(doc, origin, i) for i, doc in enumerate(parsed, start=1) if doc is not None
+    ], None
 
 
 def load_documents(paths: Sequence[PathLike]) -> list[dict[str, Any]]:
