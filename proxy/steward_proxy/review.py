@@ -29,6 +29,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -69,6 +70,7 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = {
 MAX_STATEMENT_CHARS = 16384
 """Statement text kept per review (the fingerprint, not the text, is what an approval covers)."""
 MAX_REASON_CHARS = 512
+_PLACEHOLDER = re.compile(r"\$[0-9]+")
 
 
 class ReviewRefused(Exception):
@@ -101,6 +103,8 @@ class Review:
     ttl: int
     requested: float
     expires: float
+    constants: int = 0
+    """How many constants the statement has (``$n`` in its text): part of what is approved."""
     session: str | None = None
     decided: float | None = None
     approver: str | None = None
@@ -110,9 +114,14 @@ class Review:
     used_session: str | None = None
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        """What an approval covers: the same subject, database and statement shape."""
-        return (self.subject, self.database, self.fingerprint)
+    def key(self) -> tuple[str, str, str, int]:
+        """What an approval covers: the same subject, database and statement shape.
+
+        The shape is the fingerprint and the number of constants: libpg_query's
+        fingerprint does not count the rows of a ``VALUES`` list or the items
+        of an ``IN`` list (``id = 1`` and ``id IN (1, 2, 3)`` share it).
+        """
+        return (self.subject, self.database, self.fingerprint, self.constants)
 
     def moved(self, event: Event, **changes: Any) -> Review:
         """This review after ``event``; :class:`ReviewRefused` when the state does not allow it."""
@@ -197,19 +206,21 @@ def format_ttl(seconds: int) -> str:
     return text + (f"{secs}s" if secs or not text else "")
 
 
-def statement_key(statements: Sequence[Any]) -> tuple[str | None, str, str]:
-    """``(command, text, fingerprint)`` of a statement string held for review.
+def statement_key(statements: Sequence[Any]) -> tuple[str | None, str, str, int]:
+    """``(command, text, fingerprint, constants)`` of a statement string held for review.
 
     One statement keeps its own; several are joined, with a fingerprint over
     theirs, so an approval covers exactly that sequence of shapes.
     """
     if len(statements) == 1:
         (only,) = statements
-        return only.command, only.normalized, only.fingerprint
-    commands = ",".join(dict.fromkeys(s.command for s in statements)) or None
-    text = "; ".join(s.normalized for s in statements)
-    joined = ",".join(s.fingerprint for s in statements).encode()
-    return commands, text, hashlib.blake2b(joined, digest_size=8).hexdigest()
+        command, text, fingerprint = only.command, only.normalized, only.fingerprint
+    else:
+        command = ",".join(dict.fromkeys(s.command for s in statements)) or None
+        text = "; ".join(s.normalized for s in statements)
+        joined = ",".join(s.fingerprint for s in statements).encode()
+        fingerprint = hashlib.blake2b(joined, digest_size=8).hexdigest()
+    return command, text, fingerprint, len(_PLACEHOLDER.findall(text))
 
 
 def _cut(text: str, limit: int) -> str:
@@ -243,7 +254,7 @@ class ReviewBook:
         self.max_reviews = max_reviews
         self.max_pending_per_subject = max_pending_per_subject
         self._reviews: dict[str, Review] = {}  # oldest request first
-        self._by_key: dict[tuple[str, str, str], list[str]] = {}
+        self._by_key: dict[tuple[str, str, str, int], list[str]] = {}
         self._changed: dict[str, Review] = {}
         self._removed: dict[str, None] = {}
         for review in sorted(reviews, key=lambda r: r.requested):
@@ -296,8 +307,8 @@ class ReviewBook:
         policy that asked for review (its ttl applies); ``usable``: whether
         an approval may be used by this request (one that can only run once).
         """
-        command, text, fingerprint = statement_key(statements)
-        key = (identity.subject, database, fingerprint)
+        command, text, fingerprint, constants = statement_key(statements)
+        key = (identity.subject, database, fingerprint, constants)
         now = self.clock()
         pending: Review | None = None
         for review_id in list(self._by_key.get(key, ())):
@@ -340,6 +351,7 @@ class ReviewBook:
             ttl=ttl,
             requested=now,
             expires=now + ttl,
+            constants=constants,
             session=session,
         )
         self._put(review)
