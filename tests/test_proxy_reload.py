@@ -179,28 +179,44 @@ def test_a_policy_that_makes_a_subject_read_only_ends_its_read_write_sessions(
             conn.execute("DELETE FROM rl_t WHERE id = 1")
 
 
-def test_an_execute_prepared_under_the_old_policy_is_judged_by_the_new_one(
+def test_prepare_cannot_hide_a_statement_the_policy_denies(
     start_proxy: ProxyFactory, pg: LocalPostgres, rl_t: None
 ) -> None:
-    proxy = start_proxy(ALLOW, "--policy-poll", "0.1")
+    proxy = start_proxy(NO_DELETE, "--policy-poll", "0.1")
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-        conn.execute("PREPARE harmless AS DELETE FROM rl_t WHERE id = $1")
-        conn.execute("EXECUTE harmless(-1)")
-        before = loads(proxy)
-        write(policy_file(proxy), NO_DELETE)
-        reloaded(proxy, before)
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="rule no-delete"):
-            conn.execute("EXECUTE harmless(1)")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="rule no-delete"):
-            conn.execute("EXPLAIN ANALYZE EXECUTE harmless(1)")
-        # A denied statement cannot be prepared to hide it either.
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="rule no-delete"):
             conn.execute("PREPARE hidden AS DELETE FROM rl_t")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="has not seen prepared"):
             conn.execute("EXECUTE hidden")
-        conn.execute("PREPARE reads AS SELECT count(*) FROM rl_t")
-        assert conn.execute("EXECUTE reads").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="rule no-delete"):
+            conn.execute("PREPARE p AS SELECT 1; EXECUTE p; PREPARE q AS DELETE FROM rl_t")
+        conn.execute("PREPARE reads AS SELECT count(*) FROM rl_t WHERE id > $1")
+        assert conn.execute("EXECUTE reads(0)").fetchone() == (1,)
     assert pg.execute("SELECT count(*) FROM rl_t").strip() == "1"
+
+
+@pytest.mark.parametrize("how", ["SQL PREPARE", "protocol Parse"])
+def test_a_session_holding_a_statement_prepared_under_the_old_policy_ends(
+    start_proxy: ProxyFactory, pg: LocalPostgres, rl_t: None, how: str
+) -> None:
+    proxy = start_proxy(ALLOW, "--policy-poll", "0.1")
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        if how == "SQL PREPARE":
+            conn.execute("PREPARE harmless AS DELETE FROM rl_t WHERE id = $1")
+            conn.execute("EXECUTE harmless(-1)")
+            again = "EXECUTE harmless(1)"
+        else:
+            conn.execute("DELETE FROM rl_t WHERE id = %s", (-1,), prepare=True)
+            again = "DELETE FROM rl_t WHERE id = %s"
+        before = loads(proxy)
+        write(policy_file(proxy), NO_DELETE)
+        reloaded(proxy, before)
+        with pytest.raises(psycopg.Error, match="now refuses statement") as ended:
+            conn.execute(again, (1,) if "%s" in again else None, prepare=True)
+        assert ended.value.sqlstate == "42501"
+    assert pg.execute("SELECT count(*) FROM rl_t").strip() == "1"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert not deletes(conn)
 
 
 def put_policy(proxy: Proxy, body: bytes, token: str | None = TOKEN) -> tuple[int, Any]:

@@ -33,6 +33,7 @@ spec:
 NO_DELETE = ALLOW_ALL + (
     "  guardrails:\n    - {name: no-delete, match: {statements: [DELETE]}, action: deny}\n"
 )
+LOG_DELETE = NO_DELETE.replace("no-delete", "deletes-logged").replace("deny", "log")
 READ_ONLY = ALLOW_ALL + "  readOnly: true\n"
 SIGNED_IN_READ_ONLY = {"default_transaction_read_only": "on"}
 
@@ -45,6 +46,7 @@ class Swappable(Judge):
 
     def swap(self, policy: str) -> None:
         self.current = Judge(policies_for(policy))
+        self.generation += 1
 
     @property  # type: ignore[override]
     def policies(self) -> tuple[Policy, ...]:
@@ -148,23 +150,31 @@ def prepared_delete(judge: Swappable, audit: AuditLog | None = None) -> KitSessi
     return session
 
 
-def test_an_execute_is_judged_by_what_its_prepare_held_under_the_policy_of_now() -> None:
+def test_an_execute_is_judged_and_recorded_by_what_its_prepare_held() -> None:
     audit = AuditLog()
+    session = make_session(audit, LOG_DELETE)
+    run(session, "PREPARE p AS DELETE FROM t WHERE id = $1", "PREPARE")
+    for sql in ("EXECUTE p(1)", "EXPLAIN ANALYZE EXECUTE p(2)", "CREATE TABLE x AS EXECUTE p(3)"):
+        run(session, sql, "DONE")
+    records = audit.statements()[1:]
+    assert [(r["command"], r["decision"], r["rule"]) for r in records] == [
+        ("EXECUTE", "log", "deletes-logged"),
+        ("EXPLAIN", "log", "deletes-logged"),
+        ("CREATE", "log", "deletes-logged"),
+    ]
+    assert records[0]["statement"] == "EXECUTE p($1)"
+
+
+def test_a_session_holding_a_prepare_the_new_policy_refuses_ends_at_its_next_message() -> None:
+    # EXECUTE would be judged again, but a protocol Bind of the name would not.
     judge = Swappable(ALLOW_ALL)
-    session = prepared_delete(judge, audit)
+    session = prepared_delete(judge)
     run(session, "EXECUTE p(1)", "DELETE 0")
     judge.swap(NO_DELETE)
-    error = refused(session, "EXECUTE p(2)")
-    assert "by policy default/unit rule no-delete" in error.message
-    record = audit.statements()[-1]
-    assert (record["statement"], record["decision"], record["rule"]) == (
-        "EXECUTE p($1)",
-        "deny",
-        "no-delete",
-    )
-    # Also under EXPLAIN ANALYZE and CREATE TABLE AS, which run it too.
-    refused(session, "EXPLAIN ANALYZE EXECUTE p(3)")
-    refused(session, "CREATE TABLE x AS EXECUTE p(3)")
+    with pytest.raises(SessionEnded) as ended:
+        session.feed_client(query("EXECUTE p(2)"))
+    assert ended.value.kind == "policy_changed"
+    assert 'prepared statement "p"' in ended.value.reason
 
 
 def test_a_denied_statement_cannot_be_prepared_to_be_run_later() -> None:
@@ -199,14 +209,32 @@ def test_a_dropped_name_is_forgotten(drop: str) -> None:
     assert "has not seen prepared" in refused(session, "EXECUTE p(1)").message
 
 
-def test_an_execute_of_a_protocol_prepared_statement_is_judged_by_it() -> None:
+def test_a_session_holding_a_prepared_statement_the_new_policy_refuses_ends() -> None:
+    # Bind and Execute of a prepared statement are not judged again: the
+    # session may not keep a statement the policy now refuses.
     judge = Swappable(ALLOW_ALL)
     session = make_session(judge=judge)
+    parse = enc(wire.Parse("s1", "DELETE FROM t WHERE id = $1"), wire.Sync())
+    assert session.feed_client(parse) == parse
+    session.feed_upstream(enc(wire.ParseComplete()) + ready())
+    judge.swap(ALLOW_ALL.replace("name: unit", "name: other"))  # refuses nothing more
+    run(session, "SELECT 1", "SELECT 1")
+    judge.swap(NO_DELETE)
+    bind = enc(wire.Bind("", "s1", (), (b"1",), ()), wire.Execute("", 0), wire.Sync())
+    with pytest.raises(SessionEnded) as ended:
+        session.feed_client(bind)
+    assert ended.value.kind == "policy_changed"
+    assert '"s1"' in ended.value.reason
+
+
+def test_an_execute_of_a_protocol_prepared_statement_is_judged_by_it() -> None:
+    audit = AuditLog()
+    session = make_session(audit, LOG_DELETE)
     parse = enc(wire.Parse("p", "DELETE FROM t WHERE id = $1"), wire.Sync())
     assert session.feed_client(parse) == parse
     session.feed_upstream(enc(wire.ParseComplete()) + ready())
-    judge.swap(NO_DELETE)
-    assert "rule no-delete" in refused(session, "EXECUTE p(1)").message
+    run(session, "EXECUTE p(1)", "DELETE 0")
+    assert audit.statements()[-1]["rule"] == "deletes-logged"
 
 
 # ----------------------------------------------------------------- approvals

@@ -81,6 +81,9 @@ class Judge:
     statements of one string (more is an :class:`AnalysisLimitError`).
     """
 
+    generation = 0
+    """Changes whenever the policies behind this judge change (a live judge's do)."""
+
     def __init__(
         self, policies: Sequence[Policy], *, maxsize: int = 4096, max_statements: int = 0
     ) -> None:

@@ -25,7 +25,7 @@ from steward_proxy.escape import escape
 from steward_proxy.policy import Decision, Policy, decide
 from steward_proxy.sql import StatementInfo, as_executed
 
-__all__ = ["as_run", "runs_prepared"]
+__all__ = ["as_run", "policy_refuses", "runs_prepared"]
 
 # Commands whose prepared_name names a statement they define or drop, not one they run.
 _NAMING = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
@@ -88,6 +88,22 @@ def as_run(
     if not changed:
         return verdict
     return Verdict(tuple(statements), decide(policies, statements))
+
+
+def policy_refuses(notes: Sequence[tuple[str, Any]], policies: Sequence[Policy]) -> str | None:
+    """The name of a prepared statement ``policies`` refuse that its verdict let through.
+
+    ``notes`` are the session's prepared statements and their notes. A
+    protocol-level Bind and Execute of a prepared statement is not judged
+    again, so a session that holds one the policy now refuses must not go on.
+    """
+    for name, note in notes:
+        if not isinstance(note, Note) or note.verdict.decision.action in ("deny", "review"):
+            continue
+        statements = note.verdict.statements
+        if statements and decide(policies, statements).action in ("deny", "review"):
+            return escape(name, 64)
+    return None
 
 
 class _Forgotten(dict[str, Any]):

@@ -106,7 +106,8 @@ class LiveJudge(Judge):
     forwards each call to the server's current :class:`Judge` for the identity,
     so a swapped policy set reaches sessions in flight at their next statement.
     Statements already parsed (prepared statements, portals) keep the verdict
-    they were given when they were parsed.
+    they were given when they were parsed, unless the new policy refuses one:
+    the session then ends (see ``Session``, "policy changes").
     """
 
     def __init__(self, server: ProxyServer, identity: Identity) -> None:
@@ -136,6 +137,10 @@ class LiveJudge(Judge):
     @property  # type: ignore[override]
     def read_only(self) -> bool:
         return self.current.read_only
+
+    @property  # type: ignore[misc]
+    def generation(self) -> int:
+        return self._server.policy_swaps
 
     def judge(self, sql: str, analysed: Analysis | None = None) -> Verdict:
         return self.current.judge(sql, analysed)
@@ -170,6 +175,8 @@ class ProxyServer:
         self._evicted_logged_at = -math.inf
         self.cancel_keys: dict[tuple[int, int], ClientProtocol] = {}
         self.judges: dict[Identity, Judge] = {}
+        self.policy_swaps = 0
+        """How many times the policy set was replaced (see :meth:`replace_policies`)."""
         self._no_access = Judge((), max_statements=settings.analysis_limits.max_statements)
         self.policy_source = "startup"
         self.policy_generation: int | None = None
@@ -413,6 +420,7 @@ class ProxyServer:
             raise
         self.policies = policies
         self.judges = {}
+        self.policy_swaps += 1
         self.policy_source = source
         self.policy_generation = generation
         self.bundle_hash = bundle_hash

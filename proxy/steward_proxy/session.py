@@ -33,7 +33,7 @@ from steward_proxy import wire
 from steward_proxy.engine import Analysis, Judge, Note, Verdict
 from steward_proxy.policy.pinned import PINNED_PARAMETERS
 from steward_proxy.policy.readonly import READ_ONLY_PARAMETER
-from steward_proxy.prepared import as_run, runs_prepared
+from steward_proxy.prepared import as_run, policy_refuses, runs_prepared
 from steward_proxy.review import ReviewBook, held_message
 from steward_proxy.sql import AnalysisLimitError, SQLSyntaxError, StatementInfo
 from steward_proxy.sqlstate import (
@@ -124,6 +124,7 @@ class Session:
             self._watched[READ_ONLY_PARAMETER] = "on"
         self.reviews = reviews
         """Approvals shared by the proxy's sessions; None: ``review`` only refuses."""
+        self._generation = -1  # of the judge's policies; checked at the first input
         # Why client input is held: "settle", "analysis" or "yield"; None: not held.
         self._stall: str | None = None
         self._analysed: tuple[str, Analysis] | None = None
@@ -226,6 +227,8 @@ class Session:
         self.resumable = True
 
     def _pump(self, now: float | None = None) -> bytes:
+        if self.judge.generation != self._generation:
+            self._policy_changed()
         tracker = self.tracker
         next_statement = tracker.next_statement
         if now is None:
@@ -238,15 +241,34 @@ class Session:
             self._govern(statement, now)  # type: ignore[arg-type]
         return tracker.take_upstream()
 
-    def _govern(self, statement: wire.Statement, now: float) -> None:
-        """Judge one statement and tell the tracker; or hold it (``_stall``)."""
-        if not self.read_only and self.judge.read_only:
+    def _policy_changed(self) -> None:
+        """The policies changed since the last client input: does what the session holds still hold?
+
+        A session signed in read-write that a policy now makes read-only ends,
+        and so does one holding a prepared statement the new policy refuses
+        (its Bind and Execute are not judged again).
+        """
+        judge = self.judge
+        self._generation = judge.generation
+        if judge.read_only and not self.read_only:
             raise SessionEnded(
                 "terminating connection: a policy now makes this subject read-only; sign in again",
                 reason="a policy made the subject read-only",
                 kind="read_only",
                 sqlstate=INSUFFICIENT_PRIVILEGE,
             )
+        refused = policy_refuses(self.tracker.statement_notes(), judge.policies)
+        if refused is not None:
+            raise SessionEnded(
+                f'terminating connection: the policy now refuses statement "{refused}" '
+                "that this session prepared; sign in again",
+                reason=f'the policy now refuses prepared statement "{refused}"',
+                kind="policy_changed",
+                sqlstate=INSUFFICIENT_PRIVILEGE,
+            )
+
+    def _govern(self, statement: wire.Statement, now: float) -> None:
+        """Judge one statement and tell the tracker; or hold it (``_stall``)."""
         if statement.kind == "F":
             verdict = self.judge.judge_function_call(statement.function_oid)
             if verdict.decision.action in ("deny", "review"):

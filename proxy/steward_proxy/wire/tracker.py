@@ -325,6 +325,10 @@ class Tracker:
         found = self._statements.get(name)
         return found[0] if found is not None else None
 
+    def statement_notes(self) -> list[tuple[str, Any]]:
+        """Every prepared statement's name and note, oldest first."""
+        return [(name, found[0]) for name, found in self._statements.items()]
+
     def remember_statement(self, name: str, note: Any) -> None:
         """Record a statement prepared outside the protocol (SQL ``PREPARE``)."""
         _remember(self._statements, name, (note, next(self._generations)))
