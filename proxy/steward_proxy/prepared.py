@@ -25,16 +25,11 @@ from steward_proxy.escape import escape
 from steward_proxy.policy import Decision, Policy, decide
 from steward_proxy.sql import StatementInfo, as_executed
 
-__all__ = ["as_run", "policy_refuses", "runs_prepared"]
+__all__ = ["as_run", "policy_refuses"]
 
 # Commands whose prepared_name names a statement they define or drop, not one they run.
 _NAMING = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
 _UNKNOWN = object()
-
-
-def runs_prepared(statements: Sequence[StatementInfo]) -> bool:
-    """Whether a statement of the string names a prepared statement (cheap first check)."""
-    return any(statement.prepared_name is not None for statement in statements)
 
 
 def as_run(

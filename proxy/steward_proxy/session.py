@@ -33,7 +33,7 @@ from steward_proxy import wire
 from steward_proxy.engine import Analysis, Judge, Note, Verdict
 from steward_proxy.policy.pinned import PINNED_PARAMETERS
 from steward_proxy.policy.readonly import READ_ONLY_PARAMETER
-from steward_proxy.prepared import as_run, policy_refuses, runs_prepared
+from steward_proxy.prepared import as_run, policy_refuses
 from steward_proxy.review import ReviewBook, held_message
 from steward_proxy.sql import AnalysisLimitError, SQLSyntaxError, StatementInfo
 from steward_proxy.sqlstate import (
@@ -307,8 +307,10 @@ class Session:
             return self._refuse_unjudged(PROGRAM_LIMIT_EXCEEDED, exc.message, now)
         if verdict is None:
             return None
-        if runs_prepared(verdict.statements):
-            verdict = as_run(verdict, self.tracker.statement_note, self.judge.policies)
+        for statement in verdict.statements:
+            if statement.prepared_name is not None:  # EXECUTE p: judged by what p holds
+                verdict = as_run(verdict, self.tracker.statement_note, self.judge.policies)
+                break
         action = verdict.decision.action
         if action == "review" and self.reviews is not None:
             return self._review(verdict, now, usable=kind == "Q")
