@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             checkout = workdir / "baseline"
             repo = Path(__file__).resolve().parents[1]
             archive = subprocess.run(
-                ["git", "-C", str(repo), "archive", args.baseline_ref, "proxy", "operator"],
+                # crds/ too: the package reads the CRDs through a link to it.
+                ["git", "-C", str(repo), "archive", args.baseline_ref, "proxy", "operator", "crds"],
                 capture_output=True,
                 check=True,
             ).stdout
