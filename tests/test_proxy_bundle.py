@@ -14,6 +14,7 @@ import copy
 import itertools
 import json
 import os
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -236,6 +237,24 @@ def test_a_changed_file_is_loaded(sidecar: Proxy, volume: ConfigMapVolume) -> No
         wait_for(lambda: running(sidecar)["generation"] == 12, "the file to be reloaded")
         assert not reads_mixed(conn)
     assert loaded_records(sidecar)[-1]["client"] == f"file {volume.path}"
+
+
+def test_sighup_loads_the_bundle_file_again(
+    start_proxy: ProxyFactory, volume: ConfigMapVolume, public_key_file: Path
+) -> None:
+    proxy = start_proxy(
+        None,
+        "--bundle",
+        str(volume.path),
+        "--bundle-public-key",
+        str(public_key_file),
+        "--bundle-poll",
+        "3600",
+    )
+    volume.write(bundle(12, closed_to_mixed()))
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: running(proxy)["generation"] == 12, "SIGHUP to load the file")
+    assert proxy.alive()
 
 
 def test_an_older_or_forged_file_is_refused(sidecar: Proxy, volume: ConfigMapVolume) -> None:

@@ -156,24 +156,26 @@ class BundleUpdater:
             if state is None:
                 log.warning("bundle file %s is gone; the running policy stays", path)
                 continue
-            source = f"file {path}"
-            try:
-                data = await asyncio.to_thread(read_bundle_file, path)
-            except BundleError as exc:
-                _log_refusal(source, exc)
-                continue
-            except OSError as exc:
-                log.warning(
-                    "bundle file %s cannot be read: %s; the running policy stays", path, exc
-                )
-                continue
-            try:
-                await self.offer(data, source)
-            except BundleError:
-                pass  # logged by offer()
-            except Exception:
-                # A failed audit write has ended every session already; keep watching.
-                log.exception("bundle from %s not loaded; the running policy stays", source)
+            await self.offer_file(path)
+
+    async def offer_file(self, path: Path) -> None:
+        """Offer the bundle file's content (on a change, or on SIGHUP); refusals are logged."""
+        source = f"file {path}"
+        try:
+            data = await asyncio.to_thread(read_bundle_file, path)
+        except BundleError as exc:
+            _log_refusal(source, exc)
+            return
+        except OSError as exc:
+            log.warning("bundle file %s cannot be read: %s; the running policy stays", path, exc)
+            return
+        try:
+            await self.offer(data, source)
+        except BundleError:
+            pass  # logged by offer()
+        except Exception:
+            # A failed audit write has ended every session already; keep watching.
+            log.exception("bundle from %s not loaded; the running policy stays", source)
 
 
 def _outcome(bundle: Bundle, loaded: bool) -> Outcome:

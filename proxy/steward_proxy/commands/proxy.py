@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -371,8 +371,10 @@ def run(args: argparse.Namespace) -> int:
             background.append(
                 asyncio.create_task(updater.watch(Path(args.bundle), args.bundle_poll))
             )
+        if updater is not None:
+            _on_sighup(server, lambda: updater.offer_file(Path(args.bundle)))
         if files is not None:
-            _reload_on_sighup(server, files)
+            _on_sighup(server, lambda: files.reload("SIGHUP"))
             if args.policy_poll > 0:
                 background.append(asyncio.create_task(files.watch()))
         try:
@@ -400,13 +402,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if closed else 1
 
 
-def _reload_on_sighup(server: Any, files: Any) -> None:
-    """SIGHUP loads the --policy files again (where the platform has signals)."""
+def _on_sighup(server: Any, reload: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """SIGHUP loads the policy again (where the platform has signals)."""
     import signal
 
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(files.reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(reload()))
 
 
 def _close_audit(audit: AuditWriterLike) -> bool:
