@@ -92,6 +92,11 @@ REFUSED: dict[str, str] = {
         "CREATE FUNCTION f() RETURNS int LANGUAGE sql "
         "SET default_transaction_read_only = off AS 'SELECT 1'"
     ),
+    "a DO block that commits": "DO $$ BEGIN PERFORM 1; COMMIT; PERFORM 2; END $$",
+    "a DO block that rolls back": "DO $$ BEGIN ROLLBACK; END $$",
+    "more after COMMIT in one string": "SELECT f(); COMMIT; SELECT g()",
+    "more after END in one string": "BEGIN; SELECT 1; END; SELECT 2",
+    "more after ROLLBACK in one string": "SELECT 1; ROLLBACK; SELECT 2",
     "ALTER ROLE ... SET it": "ALTER ROLE alice SET default_transaction_read_only = off",
 }
 
@@ -128,6 +133,7 @@ ALLOWED: dict[str, str] = {
     "a cursor": "DECLARE c CURSOR FOR SELECT * FROM t",
     "SHOW": "SHOW default_transaction_read_only",
     "COMMIT": "COMMIT",
+    "a transaction in one string, ending it last": "BEGIN; SELECT 1; SELECT 2; COMMIT",
 }
 
 

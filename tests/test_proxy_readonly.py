@@ -153,6 +153,33 @@ def test_set_transaction_read_write_inside_a_transaction_is_refused(
         assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT ro_off(); COMMIT; SELECT ro_write()",
+        "DO $$ BEGIN PERFORM ro_off(); COMMIT; PERFORM ro_write(); END $$",
+    ],
+    ids=["in one query string", "in a DO block"],
+)
+def test_a_transaction_cannot_end_before_more_statements_run(
+    read_only: Proxy, unchanged: None, sql: str
+) -> None:
+    # The next transaction would start with the default a function just
+    # turned off, before the server reports it.
+    error = refusal(read_only, sql)
+    assert error.sqlstate == "42501" and "rule readOnly" in str(error)
+
+
+@pytest.mark.parametrize("reset", ["RESET ALL", "DISCARD ALL"])
+def test_resetting_everything_keeps_read_only_on(read_only: Proxy, reset: str) -> None:
+    # What they restore is what the session signed in with: the proxy's "on".
+    with psycopg.connect(read_only.dsn(), autocommit=True) as conn:
+        conn.execute(reset)
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("SELECT ro_write()")
+
+
 def test_a_client_cannot_sign_in_with_read_only_off(read_only: Proxy) -> None:
     out = run_psql(
         read_only.dsn(),

@@ -417,8 +417,10 @@ class Session:
         decision = verdict.decision
         if message is None:
             message = decision.message
-            if decision.action == "review":
+            if decision.action == "review" and self.reviews is None:
                 message = f"{message} (approval workflow is not enabled on this proxy)"
+            elif decision.action == "review":
+                message = f"{message} (a FunctionCall message cannot be approved; call it in SQL)"
         for statement in verdict.statements:
             self._record(statement, verdict, now, rows=None, error=message, decision="deny")
         return wire.encode(wire.ErrorResponse.build(INSUFFICIENT_PRIVILEGE, message))

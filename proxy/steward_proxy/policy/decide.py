@@ -30,7 +30,13 @@ from steward_proxy.policy.model import (
     operations_of,
 )
 from steward_proxy.policy.pinned import pinned_violation
-from steward_proxy.policy.readonly import READ_ONLY_RULE, read_only_violation, writes
+from steward_proxy.policy.readonly import (
+    READ_ONLY_RULE,
+    TRANSACTION_ENDS,
+    read_only_violation,
+    sequence_violation,
+    writes,
+)
 
 _VERB = {
     "deny": "denied by",
@@ -103,11 +109,18 @@ def _read_only(
 ) -> Decision | None:
     """The refusal by ``spec.readOnly`` of a write or of undoing read-only, or None."""
     reason = read_only_violation(statement.settings) if statement.settings else None
-    if reason is None and writes(operation.command):
+    command = operation.command
+    if reason is None and writes(command):
         on = f" on {operation.table}" if operation.table else ""
-        reason = f"the subject is read-only and {operation.command}{on} is not a read"
+        reason = f"the subject is read-only and {command}{on} is not a read"
+    if reason is None and command in TRANSACTION_ENDS and command != statement.command:
+        reason = f"a read-only subject may not run {command} inside {statement.command}"
     if reason is None:
         return None
+    return _read_only_refusal(policy, reason)
+
+
+def _read_only_refusal(policy: Policy, reason: str) -> Decision:
     return Decision(
         "deny",
         policy.key,
@@ -158,6 +171,13 @@ def decide(policies: Sequence[Policy], statements: Sequence[StatementLike]) -> D
         return NO_POLICY
     if not statements:
         return EMPTY_QUERY
+    if len(statements) > 1:
+        for policy in policies:
+            if policy.read_only:
+                reason = sequence_violation([s.command for s in statements])
+                if reason is not None:
+                    return _read_only_refusal(policy, reason)
+                break
     return _combine(
         decide_operation(p, op, s) for s in statements for op in operations_of(s) for p in policies
     )

@@ -16,7 +16,10 @@ On top of that the policy refuses, with a clearer message, what Steward sees:
   to anything but on (``RESET`` and ``DEFAULT`` too: the value they restore is
   not Steward's to check), ``set_config()`` of either, ``SET SESSION
   CHARACTERISTICS AS TRANSACTION READ WRITE``, ``SET TRANSACTION READ WRITE``
-  and ``BEGIN``/``START TRANSACTION ... READ WRITE``.
+  and ``BEGIN``/``START TRANSACTION ... READ WRITE``;
+- a transaction that ends where more can follow before the server reports a
+  setting: ``COMMIT``/``ROLLBACK`` inside a ``DO`` body, and a transaction end
+  followed by more statements in one query string (:func:`sequence_violation`).
 
 What the parse tree cannot show (a function that changes the setting) the
 server reports in ParameterStatus; the session ends then.
@@ -26,7 +29,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from steward_proxy.policy.pinned import is_on
 
@@ -34,7 +37,9 @@ __all__ = [
     "READ_COMMANDS",
     "READ_ONLY_PARAMETER",
     "READ_ONLY_RULE",
+    "TRANSACTION_ENDS",
     "read_only_violation",
+    "sequence_violation",
     "writes",
 ]
 
@@ -75,10 +80,28 @@ READ_COMMANDS: frozenset[str] = frozenset(
 
 _READ_ONLY_SETTINGS = frozenset({READ_ONLY_PARAMETER, "transaction_read_only"})
 
+TRANSACTION_ENDS: frozenset[str] = frozenset(
+    {"COMMIT", "ROLLBACK", "COMMIT PREPARED", "ROLLBACK PREPARED", "PREPARE TRANSACTION"}
+)
+"""Commands that end a transaction: the next one starts with whatever default holds then."""
+
 
 def writes(command: str) -> bool:
     """Whether an operation of ``command`` counts as a write under ``spec.readOnly``."""
     return command not in READ_COMMANDS
+
+
+def sequence_violation(commands: Sequence[str]) -> str | None:
+    """Why a read-only subject may not send these statements in one string, or None.
+
+    A transaction that ends in the middle of a string starts another before
+    the server can report that a function turned read-only off: nothing may
+    follow the end.
+    """
+    for command in commands[:-1]:
+        if command in TRANSACTION_ENDS:
+            return f"a read-only subject may send nothing after {command} in the same query string"
+    return None
 
 
 def read_only_violation(settings: Iterable[tuple[str, str | None]]) -> str | None:
