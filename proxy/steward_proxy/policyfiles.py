@@ -45,25 +45,35 @@ _READ_ATTEMPTS = 3
 FilesState = tuple[tuple[str, Any], ...]
 
 
+def files_state(paths: Sequence[str]) -> FilesState:
+    """What identifies the content under ``paths`` now: each file, and each missing path."""
+    files, missing = policy_files(paths)
+    return (
+        *((str(f), file_state(f)) for f in files),
+        *((problem, None) for problem in missing),
+    )
+
+
 class PolicyFiles:
     """The ``--policy`` paths of a running proxy; see the module docstring."""
 
     def __init__(
-        self, server: Any, paths: Sequence[str], interval: float = DEFAULT_POLL_INTERVAL
+        self,
+        server: Any,
+        paths: Sequence[str],
+        interval: float = DEFAULT_POLL_INTERVAL,
+        *,
+        seen: FilesState | None = None,
     ) -> None:
+        """``seen``: the state of the files the running policy was read from (taken before)."""
         self.server = server
         self.paths = tuple(paths)
         self.interval = interval
-        self.seen: FilesState = self.state()
+        self.seen: FilesState = seen if seen is not None else self.state()
         self._lock: asyncio.Lock | None = None
 
     def state(self) -> FilesState:
-        """What identifies the content under the paths now: each file, and each missing path."""
-        files, missing = policy_files(self.paths)
-        return (
-            *((str(f), file_state(f)) for f in files),
-            *((problem, None) for problem in missing),
-        )
+        return files_state(self.paths)
 
     def read(self) -> tuple[FilesState, PolicySet]:
         """Load the files; again if they changed meanwhile. Raises :class:`PolicyError`."""

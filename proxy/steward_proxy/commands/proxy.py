@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     from steward_proxy.metrics import ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
     from steward_proxy.policy.bundle import BundleError, load_public_key, verify
-    from steward_proxy.policyfiles import PolicyFiles
+    from steward_proxy.policyfiles import PolicyFiles, files_state
     from steward_proxy.reload import BundleUpdater, read_bundle_file
     from steward_proxy.reviewdesk import STORE_NAME, ReviewStoreError, SQLiteReviewStore
     from steward_proxy.server import (
@@ -290,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         policies = bundle.policies
     else:
+        seen = files_state(args.policy)  # before reading: a change meanwhile is seen later
         try:
             policies = load_policy_set(args.policy)
         except PolicyError as exc:
@@ -340,7 +341,9 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         log.error("%s: not ready, every sign-in is refused", problem)
     updater = None
-    files = None if bundle is not None else PolicyFiles(server, args.policy, args.policy_poll)
+    files = None
+    if bundle is None:
+        files = PolicyFiles(server, args.policy, args.policy_poll, seen=seen)
     try:
         if bundle is not None:
             updater = BundleUpdater(server, key, args.bundle_target or bundle.target)

@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
             "--admin",
             default=os.environ.get("STEWARD_ADMIN_URL"),
             metavar="URL",
-            help="the proxy's admin endpoint, e.g. http://127.0.0.1:9187 "
+            help="the proxy's admin endpoint, e.g. http://127.0.0.1:9187 or 127.0.0.1:9187 "
             "(default: the STEWARD_ADMIN_URL variable)",
         )
         sub.add_argument(
@@ -151,8 +151,9 @@ def _request(
     except (OSError, UnicodeDecodeError) as exc:
         raise RequestFailed(f"cannot read the token file: {exc}", refused=False) from None
     data = json.dumps(body).encode() if body is not None else None
+    base = args.admin if "://" in args.admin else f"http://{args.admin}"  # HOST:PORT as --admin
     request = urllib.request.Request(
-        args.admin.rstrip("/") + path,
+        base.rstrip("/") + path,
         data=data,
         method=method,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
