@@ -11,6 +11,7 @@ reviews (SQLite next to the audit trail, here ``--review-store``).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -266,6 +267,20 @@ def test_the_review_endpoints_need_the_admin_token(
     bad.write_text("wrong\n")
     listed = review_cli(proxy, bad, "list")
     assert listed.returncode == 2 and "HTTP 401" in listed.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "steward_proxy", "review", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "STEWARD_ADMIN_URL": f"127.0.0.1:{proxy.admin_port}",
+            "STEWARD_ADMIN_TOKEN_FILE": str(token_file),
+        },
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [r["id"] for r in json.loads(listed.stdout)] == [review]
     assert admin(proxy, "POST", "/reviews/nope/approve", decision)[0] == 404
     assert admin(proxy, "POST", f"/reviews/{review}/approve", {"subject": "bob"})[0] == 400
     assert admin(proxy, "GET", "/reviews?state=maybe")[0] == 400
