@@ -44,6 +44,12 @@ asked, for each request that returns rows, with its note, its columns (None
 when the client never had them described) and their formats, and returns a
 :data:`RowFilter` (or None to pass the rows untouched). The filter gets each
 DataRow message whole and returns the DataRow to send instead.
+
+Errors and notices can be rewritten too (masking: PostgreSQL quotes values
+in them): a ``screen_messages`` callback gets the note of the request at the
+head of the queue (None if none) and each ErrorResponse or NoticeResponse
+whole, and returns the message to send instead (a refusal's swapped error
+excepted: it is the proxy's own).
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ __all__ = [
     "Answer",
     "Desync",
     "Finished",
+    "MessageScreen",
     "ParameterChanged",
     "Request",
     "RowFilter",
@@ -201,6 +208,8 @@ TrackerEvent = Finished | ParameterChanged | RowLayout
 
 RowFilter = Callable[[bytes], bytes]
 """A DataRow message in, the DataRow message to send in its place out."""
+MessageScreen = Callable[[Any, bytes], bytes]
+"""``(note or None, ErrorResponse or NoticeResponse) -> the message to send``."""
 RowPlanner = Callable[
     [Any, "tuple[m.FieldDescription, ...] | None", tuple[int, ...]], "RowFilter | None"
 ]
@@ -238,10 +247,12 @@ class Tracker:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         track_layouts: bool = False,
         plan_rows: RowPlanner | None = None,
+        screen_messages: MessageScreen | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.plan_rows = plan_rows
+        self.screen_messages = screen_messages
         self.track_layouts = track_layouts or plan_rows is not None
         """Emit :class:`RowLayout` events (masking needs them; they cost a decode)."""
         self.txn_status = "I"
@@ -540,9 +551,13 @@ class Tracker:
                     cut = end
                     self._skip(_ENDS, "SQLSTATE 42501 (refused)")
                 else:
+                    if self.screen_messages is not None:
+                        pieces, cut = self._screen(chunk, start, end, pieces, cut)
                     self._failed(error)
                 continue
             if kind in _ASYNC:
+                if kind == _NOTICE_RESPONSE and self.screen_messages is not None:
+                    pieces, cut = self._screen(chunk, start, end, pieces, cut)
                 if kind == _PARAMETER_STATUS:
                     status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
                     self.events.append(ParameterChanged(status.name, status.value))
@@ -577,6 +592,22 @@ class Tracker:
             return chunk
         pieces.append(chunk[cut:])
         return b"".join(pieces)
+
+    def _screen(
+        self, chunk: bytes, start: int, end: int, pieces: list[bytes] | None, cut: int
+    ) -> tuple[list[bytes] | None, int]:
+        """Ask ``screen_messages`` about one message; replace it in the output if it says so."""
+        assert self.screen_messages is not None
+        queue = self._queue
+        note = queue[0].note if queue else None
+        message = chunk[start:end]
+        replacement = self.screen_messages(note, message)
+        if replacement == message:
+            return pieces, cut
+        if pieces is None:
+            pieces = []
+        pieces += (chunk[cut:start], replacement)
+        return pieces, end
 
     def _plan(self, pending: _Pending, *, final: bool = False) -> None:
         """Find an Execute's layout and ask ``plan_rows`` for its filter.
@@ -669,7 +700,7 @@ _QUERY, _PARSE, _BIND, _EXECUTE, _SYNC, _DESCRIBE, _CLOSE = b"QPBESDC"
 _FUNCTION_CALL, _TERMINATE, _FLUSH = b"FXH"
 _PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
 _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
-_PARAMETER_STATUS, _FUNCTION_RESULT = b"SV"
+_PARAMETER_STATUS, _FUNCTION_RESULT, _NOTICE_RESPONSE = b"SVN"
 _TYPE_BYTES = tuple(bytes([i]) for i in range(256))
 _DESCRIBED = {
     b"C": "a command completion",
