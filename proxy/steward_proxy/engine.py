@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from steward_proxy.masking.lineage import analyze as trace
 from steward_proxy.policy import Decision, Policy, decide, decide_function_call
 from steward_proxy.sql import (
     AnalysisLimitError,
@@ -31,6 +33,10 @@ from steward_proxy.sql import (
     remember,
 )
 
+if TYPE_CHECKING:
+    from steward_proxy.masking.lineage import StatementLineage
+    from steward_proxy.masking.plan import Masker
+
 __all__ = ["Analysis", "Judge", "Verdict", "function_call_statement"]
 
 # What analysis delivers, done here or off the event loop: the statements, or
@@ -44,6 +50,9 @@ class Verdict:
 
     statements: tuple[StatementInfo, ...]
     decision: Decision
+    lineage: tuple[StatementLineage, ...] | None = None
+    """Per statement, what masking needs (only for a subject whose results are masked;
+    None when the text was too large to trace inline)."""
 
 
 def function_call_statement(function_oid: int) -> StatementInfo:
@@ -67,9 +76,16 @@ class Judge:
     """
 
     def __init__(
-        self, policies: Sequence[Policy], *, maxsize: int = 4096, max_statements: int = 0
+        self,
+        policies: Sequence[Policy],
+        *,
+        maxsize: int = 4096,
+        max_statements: int = 0,
+        masker: Masker | None = None,
     ) -> None:
         self.policies = tuple(policies)
+        self.masker = masker
+        """Masking for this subject (its results, refusals), when any policy masks anything."""
         self.max_statements = max_statements
         self._cache: ShapeCache[Verdict] = ShapeCache(maxsize)
 
@@ -81,6 +97,7 @@ class Judge:
         if isinstance(analysed, Exception):
             raise analysed
         if analysed is not None:
+            # Too large to trace inline: masking refuses it if it names a masked table.
             verdict = Verdict(analysed, decide(self.policies, analysed))
             remember(self._cache, sql, "", verdict, exact=True)
             return verdict
@@ -88,9 +105,27 @@ class Judge:
         verdict = cached(self._cache, sql, shape)
         if verdict is None:
             statements = analyze_uncached(sql, shape, self.max_statements)
-            verdict = Verdict(statements, decide(self.policies, statements))
+            verdict = Verdict(
+                statements, decide(self.policies, statements), self._lineage(sql, shape, statements)
+            )
             remember(self._cache, sql, shape, verdict, depends_on_literals(statements))
         return verdict
+
+    def _lineage(
+        self, sql: str, shape: str, statements: tuple[StatementInfo, ...]
+    ) -> tuple[StatementLineage, ...] | None:
+        """Lineage for masking, from the text the verdict is cached under."""
+        masker = self.masker
+        if masker is None or not masker.config.active or not statements:
+            return None
+        for text in (sql,) if depends_on_literals(statements) else (shape, sql):
+            try:
+                traced = trace(text)
+            except Exception:
+                continue
+            if len(traced) == len(statements):
+                return traced
+        return None
 
     def recall(self, sql: str) -> Verdict | None:
         """The verdict cached for exactly ``sql``, without analysing anything."""

@@ -338,6 +338,8 @@ class Masker:
         lineage: StatementLineage | None,
         fields: Sequence[Any] | None,
         formats: Sequence[int] = (),
+        *,
+        labels: set[str] | None = None,
     ) -> Plan | None:
         """How to mask each column of a result, or None when nothing needs masking.
 
@@ -348,8 +350,10 @@ class Masker:
         config = self.config
         if not config.active:
             return None
+        if labels is None:
+            labels = set()
         if fields is None:
-            return self._plan_blind(lineage)
+            return self._plan_blind(lineage, labels)
         outputs = None
         if lineage is not None and lineage.outputs is not None:
             outputs = self.expand(lineage.outputs)
@@ -358,7 +362,6 @@ class Masker:
         tainted: bool | None = None
         catalog = self._catalog
         maskers: list[ValueMasker | None] = []
-        labels: set[str] = set()
         text_like = catalog.text_like
         for i, fd in enumerate(fields):
             strategy: Strategy | None = None
@@ -408,9 +411,8 @@ class Masker:
             return None
         return Plan(maskers, labels)
 
-    def _plan_blind(self, lineage: StatementLineage | None) -> Plan | None:
+    def _plan_blind(self, lineage: StatementLineage | None, labels: set[str]) -> Plan | None:
         """Rows whose columns were never described: NULL if masked, else detection."""
-        labels: set[str] = set()
         if self.tainted(lineage):
             masked, _ = self.masked_sources(lineage.reads if lineage else frozenset())
             labels.update(f"{m}:null" for m in masked or [UNRESOLVED])
