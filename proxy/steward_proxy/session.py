@@ -291,8 +291,11 @@ class Session:
         traced = verdict.lineage
         notes = []
         for i, statement in enumerate(verdict.statements):
-            lineage = traced[i] if traced is not None else None
-            reason = masker.refusal(self._effective(lineage), statement.tables)
+            if traced is not None:
+                lineage = traced[i]
+            else:  # too large to trace inline
+                lineage = masker.untraced(statement.tables, bool(statement.writes))
+            reason = masker.refusal(self._effective(lineage) or lineage)
             if reason is not None:
                 refusal = Verdict(verdict.statements, Decision("deny", None, "masking", reason))
                 return self._refuse(refusal, self.clock())

@@ -56,6 +56,10 @@ SAMPLING_VIEWS: Final = frozenset(
     }
 )
 
+SAMPLE_COLUMNS: Final = frozenset(
+    {"most_common_vals", "histogram_bounds", "most_common_elems", "most_common_base_freqs"}
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Relation:

@@ -9,7 +9,8 @@ catalog: a source is *symbolic*, named as the statement names it, and
   (``schema`` is ``""`` when the statement leaves it to the search path);
 - ``("all", schema, relation)``: every column of it (a whole-row reference
   such as ``row_to_json(u)``, or ``*`` inside an expression);
-- ``("opaque", why)``: something the tree does not decide (fail closed).
+- ``("opaque", why)``: something the tree does not decide (fail closed), such
+  as a function that runs SQL text it is given (``query_to_xml``).
 
 Names are scoped as PostgreSQL scopes them: aliases, subqueries in FROM
 (LATERAL too), CTEs (a CTE's name hides a table of the same name), joins, and
@@ -46,6 +47,24 @@ from pglast import parser as _pg
 __all__ = ["CopyOut", "Output", "Source", "StarOf", "StatementLineage", "analyze"]
 
 Source = tuple[str, ...]
+DYNAMIC_FUNCTIONS = frozenset(
+    {
+        "query_to_xml",
+        "query_to_xml_and_xmlschema",
+        "query_to_xmlschema",
+        "cursor_to_xml",
+        "table_to_xml",
+        "table_to_xml_and_xmlschema",
+        "schema_to_xml",
+        "schema_to_xml_and_xmlschema",
+        "database_to_xml",
+        "database_to_xml_and_xmlschema",
+        "ts_stat",
+        "dblink",
+        "dblink_exec",
+    }
+)
+"""Functions that run SQL text (or read whole tables) the parse tree does not show."""
 OPAQUE_SUBQUERY: Source = ("opaque", "subquery")
 
 
@@ -728,6 +747,8 @@ class _Walker:
                     found |= _union(outputs) if outputs is not None else {OPAQUE_SUBQUERY}
                     stack.append(value.get("testexpr"))
                 elif key == "FuncCall":
+                    if _names(value["funcname"])[-1].lower() in DYNAMIC_FUNCTIONS:
+                        found.add(("opaque", "dynamic sql"))
                     for part in ("agg_filter", "agg_order", "over"):
                         if value.get(part):
                             self.filters |= self.expr(value[part], scope)

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from steward_proxy.masking import lineage as ln
-from steward_proxy.masking.catalog import Catalog, Relation
+from steward_proxy.masking.catalog import SAMPLE_COLUMNS, Catalog, Relation
 from steward_proxy.masking.detect import DATA_CLASSES, find
 from steward_proxy.masking.lineage import Output, Source, StarOf, StatementLineage
 from steward_proxy.masking.strategies import (
@@ -191,7 +192,7 @@ class Masker:
         unresolved = False
         column = source[3] if source[0] == "col" else None
         for relation in relations:
-            if relation.samples_values:
+            if relation.samples_values and (column is None or column in SAMPLE_COLUMNS):
                 unresolved = True
                 continue
             if relation.is_view:
@@ -265,23 +266,45 @@ class Masker:
 
     # -- refusals ----------------------------------------------------------------------
 
-    def refusal(self, lineage: StatementLineage | None, tables: Sequence[str] = ()) -> str | None:
-        """Why a statement must not run for this subject, or None.
+    def untraced(self, tables: Sequence[str], writes: bool) -> StatementLineage:
+        """A stand-in lineage for a statement too large to trace inline.
 
-        ``lineage`` None means the statement was too large to trace here:
-        refused when any table it names holds a masked column.
+        Everything it names counts as read, filtered by and (if it writes)
+        moved; a relation the catalog does not know counts only when a column
+        rule could name one of its columns.
         """
+        sources: set[Source] = set()
+        for table in tables:
+            schema, _, name = table.rpartition(".")
+            if schema == "public":
+                schema = ""  # the analysis qualifies bare names with public
+            if self._catalog.lookup(schema, name) or self._might_cover(schema, name):
+                sources.add(("all", schema, name))
+        everything = frozenset(sources)
+        return StatementLineage(
+            outputs=None,
+            reads=everything,
+            filters=everything,
+            moves=everything if writes else frozenset(),
+        )
+
+    def _might_cover(self, schema: str, name: str) -> bool:
+        for rule_set in self.config.rule_sets:
+            for rule in rule_set.rules:
+                for pattern in rule.columns:
+                    parts = pattern.split(".")
+                    if (
+                        len(parts) == 3
+                        and fnmatchcase(name, parts[1])
+                        and (not schema or fnmatchcase(schema, parts[0]))
+                    ):
+                        return True
+        return False
+
+    def refusal(self, lineage: StatementLineage) -> str | None:
+        """Why a statement must not run for this subject, or None."""
         config = self.config
         if not config.active or not config.column_rules:
-            return None
-        if lineage is None:
-            named = {("all", *t.split(".", 1)) if "." in t else ("all", "", t) for t in tables}
-            masked, unresolved = self.masked_sources(named)
-            if masked or unresolved:
-                return (
-                    "statement refused: it is too large for Steward to trace which masked "
-                    "columns it reads"
-                )
             return None
         masked, unresolved = self.masked_sources(lineage.moves)
         if masked or unresolved:
@@ -296,14 +319,12 @@ class Masker:
                     f"statement refused: it filters, joins, groups or orders by masked column "
                     f"{_name(masked)} (masking.predicates is deny)"
                 )
-        if lineage.copy is not None and lineage.copy.format == "binary":
-            masked, unresolved = self.masked_sources(
-                ln._union(lineage.outputs or ()) | lineage.reads
-            )
-            if masked or unresolved or lineage.outputs is None:
+        if lineage.copy is not None:
+            masked, unresolved = self.masked_sources(lineage.reads)
+            if masked or unresolved:
                 return (
-                    f"statement refused: binary COPY would include masked column {_name(masked)}; "
-                    "use text or CSV"
+                    f"statement refused: COPY would include masked column {_name(masked)}; "
+                    "select the rows instead"
                 )
         return None
 
@@ -370,7 +391,11 @@ class Masker:
             if fd.table_oid and relation is None:
                 if config.column_rules:
                     strategy, found = REDACT, [f"{UNRESOLVED}:redact"]
-            elif relation is not None and relation.samples_values:
+            elif (
+                relation is not None
+                and relation.samples_values
+                and relation.columns.get(fd.column_number, ("", 0))[0] in SAMPLE_COLUMNS
+            ):
                 strategy, found = REDACT, [f"{UNRESOLVED}:redact"]
             elif relation is not None and not relation.is_view:
                 column = relation.columns.get(fd.column_number)
@@ -395,11 +420,7 @@ class Masker:
                     masked, _ = self.masked_sources(lineage.reads if lineage else frozenset())
                     strategy = REDACT
                     found = [f"{m}:redact" for m in masked] or [f"{UNRESOLVED}:redact"]
-            binary = bool(
-                formats[i]
-                if len(formats) > 1 and i < len(formats)
-                else (formats[0] if formats else 0)
-            )
+            binary = _binary(formats, i)
             if strategy is not None:
                 labels.update(found)
                 maskers.append(self.strategies.masker(strategy, fd.type_oid, binary, text_like))
