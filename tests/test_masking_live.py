@@ -1,4 +1,3 @@
-# ruff: noqa: E501
 """Masking through the live proxy: a leak corpus against seeded fake PII.
 
 Every form tries to get a masked value out. For each, no seeded raw value,
