@@ -3,7 +3,8 @@
 Each class has a candidate pattern and a validator (Presidio's entity names):
 
 - ``EMAIL_ADDRESS``: local part, ``@``, a dotted domain with a letter TLD;
-- ``CREDIT_CARD``: 13 to 19 digits (spaces or dashes between groups) with a
+- ``CREDIT_CARD``: 13 to 19 digits (or groups of four, or Amex's 4-6-5,
+  split by spaces or dashes) with a
   card issuer's leading digits and a valid Luhn check digit;
 - ``US_SSN``: ``AAA-GG-SSSS`` (dashes, or spaces) with a valid area (not 000,
   666 or 900-999), group (not 00) and serial (not 0000), not all one digit;
@@ -46,7 +47,9 @@ _EMAIL = re.compile(
     rb"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
     rb"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![A-Za-z0-9-])"
 )
-_CARD = re.compile(rb"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+_CARD = re.compile(
+    rb"(?<![\d-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{4,5})(?![\d])"
+)
 _SSN = re.compile(rb"(?<![\d-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d-])")
 _PHONE = re.compile(
     rb"(?<![\w+])(?:"

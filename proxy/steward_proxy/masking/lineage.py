@@ -554,8 +554,11 @@ class _Walker:
         for target in targets:
             value = target["ResTarget"].get("val", {})
             if "ColumnRef" in value and _names(value["ColumnRef"]["fields"])[-1] == "*":
-                items = self._star(_names(value["ColumnRef"]["fields"]), scope)
+                fields = _names(value["ColumnRef"]["fields"])
+                items = self._star(fields, scope)
                 if items is None:
+                    # Which columns ``*`` gives is unknown here: everything it covers is read.
+                    self.reads |= self.column(fields, scope)[0]
                     return None
                 outputs += [item for item, _ in items]
                 self.reads |= _union([item for item, _ in items])
@@ -700,9 +703,7 @@ class _Walker:
                     entry = self._entry(fields[-2], scope)
                     if entry is not None:
                         return set(entry.whole()), None
-                return {("opaque", "star")} | {
-                    s for e in _all_entries(scope) for s in e.whole()
-                }, None
+                return {s for e in scope.entries for s in e.whole()}, None
             return set(_union([item for item, _ in items])), None
         if len(fields) >= 3:
             source = ("col", fields[-3], fields[-2], fields[-1])
@@ -772,10 +773,6 @@ def _returning(node: dict[str, Any]) -> list[dict[str, Any]]:
 def _unwrap(node: dict[str, Any]) -> dict[str, Any]:
     """A set operation's branch: a SelectStmt node, wrapped or not."""
     return node.get("SelectStmt", node)
-
-
-def _all_entries(scope: _Scope) -> list[_Entry]:
-    return list(scope.entries)
 
 
 def _candidates(
