@@ -40,47 +40,64 @@ def row_filter(plan: Plan) -> Callable[[bytes], bytes]:
     """The filter that masks each DataRow message (whole, type byte included) by ``plan``."""
     maskers = plan.maskers
     every = plan.every
-    masked = [(i, m) for i, m in enumerate(maskers) if m is not None]
+    width = len(maskers)
+    # For each masked column: how many columns to step over before it, its masker.
+    steps = []
+    previous = -1
+    for index, masker in enumerate(maskers):
+        if masker is not None:
+            steps.append((index - previous - 1, masker))
+            previous = index
     unpack = _LENGTH.unpack_from
+    pack = _LENGTH.pack
 
     def rewrite(message: bytes) -> bytes:
         count = (message[5] << 8) | message[6]
-        if every is not None:
-            wanted = [(i, every) for i in range(count)]
-        elif count != len(maskers):
-            wanted = [(i, _null) for i in range(count)]  # not the layout planned: NULL all
-        else:
-            wanted = masked
-        pieces = []
-        pos = 7
-        column = 0
-        cut = 7
-        for index, masker in wanted:
-            while column < index:
-                (size,) = unpack(message, pos)
-                pos += 4 + (size if size > 0 else 0)
-                column += 1
-            (size,) = unpack(message, pos)
-            column += 1
+        if every is not None or count != width:
+            # Never described, or not the layout planned (then NULL everything).
+            fill = every if every is not None else _null
+            return _rewrite_all(message, count, fill)
+        pieces: list[bytes] = []
+        pos = cut = 7
+        for skip, masker in steps:
+            while skip:
+                size = unpack(message, pos)[0]
+                pos += 4 + size if size > 0 else 4
+                skip -= 1
+            size = unpack(message, pos)[0]
             if size < 0:
                 pos += 4
                 continue
-            value = message[pos + 4 : pos + 4 + size]
+            end = pos + 4 + size
+            value = message[pos + 4 : end]
             new = masker(value)
-            if new is value:
-                pos += 4 + size
-                continue
-            pieces.append(message[cut:pos])
-            pieces.append(_NULL if new is None else _LENGTH.pack(len(new)) + new)
-            pos += 4 + size
-            cut = pos
+            if new is not value:
+                pieces += (message[cut:pos], _NULL if new is None else pack(len(new)) + new)
+                cut = end
+            pos = end
         if not pieces:
             return message
         pieces.append(message[cut:])
         body = b"".join(pieces)
-        return b"D" + _LENGTH.pack(len(body) + 6) + message[5:7] + body
+        return b"D" + pack(len(body) + 6) + message[5:7] + body
 
     return rewrite
+
+
+def _rewrite_all(message: bytes, count: int, masker: Callable[[bytes], bytes | None]) -> bytes:
+    parts = [message[5:7]]
+    pos = 7
+    for _ in range(count):
+        size = _LENGTH.unpack_from(message, pos)[0]
+        if size < 0:
+            parts.append(_NULL)
+            pos += 4
+            continue
+        new = masker(message[pos + 4 : pos + 4 + size])
+        parts.append(_NULL if new is None else _LENGTH.pack(len(new)) + new)
+        pos += 4 + size
+    body = b"".join(parts)
+    return b"D" + _LENGTH.pack(len(body) + 4) + body
 
 
 def _null(value: bytes) -> None:

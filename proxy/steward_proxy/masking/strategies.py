@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from binascii import hexlify
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -44,6 +45,7 @@ REDACTED: Final = b"****"
 TEXT_LIKE_OIDS: Final = frozenset({25, 1043, 1042, 19, 705})
 """text, varchar, bpchar, name, unknown (a literal's type)."""
 INT_WIDTHS: Final = {21: 2, 23: 4, 20: 8}
+_REMEMBERED = 65536  # pseudonyms kept per key (repeated values are common)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +78,29 @@ class Strategies:
         if not key:
             raise ValueError("the hash key must not be empty")
         self._key = key
+        # HMAC-SHA256 as its two padded hashes, copied per value (faster than hmac.new).
+        block = key if len(key) <= 64 else hashlib.sha256(key).digest()
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._pseudonyms: dict[bytes, bytes] = {}
 
     def digest(self, value: bytes) -> bytes:
-        return hmac.new(self._key, value, hashlib.sha256).digest()
+        return hmac.digest(self._key, value, "sha256")
 
     def pseudonym(self, value: bytes) -> bytes:
         """``h_`` and 16 hex digits: a stable, keyed stand-in for ``value``."""
-        return b"h_" + self.digest(value)[:8].hex().encode()
+        known = self._pseudonyms.get(value)
+        if known is None:
+            inner = self._inner.copy()
+            inner.update(value)
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            known = b"h_" + hexlify(outer.digest()[:8])
+            if len(self._pseudonyms) >= _REMEMBERED:
+                self._pseudonyms.clear()
+            self._pseudonyms[value] = known
+        return known
 
     def text(self, strategy: Strategy, value: bytes) -> bytes | None:
         """``strategy`` applied to a text value (UTF-8 bytes)."""
@@ -107,7 +125,12 @@ class Strategies:
                 return _redact
             if name == "null":
                 return _null
-            return lambda value: self.text(strategy, value)
+            if name == "hash":
+                return self.pseudonym
+            if name == "email":
+                return _email
+            keep = strategy.keep_last
+            return lambda value: _partial(value, keep)
         width = INT_WIDTHS.get(type_oid)
         if name == "hash" and width is not None:
             return self._integer(width, binary)
@@ -133,8 +156,10 @@ def _partial(value: bytes, keep_last: int) -> bytes:
 
 
 def _email(value: bytes) -> bytes:
-    local, at, domain = value.rpartition(b"@")
-    if not at or not local or not domain:
+    at = value.rfind(b"@")
+    if at <= 0 or at == len(value) - 1:
         return REDACTED
-    first = local.decode("utf-8", "replace")[0].encode()
-    return first + b"***@" + domain
+    if value[0] < 0x80:
+        return value[:1] + b"***@" + value[at + 1 :]
+    first = value[:at].decode("utf-8", "replace")[0].encode()
+    return first + b"***@" + value[at + 1 :]
