@@ -293,11 +293,17 @@ CORPUS: list[tuple[str, str, str]] = [
         "refused",
     ),
     ("copy to file", "COPY crm.customers TO '/tmp/steward-loot.csv'", "refused"),
-    ("copy out", "COPY crm.customers TO STDOUT", "refused"),
+    ("copy out", "COPY crm.customers TO STDOUT", "rows"),
+    ("copy out csv with header", "COPY crm.customers TO STDOUT WITH (FORMAT csv, HEADER)", "rows"),
     (
         "copy query csv",
-        "COPY (SELECT ssn FROM crm.customers) TO STDOUT WITH (FORMAT csv)",
-        "refused",
+        "COPY (SELECT upper(ssn), email, notes FROM crm.customers) TO STDOUT WITH (FORMAT csv)",
+        "derived",
+    ),
+    (
+        "copy columns with a delimiter",
+        "COPY crm.customers (ssn, full_name) TO STDOUT WITH (DELIMITER '|')",
+        "rows",
     ),
     ("copy binary", "COPY crm.customers TO STDOUT WITH (FORMAT binary)", "refused"),
 ]
@@ -326,7 +332,7 @@ def simple_query(
     finally:
         sock.close()
     data = b"".join(k + struct.pack("!I", len(p) + 4) + p for k, p in messages)
-    rows = sum(1 for k, _ in messages if k == b"D")
+    rows = sum(1 for k, _ in messages if k in (b"D", b"d"))
     return data, [error_fields(p) for k, p in messages if k == b"E"], rows
 
 
@@ -428,3 +434,16 @@ def test_audit_records_list_what_was_masked(masking_proxy: Proxy) -> None:
     trail = masking_proxy.audit_log.read_bytes()
     assert leaks(trail) == []
     assert leaks(masking_proxy.log().encode()) == []
+
+
+def test_copy_out_keeps_unmasked_fields_and_masks_the_rest(masking_proxy: Proxy) -> None:
+    with (
+        psycopg.connect(masking_proxy.dsn("alice")) as conn,
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY (SELECT id, ssn, email, card, city FROM crm.customers "
+            "CROSS JOIN (VALUES ('a,\"b\"')) v(city) WHERE id = 1) TO STDOUT WITH (FORMAT csv)"
+        ) as copy,
+    ):
+        data = b"".join(bytes(chunk) for chunk in copy)
+    assert data == b'1,"****","m***@example.org","****6467","a,""b"""\n'

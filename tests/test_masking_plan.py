@@ -162,7 +162,7 @@ REFUSED = [
         "UPDATE shop.orders SET email = (SELECT email FROM users LIMIT 1)",
     ),
     ("COPY to a program", "COPY users TO PROGRAM 'cat'"),
-    ("COPY out", "COPY (SELECT ssn FROM users) TO STDOUT"),
+    ("binary COPY out", "COPY (SELECT ssn FROM users) TO STDOUT WITH (FORMAT binary)"),
     ("EXPLAIN ANALYZE of a probe", "EXPLAIN ANALYZE SELECT 1 FROM users WHERE ssn = '1'"),
 ]
 
@@ -173,6 +173,7 @@ ALLOWED = [
     ("an update of a masked column with a constant", "UPDATE users SET ssn = '000' WHERE id = 1"),
     ("an insert of values", "INSERT INTO users (id, email) VALUES (1, 'a@b.c')"),
     ("a copy of unmasked columns", "COPY shop.orders TO STDOUT"),
+    ("a text COPY out of masked columns (masked as it goes)", "COPY users TO STDOUT"),
 ]
 
 
@@ -242,3 +243,22 @@ def test_prepare_traces_the_prepared_query() -> None:
     (lineage,) = analyze("PREPARE p AS SELECT upper(ssn) FROM users")
     assert lineage.outputs is not None
     assert lineage.outputs[0].sources == {("col", "", "users", "ssn")}  # type: ignore[union-attr]
+
+
+def test_copy_rows_are_masked_field_by_field() -> None:
+    from steward_proxy.masking.rows import copy_filter
+
+    (lineage,) = analyze("COPY users TO STDOUT WITH (FORMAT csv)")
+    plan = masker().plan_copy(lineage, 4)
+    assert plan is not None and lineage.copy is not None
+    rewrite = copy_filter(plan, lineage.copy)
+    row = b'1,"Ann, Lee",ann@x.org,123-45-6789\n'
+    out = rewrite(b"d" + (len(row) + 4).to_bytes(4, "big") + row)
+    assert out[5:] == b'1,"Ann, Lee","a***@x.org","****"\n'
+    (text,) = analyze("COPY users TO STDOUT")
+    assert text.copy is not None
+    rewrite = copy_filter(masker().plan_copy(text, 4), text.copy)  # type: ignore[arg-type]
+    row = b"2\tB\\t\ta\\tb@x.org\t\\N\n"
+    assert rewrite(b"d" + (len(row) + 4).to_bytes(4, "big") + row)[5:] == (
+        b"2\tB\\t\ta***@x.org\t\\N\n"
+    )

@@ -63,7 +63,15 @@ _READS_DIFFERENTLY = re.compile(rb"\\|[\x80-\xff][\x30-\x7e]")
 # Statements after which the catalog masking resolves columns with may differ.
 _CATALOG_CHANGES = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT", "REFRESH"})
 
-Record = tuple[str, dict[str, Any]]  # an audit record: type, fields
+Record = tuple[str, dict[str, Any]]
+
+
+def _withhold_copy_data(message: bytes) -> bytes:
+    """COPY rows whose format the session cannot read: an empty row in their place."""
+    return b"d\x00\x00\x00\x05\n"
+
+
+# an audit record: type, fields
 MetricEvent = tuple[str, str, float | None]  # command, decision, seconds
 
 
@@ -139,6 +147,7 @@ class Session:
             clock=clock,
             plan_rows=self._plan_rows if self._masker is not None else None,
             screen_messages=self._screen_message if self._masker is not None else None,
+            plan_copy=self._plan_copy if self._masker is not None else None,
         )
         # What the server must keep reporting: the pinned settings, and the
         # privilege it signed in with.
@@ -523,6 +532,24 @@ class Session:
         lineage = self._effective(note.lineage) if known else None
         plan = self._masker.plan(lineage, fields, formats, labels=note.masked if known else None)
         return masking_rows.row_filter(plan) if plan is not None else None
+
+    def _plan_copy(self, note: Any, response: bytes) -> wire.RowFilter | None:
+        assert self._masker is not None
+        known = isinstance(note, _Note)
+        lineage = self._effective(note.lineage) if known else None
+        columns = int.from_bytes(response[6:8], "big")
+        if lineage is None or lineage.copy is None:
+            # A COPY the session did not see as one (inside a function): nothing to read.
+            plan = self._masker.plan_copy(None, columns)
+            copy = None
+        else:
+            plan = self._masker.plan_copy(lineage, columns, labels=note.masked if known else None)
+            copy = lineage.copy
+        if plan is None:
+            return None
+        if copy is None:
+            return _withhold_copy_data
+        return masking_rows.copy_filter(plan, copy)
 
     def _screen_message(self, note: Any, message: bytes) -> bytes:
         masker = self._masker

@@ -319,12 +319,15 @@ class Masker:
                     f"statement refused: it filters, joins, groups or orders by masked column "
                     f"{_name(masked)} (masking.predicates is deny)"
                 )
-        if lineage.copy is not None:
+        copy = lineage.copy
+        if copy is not None and (
+            copy.format not in ("text", "csv") or len(copy.delimiter.encode()) != 1
+        ):
             masked, unresolved = self.masked_sources(lineage.reads)
             if masked or unresolved:
                 return (
-                    f"statement refused: COPY would include masked column {_name(masked)}; "
-                    "select the rows instead"
+                    f"statement refused: binary COPY would include masked column "
+                    f"{_name(masked)}; use text or CSV"
                 )
         return None
 
@@ -431,6 +434,53 @@ class Masker:
         if not any(m is not None for m in maskers):
             return None
         return Plan(maskers, labels)
+
+    def plan_copy(
+        self, lineage: StatementLineage | None, columns: int, *, labels: set[str] | None = None
+    ) -> Plan | None:
+        """How to mask each field of a text or CSV COPY out of ``columns`` columns."""
+        if not self.config.active:
+            return None
+        if labels is None:
+            labels = set()
+        outputs = None
+        if lineage is not None and lineage.outputs is not None:
+            outputs = self.expand(lineage.outputs)
+            if outputs is not None and len(outputs) != columns:
+                outputs = None
+        if outputs is None:
+            if self.tainted(lineage):
+                labels.add(f"{UNRESOLVED}:null")
+                return Plan([], labels, every=_null_all)
+            outputs = [Output(frozenset())] * columns
+        maskers: list[ValueMasker | None] = []
+        for output in outputs:
+            strategy, found = self.decide(output)
+            type_oid = self._type_of(output)
+            if strategy is not None:
+                labels.update(found)
+                maskers.append(
+                    self.strategies.masker(strategy, type_oid, False, self._catalog.text_like)
+                )
+            elif self.config.detect:
+                maskers.append(self._detector(type_oid, False, labels))
+            else:
+                maskers.append(None)
+        if not any(m is not None for m in maskers):
+            return None
+        return Plan(maskers, labels)
+
+    def _type_of(self, output: Output) -> int:
+        """The type of a bare output's column (0, unknown, for anything else)."""
+        if output.bare is None:
+            return 0
+        relations = self._catalog.lookup(output.bare[1], output.bare[2])
+        types = {
+            r.columns[r.attnums[output.bare[3]]][1]
+            for r in relations
+            if not r.is_view and output.bare[3] in r.attnums
+        }
+        return types.pop() if len(types) == 1 else 0
 
     def _plan_blind(self, lineage: StatementLineage | None, labels: set[str]) -> Plan | None:
         """Rows whose columns were never described: NULL if masked, else detection."""

@@ -4,6 +4,8 @@
 DataRow's column lengths, hands each value of a masked column to its masker,
 and rebuilds the message only around the values it replaced.
 
+:func:`copy_filter` does the same for the rows of a text or CSV COPY out.
+
 :func:`screen_message` handles an ErrorResponse or NoticeResponse for a
 masked subject. PostgreSQL quotes values in messages (a failing cast prints
 the value, a constraint violation the failing row, ``RAISE NOTICE`` whatever
@@ -20,9 +22,10 @@ import struct
 from collections.abc import Callable
 
 from steward_proxy.masking.detect import find
+from steward_proxy.masking.lineage import CopyOut
 from steward_proxy.masking.plan import Plan
 
-__all__ = ["WITHHELD", "row_filter", "screen_message"]
+__all__ = ["WITHHELD", "copy_filter", "row_filter", "screen_message"]
 
 _LENGTH = struct.Struct("!i")
 _NULL = b"\xff\xff\xff\xff"
@@ -131,3 +134,138 @@ def _fields(message: bytes) -> list[tuple[int, bytes]] | None:
         fields.append((message[pos], message[pos + 1 : nul]))
         pos = nul + 1
     return fields
+
+
+# -- COPY out ------------------------------------------------------------------------
+
+
+def copy_filter(plan: Plan, copy: CopyOut) -> Callable[[bytes], bytes]:
+    """The filter that masks each CopyData message (one row) of a text or CSV COPY out.
+
+    Only masked fields are decoded and written again; the others keep their
+    bytes. A row that does not split into the planned columns has every
+    field written as NULL.
+    """
+    delimiter = copy.delimiter.encode()
+    null = copy.null.encode()
+    csv = copy.format == "csv"
+    quote = copy.quote.encode()
+    escape = copy.escape.encode()
+    maskers = plan.maskers
+    header = [copy.header]
+
+    def rewrite(message: bytes) -> bytes:
+        if header[0]:
+            header[0] = False
+            return message
+        row = message[5:]
+        end = b"\r\n" if row.endswith(b"\r\n") else b"\n" if row.endswith(b"\n") else b""
+        line = row[: len(row) - len(end)]
+        fields = _csv_fields(line, delimiter, quote, escape) if csv else line.split(delimiter)
+        if plan.every is not None or len(fields) != len(maskers):
+            masked_fields = [null] * len(fields)
+        else:
+            masked_fields = []
+            for field, masker in zip(fields, maskers, strict=True):
+                if masker is None or field == null:
+                    masked_fields.append(field)
+                    continue
+                value = _csv_value(field, quote, escape) if csv else _text_value(field)
+                new = masker(value)
+                if new is None:
+                    masked_fields.append(null)
+                elif new is value:
+                    masked_fields.append(field)
+                elif csv:
+                    masked_fields.append(quote + new.replace(quote, escape + quote) + quote)
+                else:
+                    masked_fields.append(_text_field(new, delimiter))
+        body = delimiter.join(masked_fields) + end
+        return b"d" + _LENGTH.pack(len(body) + 4) + body
+
+    return rewrite
+
+
+_TEXT_ESCAPES = {
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("v"): b"\v",
+}
+
+
+def _text_value(field: bytes) -> bytes:
+    """A COPY text field's value (backslash escapes undone)."""
+    if b"\\" not in field:
+        return field
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        c = field[i]
+        if c != 0x5C or i + 1 == len(field):
+            out.append(c)
+            i += 1
+            continue
+        n = field[i + 1]
+        if n in _TEXT_ESCAPES:
+            out += _TEXT_ESCAPES[n]
+            i += 2
+        elif 0x30 <= n <= 0x37:
+            j = i + 1
+            while j < min(i + 4, len(field)) and 0x30 <= field[j] <= 0x37:
+                j += 1
+            out.append(int(field[i + 1 : j], 8) & 0xFF)
+            i = j
+        elif n == ord("x") and i + 2 < len(field):
+            j = i + 2
+            while j < min(i + 4, len(field)) and chr(field[j]) in "0123456789abcdefABCDEF":
+                j += 1
+            out.append(int(field[i + 2 : j], 16) if j > i + 2 else ord("x"))
+            i = j
+        else:
+            out.append(n)
+            i += 2
+    return bytes(out)
+
+
+def _text_field(value: bytes, delimiter: bytes) -> bytes:
+    """A value written as a COPY text field."""
+    value = value.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return value.replace(delimiter, b"\\" + delimiter)
+
+
+def _csv_fields(line: bytes, delimiter: bytes, quote: bytes, escape: bytes) -> list[bytes]:
+    """A CSV line split into raw fields (quotes kept), honouring quoted delimiters."""
+    fields = []
+    start = 0
+    i = 0
+    quoted = False
+    d, q, e = delimiter[0], quote[0], escape[0]
+    size = len(line)
+    while i < size:
+        c = line[i]
+        if quoted:
+            if c == e and e != q and i + 1 < size:
+                i += 2
+                continue
+            if c == q:
+                if e == q and i + 1 < size and line[i + 1] == q:
+                    i += 2
+                    continue
+                quoted = False
+        elif c == q:
+            quoted = True
+        elif c == d:
+            fields.append(line[start:i])
+            start = i + 1
+        i += 1
+    fields.append(line[start:])
+    return fields
+
+
+def _csv_value(field: bytes, quote: bytes, escape: bytes) -> bytes:
+    if len(field) >= 2 and field[:1] == quote and field[-1:] == quote:
+        return field[1:-1].replace(escape + quote, quote)
+    return field

@@ -49,7 +49,9 @@ Errors and notices can be rewritten too (masking: PostgreSQL quotes values
 in them): a ``screen_messages`` callback gets the note of the request at the
 head of the queue (None if none) and each ErrorResponse or NoticeResponse
 whole, and returns the message to send instead (a refusal's swapped error
-excepted: it is the proxy's own).
+excepted: it is the proxy's own). A ``plan_copy`` callback is asked, when a
+COPY out starts, with the request's note and the CopyOutResponse (whole), and
+returns a filter for each CopyData message of it (or None).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ __all__ = [
     "ANSWERS",
     "STAND_IN_SQL",
     "Answer",
+    "CopyPlanner",
     "Desync",
     "Finished",
     "MessageScreen",
@@ -208,6 +211,8 @@ TrackerEvent = Finished | ParameterChanged | RowLayout
 
 RowFilter = Callable[[bytes], bytes]
 """A DataRow message in, the DataRow message to send in its place out."""
+CopyPlanner = Callable[[Any, bytes], "RowFilter | None"]
+"""``(note, CopyOutResponse) -> a filter for its CopyData messages, or None``."""
 MessageScreen = Callable[[Any, bytes], bytes]
 """``(note or None, ErrorResponse or NoticeResponse) -> the message to send``."""
 RowPlanner = Callable[
@@ -226,6 +231,7 @@ class _Pending:
     settles: bool = False  # SYNC, QUERY_END: ends a run of executed requests
     target: tuple[str, int] | None = None  # DESCRIBE: ("S"|"P", generation)
     filter: RowFilter | None = None  # STATEMENT, EXECUTE: rewrites each row
+    copy_filter: RowFilter | None = None  # rewrites each CopyData of a COPY out
     # EXECUTE whose layout is not known yet: its portal's and statement's
     # generations, and the result formats.
     unplanned: tuple[int, int, tuple[int, ...]] | None = None
@@ -248,11 +254,13 @@ class Tracker:
         track_layouts: bool = False,
         plan_rows: RowPlanner | None = None,
         screen_messages: MessageScreen | None = None,
+        plan_copy: CopyPlanner | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.plan_rows = plan_rows
         self.screen_messages = screen_messages
+        self.plan_copy = plan_copy
         self.track_layouts = track_layouts or plan_rows is not None
         """Emit :class:`RowLayout` events (masking needs them; they cost a decode)."""
         self.txn_status = "I"
@@ -574,6 +582,14 @@ class Tracker:
                 rows = int(count) if count.isdigit() else head.rows
                 rows_or_none = None if kind == _FUNCTION_RESULT else rows
                 self.events.append(Finished(head.note, rows_or_none, None, tag, head.started))
+            elif answer is A.KEEP and self.plan_copy is not None:
+                if kind == _COPY_OUT:
+                    head.copy_filter = self.plan_copy(head.note, chunk[start:end])
+                elif kind == _COPY_DATA and head.copy_filter is not None:
+                    if pieces is None:
+                        pieces = []
+                    pieces += (chunk[cut:start], head.copy_filter(chunk[start:end]))
+                    cut = end
             elif answer is A.DONE:
                 queue.popleft()
                 if kind == _ROW_DESCRIPTION and self.track_layouts and head.target is not None:
@@ -701,6 +717,7 @@ _FUNCTION_CALL, _TERMINATE, _FLUSH = b"FXH"
 _PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
 _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
 _PARAMETER_STATUS, _FUNCTION_RESULT, _NOTICE_RESPONSE = b"SVN"
+_COPY_OUT, _COPY_DATA = b"Hd"
 _TYPE_BYTES = tuple(bytes([i]) for i in range(256))
 _DESCRIBED = {
     b"C": "a command completion",
