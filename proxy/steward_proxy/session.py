@@ -272,6 +272,18 @@ class Session:
         now = self.clock()
         if statement.kind == "F":
             verdict = self.judge.judge_function_call(statement.function_oid)
+            if self._masker is not None and self._masker.config.column_rules:
+                # Its result is one opaque value Steward could not mask.
+                verdict = Verdict(
+                    verdict.statements,
+                    Decision(
+                        "deny",
+                        None,
+                        "masking",
+                        "statement refused: a FunctionCall message's result cannot be masked; "
+                        "call the function with SELECT",
+                    ),
+                )
             if verdict.decision.action in ("deny", "review"):
                 self.tracker.refuse(statement, self._refuse(verdict, now))
             else:

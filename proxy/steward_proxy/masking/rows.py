@@ -75,7 +75,10 @@ def row_filter(plan: Plan) -> Callable[[bytes], bytes]:
             value = message[pos + 4 : end]
             new = masker(value)
             if new is not value:
-                pieces += (message[cut:pos], _NULL if new is None else pack(len(new)) + new)
+                if new is None:
+                    pieces += (message[cut:pos], _NULL)
+                else:
+                    pieces += (message[cut:pos], pack(len(new)), new)
                 cut = end
             pos = end
         if not pieces:
