@@ -24,6 +24,7 @@ from collections.abc import Callable
 from steward_proxy.masking.detect import find
 from steward_proxy.masking.lineage import CopyOut
 from steward_proxy.masking.plan import Plan
+from steward_proxy.masking.strategies import NULL_MASKER, REDACT_MASKER, REDACTED
 
 __all__ = ["WITHHELD", "copy_filter", "row_filter", "screen_message"]
 
@@ -44,25 +45,28 @@ def row_filter(plan: Plan) -> Callable[[bytes], bytes]:
     maskers = plan.maskers
     every = plan.every
     width = len(maskers)
-    # For each masked column: how many columns to step over before it, its masker.
-    steps = []
+    # For each masked column: how many columns to step over before it, and its
+    # masker, or the encoded field itself when the masker gives a constant.
+    steps: list[tuple[int, Callable[[bytes], bytes | None] | None, bytes | None]] = []
     previous = -1
     for index, masker in enumerate(maskers):
         if masker is not None:
-            steps.append((index - previous - 1, masker))
+            constant = _constant(masker)
+            steps.append((index - previous - 1, None if constant else masker, constant))
             previous = index
     unpack = _LENGTH.unpack_from
     pack = _LENGTH.pack
 
     def rewrite(message: bytes) -> bytes:
-        count = (message[5] << 8) | message[6]
-        if every is not None or count != width:
+        if every is not None or ((message[5] << 8) | message[6]) != width:
             # Never described, or not the layout planned (then NULL everything).
             fill = every if every is not None else _null
-            return _rewrite_all(message, count, fill)
-        pieces: list[bytes] = []
-        pos = cut = 7
-        for skip, masker in steps:
+            return _rewrite_all(message, (message[5] << 8) | message[6], fill)
+        parts: list[bytes] = [b"D", b""]
+        pos = 7
+        cut = 5  # the column count stays
+        grown = 0
+        for skip, masker, constant in steps:
             while skip:
                 size = unpack(message, pos)[0]
                 pos += 4 + size if size > 0 else 4
@@ -72,22 +76,38 @@ def row_filter(plan: Plan) -> Callable[[bytes], bytes]:
                 pos += 4
                 continue
             end = pos + 4 + size
-            value = message[pos + 4 : end]
-            new = masker(value)
-            if new is not value:
-                if new is None:
-                    pieces += (message[cut:pos], _NULL)
-                else:
-                    pieces += (message[cut:pos], pack(len(new)), new)
+            if constant is not None:
+                parts += (message[cut:pos], constant)
+                grown += len(constant) - 4 - size
                 cut = end
+            else:
+                value = message[pos + 4 : end]
+                new = masker(value)  # type: ignore[misc]
+                if new is None:
+                    parts += (message[cut:pos], _NULL)
+                    grown -= size
+                    cut = end
+                elif new is not value:
+                    parts += (message[cut:pos], pack(len(new)), new)
+                    grown += len(new) - size
+                    cut = end
             pos = end
-        if not pieces:
+        if cut == 5:
             return message
-        pieces.append(message[cut:])
-        body = b"".join(pieces)
-        return b"D" + pack(len(body) + 6) + message[5:7] + body
+        parts.append(message[cut:])
+        parts[1] = pack(len(message) - 1 + grown)
+        return b"".join(parts)
 
     return rewrite
+
+
+def _constant(masker: Callable[[bytes], bytes | None]) -> bytes | None:
+    """The encoded field (length and value) a masker always gives, if it is one of those."""
+    if masker is REDACT_MASKER:
+        return _LENGTH.pack(len(REDACTED)) + REDACTED
+    if masker is NULL_MASKER:
+        return _NULL
+    return None
 
 
 def _rewrite_all(message: bytes, count: int, masker: Callable[[bytes], bytes | None]) -> bytes:

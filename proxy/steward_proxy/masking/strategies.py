@@ -31,7 +31,9 @@ from typing import Final, Literal
 
 __all__ = [
     "INT_WIDTHS",
+    "NULL_MASKER",
     "REDACTED",
+    "REDACT_MASKER",
     "TEXT_LIKE_OIDS",
     "Strategies",
     "Strategy",
@@ -69,6 +71,12 @@ def _null(value: bytes) -> None:
 
 def _redact(value: bytes) -> bytes:
     return REDACTED
+
+
+NULL_MASKER: Final[ValueMasker] = _null
+"""The masker that gives NULL (row filters write it without calling it)."""
+REDACT_MASKER: Final[ValueMasker] = _redact
+"""The masker that gives ``****`` (row filters write it without calling it)."""
 
 
 class Strategies:
