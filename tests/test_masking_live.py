@@ -279,6 +279,11 @@ CORPUS: list[tuple[str, str, str]] = [
         "refused",
     ),
     ("aggregate filter", "SELECT count(*) FILTER (WHERE ssn > '5') FROM crm.customers", "refused"),
+    (
+        "case probe",
+        "SELECT CASE WHEN ssn LIKE '5%' THEN 1 ELSE 0 END FROM crm.customers",
+        "refused",
+    ),
     ("insert select", "INSERT INTO public.loot SELECT ssn FROM crm.customers", "refused"),
     ("create table as", "CREATE TABLE public.loot2 AS SELECT * FROM crm.customers", "refused"),
     ("select into", "SELECT ssn INTO public.loot3 FROM crm.customers", "refused"),

@@ -153,6 +153,8 @@ REFUSED = [
         "SELECT id FROM users u WHERE EXISTS (SELECT 1 WHERE u.ssn > '5')",
     ),
     ("an aggregate FILTER", "SELECT count(*) FILTER (WHERE ssn > '5') FROM users"),
+    ("a CASE condition", "SELECT CASE WHEN ssn > '5' THEN 1 END FROM users"),
+    ("a simple CASE on a masked column", "SELECT CASE email WHEN 'a@b.c' THEN 1 END FROM users"),
     ("a view filter when it is created", "CREATE VIEW w AS SELECT id FROM users WHERE ssn > '5'"),
     ("INSERT ... SELECT", "INSERT INTO t SELECT ssn FROM users"),
     ("CREATE TABLE AS", "CREATE TABLE t AS SELECT * FROM users"),

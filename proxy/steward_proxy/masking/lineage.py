@@ -27,7 +27,7 @@ every column as fed by everything the statement reads.
 
 Besides outputs: ``reads`` (every source named anywhere), ``filters`` (sources
 in WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, window clauses,
-LIMIT, aggregate FILTER and ORDER BY), ``moves`` (sources whose values a
+LIMIT, aggregate FILTER and ORDER BY, CASE conditions), ``moves`` (sources whose values a
 statement writes somewhere: INSERT, UPDATE SET, MERGE, CREATE TABLE AS,
 SELECT INTO, COPY to a file or program), ``targets`` (tables a statement
 writes, whose errors may quote whole rows), and what cursors, SQL
@@ -747,6 +747,11 @@ class _Walker:
                     outputs, _ = self._query(value["subselect"], _Scope([], scope, {}))
                     found |= _union(outputs) if outputs is not None else {OPAQUE_SUBQUERY}
                     stack.append(value.get("testexpr"))
+                elif key == "CaseWhen" or (key == "CaseExpr" and value.get("arg")):
+                    # A condition on a value is a predicate on it, wherever it is.
+                    condition = value.get("expr") if key == "CaseWhen" else value.get("arg")
+                    self.filters |= self.expr(condition, scope)
+                    stack.append(value)
                 elif key == "FuncCall":
                     if _names(value["funcname"])[-1].lower() in DYNAMIC_FUNCTIONS:
                         found.add(("opaque", "dynamic sql"))
