@@ -54,6 +54,8 @@ INSERT INTO crm.customers VALUES
   '+44 20 7946 0958', 'IBAN GB82 WEST 1234 5698 7654 32 for refunds', 29, 5555444433332);
 CREATE VIEW crm.contacts AS SELECT id, email, upper(full_name) AS shout FROM crm.customers;
 ANALYZE crm.customers;
+CREATE FUNCTION crm.shout(t text) RETURNS text LANGUAGE plpgsql
+  AS $$ BEGIN RAISE NOTICE 'got %', t; RETURN 'ok'; END $$;
 CREATE FUNCTION crm.all_ssns() RETURNS SETOF text LANGUAGE sql AS 'SELECT ssn FROM crm.customers';
 """
 
@@ -254,14 +256,16 @@ CORPUS: list[tuple[str, str, str]] = [
     (
         "notice",
         "DO $$ BEGIN RAISE NOTICE 'v=%', (SELECT ssn FROM crm.customers LIMIT 1); END $$",
-        "rows",
+        "refused",
     ),
     (
-        "notice of a hashed name",
-        "DO $$ BEGIN RAISE NOTICE 'v=%', (SELECT string_agg(full_name, ',') "
-        "FROM crm.customers); END $$",
-        "rows",
+        "a setting as a store",
+        "SELECT set_config('steward.t', (SELECT string_agg(full_name, ',') FROM crm.customers), "
+        "false), current_setting('steward.t')",
+        "refused",
     ),
+    ("notice quoting a value", "SELECT crm.shout(ssn) FROM crm.customers", "derived"),
+    ("notice quoting a name", "SELECT crm.shout(full_name) FROM crm.customers", "derived"),
     (
         "statistics",
         "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'",
@@ -298,6 +302,24 @@ CORPUS: list[tuple[str, str, str]] = [
         "refused",
     ),
     ("copy to file", "COPY crm.customers TO '/tmp/steward-loot.csv'", "refused"),
+    (
+        "do block moving data",
+        "DO $$ BEGIN CREATE TABLE public.loot5 AS SELECT full_name FROM crm.customers; END $$",
+        "refused",
+    ),
+    (
+        "own function",
+        "CREATE FUNCTION public.names() RETURNS SETOF text LANGUAGE sql "
+        "AS 'SELECT full_name FROM crm.customers'",
+        "refused",
+    ),
+    ("notify payload", "SELECT pg_notify('c', email) FROM crm.customers", "refused"),
+    ("rename a masked column", "ALTER TABLE crm.customers RENAME COLUMN ssn TO plain", "refused"),
+    (
+        "retype a masked column",
+        "ALTER TABLE crm.customers ALTER COLUMN ssn TYPE bytea USING ssn::bytea",
+        "refused",
+    ),
     ("copy out", "COPY crm.customers TO STDOUT", "rows"),
     ("copy out csv with header", "COPY crm.customers TO STDOUT WITH (FORMAT csv, HEADER)", "rows"),
     (
@@ -351,7 +373,7 @@ def test_leak_corpus_form(masking_proxy: Proxy, form: str, sql: str, expected: s
         assert errors and errors[0]["C"] != "42501", errors
     else:
         assert errors == [], errors
-        assert rows > 0 or form.startswith("notice")
+        assert rows > 0
 
 
 def test_at_most_a_third_of_derived_forms_refused(masking_proxy: Proxy) -> None:
@@ -452,3 +474,8 @@ def test_copy_out_keeps_unmasked_fields_and_masks_the_rest(masking_proxy: Proxy)
     ):
         data = b"".join(bytes(chunk) for chunk in copy)
     assert data == b'1,"****","m***@example.org","****6467","a,""b"""\n'
+
+
+def test_notices_quoting_masked_values_are_withheld(masking_proxy: Proxy) -> None:
+    data, errors, _ = simple_query(masking_proxy, "SELECT crm.shout(full_name) FROM crm.customers")
+    assert errors == [] and data.count(b"message withheld by Steward") == 3

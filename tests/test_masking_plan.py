@@ -166,6 +166,11 @@ REFUSED = [
     ("COPY to a program", "COPY users TO PROGRAM 'cat'"),
     ("binary COPY out", "COPY (SELECT ssn FROM users) TO STDOUT WITH (FORMAT binary)"),
     ("EXPLAIN ANALYZE of a probe", "EXPLAIN ANALYZE SELECT 1 FROM users WHERE ssn = '1'"),
+    ("a DO block", "DO $$ BEGIN PERFORM 1; END $$"),
+    ("a setting that stores a masked value", "SELECT set_config('x.y', ssn, false) FROM users"),
+    ("a function definition", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
+    ("renaming a masked column", "ALTER TABLE users RENAME COLUMN ssn TO x"),
+    ("altering a table with masked columns", "ALTER TABLE users ADD COLUMN z int"),
 ]
 
 ALLOWED = [
@@ -175,6 +180,7 @@ ALLOWED = [
     ("an update of a masked column with a constant", "UPDATE users SET ssn = '000' WHERE id = 1"),
     ("an insert of values", "INSERT INTO users (id, email) VALUES (1, 'a@b.c')"),
     ("a copy of unmasked columns", "COPY shop.orders TO STDOUT"),
+    ("altering a table without masked columns", "ALTER TABLE shop.orders ADD COLUMN z int"),
     ("a text COPY out of masked columns (masked as it goes)", "COPY users TO STDOUT"),
 ]
 

@@ -27,11 +27,15 @@ every column as fed by everything the statement reads.
 
 Besides outputs: ``reads`` (every source named anywhere), ``filters`` (sources
 in WHERE, JOIN, GROUP BY, HAVING, ORDER BY, DISTINCT ON, window clauses,
-LIMIT, aggregate FILTER and ORDER BY, CASE conditions), ``moves`` (sources whose values a
-statement writes somewhere: INSERT, UPDATE SET, MERGE, CREATE TABLE AS,
-SELECT INTO, COPY to a file or program), ``targets`` (tables a statement
-writes, whose errors may quote whole rows), and what cursors, SQL
-``PREPARE``/``EXECUTE`` and COPY need.
+LIMIT, aggregate FILTER and ORDER BY, CASE conditions), ``moves`` (sources
+whose values a statement writes somewhere: INSERT, UPDATE SET, MERGE, CREATE
+TABLE AS, SELECT INTO, COPY to a file or program, arguments of a function that
+stores them such as ``set_config``), ``alters`` (relations an
+ALTER or RENAME changes: renaming a masked column would unmask it),
+``defines_code`` (DO blocks, functions, procedures and rules: code whose reads
+the tree does not show), ``targets`` (tables a statement writes, whose errors
+may quote whole rows), and what cursors, SQL ``PREPARE``/``EXECUTE`` and COPY
+need.
 
 Pure: no I/O.
 """
@@ -65,6 +69,17 @@ DYNAMIC_FUNCTIONS = frozenset(
     }
 )
 """Functions that run SQL text (or read whole tables) the parse tree does not show."""
+STORING_FUNCTIONS = frozenset(
+    {
+        "set_config",
+        "pg_notify",
+        "lo_from_bytea",
+        "lo_put",
+        "pg_logical_emit_message",
+    }
+)
+"""Functions that keep their arguments somewhere a later statement (or another
+session) reads them back: a setting, a notification, a large object, the WAL."""
 OPAQUE_SUBQUERY: Source = ("opaque", "subquery")
 
 
@@ -113,6 +128,8 @@ class StatementLineage:
     fetches: str | None = None  # FETCH name: rows from a cursor
     executes: str | None = None  # SQL EXECUTE name
     opaque: bool = False  # runs code the tree does not show (DO, CALL)
+    defines_code: bool = False  # DO, CREATE FUNCTION/PROCEDURE, CREATE RULE
+    alters: frozenset[Source] = frozenset()  # relations an ALTER or RENAME changes
 
 
 def analyze(sql: str) -> tuple[StatementLineage, ...]:
@@ -325,7 +342,13 @@ class _Walker:
         if kind in ("DoStmt", "CallStmt"):
             if kind == "CallStmt":
                 self.expr(node.get("funccall", {}), root)
-            return self._done(None, opaque=True)
+            return self._done(None, opaque=True, defines_code=kind == "DoStmt")
+        if kind in ("CreateFunctionStmt", "RuleStmt"):
+            return self._done(defines_code=True)
+        if kind in ("AlterTableStmt", "RenameStmt") and node.get("relation"):
+            relation = node["relation"]
+            changed = ("all", relation.get("schemaname", ""), relation.get("relname", ""))
+            return self._done(alters=frozenset({changed}))
         return self._done()
 
     def _query(
@@ -753,8 +776,11 @@ class _Walker:
                     self.filters |= self.expr(condition, scope)
                     stack.append(value)
                 elif key == "FuncCall":
-                    if _names(value["funcname"])[-1].lower() in DYNAMIC_FUNCTIONS:
+                    function = _names(value["funcname"])[-1].lower()
+                    if function in DYNAMIC_FUNCTIONS:
                         found.add(("opaque", "dynamic sql"))
+                    elif function in STORING_FUNCTIONS:
+                        self.moves |= self.expr(value.get("args", []), scope)
                     for part in ("agg_filter", "agg_order", "over"):
                         if value.get(part):
                             self.filters |= self.expr(value[part], scope)

@@ -306,6 +306,17 @@ class Masker:
         config = self.config
         if not config.active or not config.column_rules:
             return None
+        if lineage.defines_code:
+            return (
+                "statement refused: DO blocks, functions, procedures and rules run code "
+                "Steward cannot trace, so a subject whose results are masked may not "
+                "define them"
+            )
+        masked, unresolved = self.masked_sources(lineage.alters)
+        if masked or unresolved:
+            return (
+                f"statement refused: it would change a relation with masked column {_name(masked)}"
+            )
         masked, unresolved = self.masked_sources(lineage.moves)
         if masked or unresolved:
             return (
