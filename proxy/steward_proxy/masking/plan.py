@@ -5,8 +5,10 @@ masking (their MaskingRules in order, ``detect``, ``predicates``, whether the
 subject is exempt). :class:`Masker` joins it with the catalog and the hash key:
 
 - :meth:`Masker.refusal`: a statement that filters by a masked column (with
-  ``predicates: deny``), or moves masked values into a write, or copies them
-  out in binary, is refused before it runs;
+  ``predicates: deny``), moves masked values into a write or a store, copies
+  them out in binary, defines code whose reads cannot be traced (DO,
+  functions, rules) or changes a table with masked columns is refused before
+  it runs;
 - :meth:`Masker.plan`: for a result's columns (the RowDescription's table OID,
   attribute number and type) and the statement's lineage, a row filter that
   masks each DataRow, or None when nothing needs masking (the fast path).
@@ -76,11 +78,6 @@ class MaskingConfig:
     def active(self) -> bool:
         """Whether anything is masked for this subject."""
         return not self.exempt and (self.column_rules or self.detect)
-
-    @property
-    def covers_subject(self) -> bool:
-        """Whether a policy names masking for this subject (exempt or not)."""
-        return bool(self.rule_sets) or self.detect
 
     def column_rule(self, qualified: str) -> MaskingColumnRule | None:
         for rule_set in self.rule_sets:
@@ -200,15 +197,11 @@ class Masker:
                 if outputs is None:
                     unresolved = True
                     continue
-                wanted = (
-                    outputs
-                    if column is None
-                    else [
-                        outputs[relation.attnums[column] - 1]
-                        for _ in (0,)
-                        if column in relation.attnums and relation.attnums[column] <= len(outputs)
-                    ]
-                )
+                if column is None:
+                    wanted = outputs
+                else:
+                    attnum = relation.attnums.get(column, 0)
+                    wanted = [outputs[attnum - 1]] if 0 < attnum <= len(outputs) else []
                 for output in wanted:
                     for inner in output.sources:
                         more, lost = self.resolve(inner, depth + 1)
