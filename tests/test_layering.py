@@ -25,6 +25,7 @@ PURE_PACKAGES = [
     "steward_proxy.engine",
     "steward_proxy.admission",
     "steward_proxy.sqlstate",
+    "steward_proxy.masking",
 ]
 FORBIDDEN = {
     "asyncio",

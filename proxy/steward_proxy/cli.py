@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from steward_proxy import __version__
 
-COMMAND_MODULES = ("proxy", "policy", "audit", "demo", "operator")
+COMMAND_MODULES = ("proxy", "policy", "audit", "classify", "demo", "operator")
 
 
 def build_parser() -> argparse.ArgumentParser:

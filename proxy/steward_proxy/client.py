@@ -224,6 +224,7 @@ class ClientProtocol(asyncio.Protocol):
             self.admitted = True
             identity = server.identity_for(startup)
             judge = server.judge_for(identity)
+            await server.masking_ready(judge)
             self.upstream = UpstreamProtocol(self)
             self.upstream_key, self._upstream_params = await sign_in_upstream(
                 self.upstream,

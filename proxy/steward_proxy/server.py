@@ -38,9 +38,12 @@ from steward_proxy import wire
 from steward_proxy.admission import Admission, Refusal
 from steward_proxy.analyzer import AnalysisPool
 from steward_proxy.audit import AuditSink
+from steward_proxy.catalog_fetch import CatalogKeeper
 from steward_proxy.client import ClientProtocol
 from steward_proxy.engine import Analysis, Judge, Verdict
 from steward_proxy.escape import escape, has_controls
+from steward_proxy.masking.plan import Masker, MaskingConfig
+from steward_proxy.masking.strategies import Strategies
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, Policy, PolicySet
 from steward_proxy.session import AnalysisLimits
@@ -91,6 +94,10 @@ class ProxySettings:
     """Seconds an analysis off the event loop may take, waiting for a worker included."""
     analysis_memory: int = 1 << 30
     """Bytes of address space an analysis worker may use."""
+    hash_key: bytes | None = field(default=None, repr=False)
+    """Key of the ``hash`` masking strategy; None: a random key per process."""
+    catalog_ttl: float = 300.0
+    """Seconds between reloads of the catalog masking resolves columns with."""
 
 
 class PolicyRefused(Exception):
@@ -183,6 +190,14 @@ class ProxyServer:
             memory_bytes=settings.analysis_memory,
             max_statements=settings.analysis_limits.max_statements,
         )
+        if settings.hash_key is None and any(
+            r.strategy == "hash" for m in policies.masking_rules for r in m.rules
+        ):
+            log.warning("no --hash-key-file: hash pseudonyms change when the proxy restarts")
+        self.strategies = Strategies(settings.hash_key or secrets.token_bytes(32))
+        self.catalog = CatalogKeeper(
+            settings.upstream, ttl=settings.catalog_ttl, timeout=settings.connect_timeout
+        )
         self.tls: ssl.SSLContext | None = None  # toward clients, when configured
         if settings.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -246,6 +261,7 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.analyzer.close()
+        await self.catalog.close()
 
     async def _reap(self) -> None:
         """Call :meth:`reap` a few times per timeout."""
@@ -360,7 +376,9 @@ class ProxyServer:
             if not policies:
                 return self._no_access
             judge = self.judges[identity] = Judge(
-                policies, max_statements=self.settings.analysis_limits.max_statements
+                policies,
+                max_statements=self.settings.analysis_limits.max_statements,
+                masker=self._masker_for(identity, policies),
             )
         return judge
 
@@ -432,6 +450,20 @@ class ProxyServer:
 
         self.loop.call_soon_threadsafe(swap)
         return done
+
+    def _masker_for(self, identity: Identity, policies: tuple[Any, ...]) -> Masker | None:
+        """Masking for ``identity``; None when no policy in the set masks anything."""
+        if not any(p.masking_rule_names or p.detect for p in self.policies.policies):
+            return None
+        config = MaskingConfig.for_identity(self.policies, policies, identity)
+        masker = Masker(config, self.strategies, self.catalog.catalog)
+        self.catalog.attach(masker)
+        return masker
+
+    async def masking_ready(self, judge: Judge) -> None:
+        """Before a session of a masked subject starts: a loaded catalog (or a logged failure)."""
+        if judge.masker is not None and judge.masker.config.active:
+            await self.catalog.ready()
 
     def identity_for(self, startup: wire.StartupMessage) -> Identity:
         if self.problems:

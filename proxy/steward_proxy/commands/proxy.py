@@ -98,7 +98,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--audit-fsync", choices=("always", "interval", "never"), default="interval")
     p.add_argument("--audit-max-bytes", type=int, default=0, metavar="N", help="rotate at N bytes")
     p.add_argument("--admin", type=host_port, metavar="HOST:PORT", help="health and metrics")
-    p.add_argument("--hash-key-file", metavar="FILE", help="key for the hash masking strategy")
+    p.add_argument(
+        "--hash-key-file",
+        metavar="FILE",
+        help="key of the hash masking strategy (HMAC-SHA256); without it a random key "
+        "per process, so pseudonyms change on restart (default: none)",
+    )
+    p.add_argument(
+        "--catalog-ttl",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="reload the catalog masking resolves columns with this often, besides after "
+        "DDL seen through the proxy; 0 disables (default: %(default)s)",
+    )
     p.add_argument("--max-connections", type=int, default=100)
     p.add_argument(
         "--max-pending-connections",
@@ -266,6 +279,17 @@ def run(args: argparse.Namespace) -> int:
             for error in exc.errors:
                 print(f"  {error}", file=sys.stderr)
             return 2
+    hash_key = None
+    if args.hash_key_file:
+        try:
+            with open(args.hash_key_file, "rb") as key_file:
+                hash_key = key_file.read().strip()
+        except OSError as exc:
+            print(f"steward proxy: cannot read --hash-key-file: {exc}", file=sys.stderr)
+            return 2
+        if not hash_key:
+            print("steward proxy: --hash-key-file is empty", file=sys.stderr)
+            return 2
     settings = ProxySettings(
         listen_host=args.listen[0],
         listen_port=args.listen[1],
@@ -287,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
         analysis_workers=args.analysis_workers,
         analysis_timeout=args.analysis_timeout,
         analysis_memory=args.analysis_memory << 20,
+        hash_key=hash_key,
+        catalog_ttl=args.catalog_ttl,
     )
     raise_open_file_limit(settings)
     try:

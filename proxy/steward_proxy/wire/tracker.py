@@ -44,6 +44,14 @@ asked, for each request that returns rows, with its note, its columns (None
 when the client never had them described) and their formats, and returns a
 :data:`RowFilter` (or None to pass the rows untouched). The filter gets each
 DataRow message whole and returns the DataRow to send instead.
+
+Errors and notices can be rewritten too (masking: PostgreSQL quotes values
+in them): a ``screen_messages`` callback gets the note of the request at the
+head of the queue (None if none) and each ErrorResponse or NoticeResponse
+whole, and returns the message to send instead (a refusal's swapped error
+excepted: it is the proxy's own). A ``plan_copy`` callback is asked, when a
+COPY out starts, with the request's note and the CopyOutResponse (whole), and
+returns a filter for each CopyData message of it (or None).
 """
 
 from __future__ import annotations
@@ -64,8 +72,10 @@ __all__ = [
     "ANSWERS",
     "STAND_IN_SQL",
     "Answer",
+    "CopyPlanner",
     "Desync",
     "Finished",
+    "MessageScreen",
     "ParameterChanged",
     "Request",
     "RowFilter",
@@ -214,6 +224,10 @@ TrackerEvent = Finished | ParameterChanged | RowLayout
 
 RowFilter = Callable[[bytes], bytes]
 """A DataRow message in, the DataRow message to send in its place out."""
+CopyPlanner = Callable[[Any, bytes], "RowFilter | None"]
+"""``(note, CopyOutResponse) -> a filter for its CopyData messages, or None``."""
+MessageScreen = Callable[[Any, bytes], bytes]
+"""``(note or None, ErrorResponse or NoticeResponse) -> the message to send``."""
 RowPlanner = Callable[
     [Any, "tuple[m.FieldDescription, ...] | None", tuple[int, ...]], "RowFilter | None"
 ]
@@ -232,6 +246,7 @@ class _Pending:
     settles: bool = False  # SYNC, QUERY_END: ends a run of executed requests
     target: tuple[str, int] | None = None  # DESCRIBE: ("S"|"P", generation)
     filter: RowFilter | None = None  # STATEMENT, EXECUTE: rewrites each row
+    copy_filter: RowFilter | None = None  # rewrites each CopyData of a COPY out
     # EXECUTE whose layout is not known yet: its portal's and statement's
     # generations, and the result formats.
     unplanned: tuple[int, int, tuple[int, ...]] | None = None
@@ -264,10 +279,14 @@ class Tracker:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         track_layouts: bool = False,
         plan_rows: RowPlanner | None = None,
+        screen_messages: MessageScreen | None = None,
+        plan_copy: CopyPlanner | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.plan_rows = plan_rows
+        self.screen_messages = screen_messages
+        self.plan_copy = plan_copy
         self.track_layouts = track_layouts or plan_rows is not None
         """Emit :class:`RowLayout` events (masking needs them; they cost a decode)."""
         self.txn_status = "I"
@@ -595,9 +614,13 @@ class Tracker:
                     cut = end
                     self._skip(_ENDS, "SQLSTATE 42501 (refused)")
                 else:
+                    if self.screen_messages is not None:
+                        pieces, cut = self._screen(chunk, start, end, pieces, cut)
                     self._failed(error)
                 continue
             if kind in _ASYNC:
+                if kind == _NOTICE_RESPONSE and self.screen_messages is not None:
+                    pieces, cut = self._screen(chunk, start, end, pieces, cut)
                 if kind == _PARAMETER_STATUS:
                     status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
                     self.events.append(ParameterChanged(status.name, status.value))
@@ -609,8 +632,19 @@ class Tracker:
                 raise Desync(_DESCRIBED.get(type_byte, f"a {type_byte!r} message"))
             if answer is A.COMPLETE:
                 queue.popleft()
-                rows_or_none = None if kind == _FUNCTION_RESULT else head.rows
-                self.events.append(Finished(head.note, rows_or_none, None, b"", head.started))
+                tag = chunk[start + 5 : end - 1] if kind == _COMMAND_COMPLETE else b""
+                count = tag.rpartition(b" ")[2]
+                rows = int(count) if count.isdigit() else head.rows
+                rows_or_none = None if kind == _FUNCTION_RESULT else rows
+                self.events.append(Finished(head.note, rows_or_none, None, tag, head.started))
+            elif answer is A.KEEP and self.plan_copy is not None:
+                if kind == _COPY_OUT:
+                    head.copy_filter = self.plan_copy(head.note, chunk[start:end])
+                elif kind == _COPY_DATA and head.copy_filter is not None:
+                    if pieces is None:
+                        pieces = []
+                    pieces += (chunk[cut:start], head.copy_filter(chunk[start:end]))
+                    cut = end
             elif answer is A.DONE:
                 queue.popleft()
                 if kind == _ROW_DESCRIPTION and self.track_layouts and head.target is not None:
@@ -629,6 +663,22 @@ class Tracker:
             return chunk
         pieces.append(chunk[cut:])
         return b"".join(pieces)
+
+    def _screen(
+        self, chunk: bytes, start: int, end: int, pieces: list[bytes] | None, cut: int
+    ) -> tuple[list[bytes] | None, int]:
+        """Ask ``screen_messages`` about one message; replace it in the output if it says so."""
+        assert self.screen_messages is not None
+        queue = self._queue
+        note = queue[0].note if queue else None
+        message = chunk[start:end]
+        replacement = self.screen_messages(note, message)
+        if replacement == message:
+            return pieces, cut
+        if pieces is None:
+            pieces = []
+        pieces += (chunk[cut:start], replacement)
+        return pieces, end
 
     def _plan(self, pending: _Pending, *, final: bool = False) -> None:
         """Find an Execute's layout and ask ``plan_rows`` for its filter.
@@ -721,7 +771,8 @@ _QUERY, _PARSE, _BIND, _EXECUTE, _SYNC, _DESCRIBE, _CLOSE = b"QPBESDC"
 _FUNCTION_CALL, _TERMINATE, _FLUSH = b"FXH"
 _PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
 _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
-_PARAMETER_STATUS, _FUNCTION_RESULT = b"SV"
+_PARAMETER_STATUS, _FUNCTION_RESULT, _NOTICE_RESPONSE = b"SVN"
+_COPY_OUT, _COPY_DATA = b"Hd"
 _TYPE_BYTES = tuple(bytes([i]) for i in range(256))
 _DESCRIBED = {
     b"C": "a command completion",
