@@ -2,13 +2,13 @@
 
 Served by the standard library's threaded HTTP server on its own thread, so a
 slow scrape never stalls the relay loop. ``/readyz`` is 200 only while the
-proxy accepts sessions, its audit trail is writable and the upstream accepts
-TCP connections.
+proxy accepts sessions, its audit trail is writable and its latest sign-in
+upstream worked (:mod:`steward_proxy.readiness`: checked at start and on an
+interval, never per scrape).
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -38,14 +38,6 @@ class AdminServer:
         self.httpd.server_close()
 
 
-def upstream_reachable(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 class _Handler(BaseHTTPRequestHandler):
     proxy: ProxyServer
     server_version = "steward-admin"
@@ -55,14 +47,14 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._reply(200, b"ok\n")
         elif path == "/readyz":
-            upstream = self.proxy.settings.upstream
             problems = []
             if not self.proxy.ready:
                 problems.append("not accepting sessions")
             if self.proxy.audit_failed:
                 problems.append("audit trail not writable")
-            if not upstream_reachable(upstream.host, upstream.port):
-                problems.append(f"upstream {upstream.host}:{upstream.port} unreachable")
+            check = self.proxy.upstream_check  # renewed by the proxy, never by a scrape
+            if not check.ready:
+                problems.append(f"upstream: {check.problem} (the log says why)")
             if problems:
                 self._reply(503, ("; ".join(problems) + "\n").encode())
             else:

@@ -12,13 +12,27 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+
+# Why a sign-in was refused, beyond the authentication reasons (auth.base.REASONS):
+# by SQLSTATE, so the label's values stay a small fixed set.
+_REFUSAL_REASONS = {
+    "28000": "no_policy",
+    "3D000": "database",
+    "53300": "too_many_connections",
+    "08001": "upstream",
+    "08004": "rejected",
+    "08P01": "protocol",
+    "0A000": "unsupported",
+    "57P01": "shutting_down",
+    "58030": "audit",
+}
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -35,10 +49,12 @@ class ProxyMetrics:
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
         self.errors: Counter[str] = Counter()
+        self.sign_in_failures: Counter[str] = Counter()  # by reason
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.registry = registry or CollectorRegistry()
         self.registry.register(_Collector(self))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
 
     def statement(self, command: str, decision: str, seconds: float | None) -> None:
         self.statements[(command, decision)] += 1
@@ -48,6 +64,13 @@ class ProxyMetrics:
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
+
+    def sign_in_failed(self, refusal: Exception) -> None:
+        """Count a refused sign-in by its reason (a bounded set of names)."""
+        reason = getattr(refusal, "reason", None)
+        if reason is None:
+            reason = _REFUSAL_REASONS.get(getattr(refusal, "sqlstate", ""), "other")
+        self.sign_in_failures[reason] += 1
 
 
 class _Collector:
@@ -92,6 +115,14 @@ class _Collector:
         relayed.add_metric(["client_to_upstream"], m.bytes_from_client)
         relayed.add_metric(["upstream_to_client"], m.bytes_from_upstream)
         yield relayed
+        failures = CounterMetricFamily(
+            "steward_sign_in_failures",
+            "Refused sign-ins by reason (authentication, policy, upstream, ...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(m.sign_in_failures.items()):
+            failures.add_metric([reason], count)
+        yield failures
         errors = CounterMetricFamily("steward_errors", "Errors by kind.", labels=["kind"])
         for kind, count in sorted(m.errors.items()):
             errors.add_metric([kind], count)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from steward_proxy import wire
+from steward_proxy.auth import setup as auth_setup
 
 log = logging.getLogger("steward.proxy")
 
@@ -118,6 +119,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tls-cert", metavar="FILE")
     p.add_argument("--tls-key", metavar="FILE")
+    p.add_argument(
+        "--readiness-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often /readyz's upstream sign-in check runs (0: never; /readyz then "
+        "does not check the upstream)",
+    )
+    auth_setup.add_arguments(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -139,6 +149,7 @@ def upstream_password(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from steward_proxy.admin import AdminServer
     from steward_proxy.audit import AuditWriteError, AuditWriter
+    from steward_proxy.auth import AuthConfigError
     from steward_proxy.metrics import ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
     from steward_proxy.server import (
@@ -159,6 +170,13 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"steward proxy: bad upstream: {exc}", file=sys.stderr)
         return 2
+    try:
+        auth = auth_setup.build_authenticator(args)
+    except AuthConfigError as exc:
+        print(f"steward proxy: {exc}; refusing to start", file=sys.stderr)
+        return 2
+    if auth.warning:
+        log.warning("%s", auth.warning)
     try:
         policies = load_policy_set(args.policy)
     except PolicyError as exc:
@@ -187,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
         analysis_workers=args.analysis_workers,
         analysis_timeout=args.analysis_timeout,
         analysis_memory=args.analysis_memory << 20,
+        authenticator=auth.authenticator,
+        key_source=auth.keys,
+        tls_client_ca=args.tls_client_ca,
+        readiness_interval=args.readiness_interval,
     )
     raise_open_file_limit(settings)
     try:

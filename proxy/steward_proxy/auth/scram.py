@@ -1,0 +1,250 @@
+"""SCRAM-SHA-256 against a users file, for service accounts outside Kubernetes.
+
+The users file has PgBouncer's ``auth_file`` format: one user per line, two
+double-quoted fields (a ``"`` inside a field is written ``""``), the user name
+and its SCRAM verifier as PostgreSQL stores it in ``pg_authid``::
+
+    "reporting" "SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>" "analysts,finance"
+
+An optional third field lists the user's groups, separated by commas.
+PgBouncer reads the first two fields of each line, so one file can serve both.
+Blank lines and lines starting with ``;`` or ``#`` are comments. Plain
+passwords and MD5 hashes are refused: the file never holds a password.
+
+:class:`ScramExchange` runs the server side of SCRAM-SHA-256 (RFC 5802, 7677)
+with ``scramp``. The subject is ``user:NAME`` for the startup packet's user
+name, as PostgreSQL does (the name inside the SCRAM message is ignored). A
+user not in the file goes through the same exchange with a made-up verifier
+and fails at the same point with the same message, so names cannot be probed.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import scramp
+
+from steward_proxy import wire
+from steward_proxy.auth.base import (
+    AuthFailed,
+    ClientFacts,
+    Step,
+    user_identity,
+    wrong_password,
+)
+from steward_proxy.escape import escape, has_controls
+
+__all__ = [
+    "DEFAULT_ITERATIONS",
+    "ScramAuthenticator",
+    "ScramExchange",
+    "UserEntry",
+    "UsersFileError",
+    "Verifier",
+    "format_line",
+    "make_verifier",
+    "parse_users",
+]
+
+MECHANISM = "SCRAM-SHA-256"
+DEFAULT_ITERATIONS = 4096
+_MECHANISM = scramp.ScramMechanism(MECHANISM)
+
+
+class UsersFileError(ValueError):
+    """A users file line that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """A SCRAM-SHA-256 verifier: what the server keeps instead of the password."""
+
+    iterations: int
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> Verifier:
+        """``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`` (base64 parts)."""
+        try:
+            mechanism, params, keys = text.split("$")
+            iterations, salt = params.split(":")
+            stored, server = keys.split(":")
+            if mechanism != MECHANISM or not iterations.isdigit():
+                raise ValueError
+            verifier = cls(
+                int(iterations),
+                base64.b64decode(salt, validate=True),
+                base64.b64decode(stored, validate=True),
+                base64.b64decode(server, validate=True),
+            )
+        except ValueError:
+            raise UsersFileError(
+                "not a SCRAM-SHA-256 verifier (plain passwords and md5 hashes are not "
+                "accepted; write one with `steward users add`)"
+            ) from None
+        if len(verifier.stored_key) != 32 or len(verifier.server_key) != 32:
+            raise UsersFileError("a SCRAM-SHA-256 verifier's keys are 32 bytes")
+        if not 4096 <= verifier.iterations <= 10_000_000 or not verifier.salt:
+            raise UsersFileError("iteration count out of range (4096 to 10000000) or no salt")
+        return verifier
+
+    def __str__(self) -> str:
+        b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+        return (
+            f"{MECHANISM}${self.iterations}:{b64(self.salt)}"
+            f"${b64(self.stored_key)}:{b64(self.server_key)}"
+        )
+
+    def auth_info(self) -> tuple[bytes, bytes, bytes, int]:
+        """What ``scramp``'s server asks its ``auth_fn`` for."""
+        return self.salt, self.stored_key, self.server_key, self.iterations
+
+
+def make_verifier(password: str, iterations: int = DEFAULT_ITERATIONS) -> Verifier:
+    """A verifier for ``password`` with a fresh random salt."""
+    salt, stored, server, count = _MECHANISM.make_auth_info(password, iteration_count=iterations)
+    return Verifier(count, salt, stored, server)
+
+
+@dataclass(frozen=True, slots=True)
+class UserEntry:
+    name: str
+    verifier: Verifier
+    groups: tuple[str, ...] = ()
+
+
+def _fields(line: str) -> list[str]:
+    """The double-quoted fields of one line (``""`` is a quote inside a field)."""
+    fields: list[str] = []
+    pos = 0
+    while True:
+        while pos < len(line) and line[pos] in " \t":
+            pos += 1
+        if pos == len(line):
+            return fields
+        if line[pos] != '"':
+            raise UsersFileError("expected a double-quoted field")
+        pos += 1
+        field = []
+        while True:
+            end = line.find('"', pos)
+            if end < 0:
+                raise UsersFileError("unterminated double quote")
+            field.append(line[pos:end])
+            if line.startswith('""', end):
+                field.append('"')
+                pos = end + 2
+                continue
+            pos = end + 1
+            break
+        fields.append("".join(field))
+
+
+def parse_users(text: str, origin: str = "users file") -> dict[str, UserEntry]:
+    """The users of a users file by name; UsersFileError naming the line otherwise."""
+    users: dict[str, UserEntry] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in ";#":
+            continue
+        try:
+            fields = _fields(stripped)
+            if len(fields) not in (2, 3):
+                raise UsersFileError('expected "NAME" "VERIFIER" and optionally "GROUPS"')
+            name, verifier_text = fields[0], fields[1]
+            if not name or has_controls(name):
+                raise UsersFileError(f'invalid user name "{escape(name)}"')
+            if name in users:
+                raise UsersFileError(f'user "{escape(name)}" appears twice')
+            groups = (
+                tuple(g.strip() for g in fields[2].split(",") if g.strip())
+                if len(fields) == 3
+                else ()
+            )
+            if any(has_controls(g) for g in groups):
+                raise UsersFileError("invalid group name")
+            users[name] = UserEntry(name, Verifier.parse(verifier_text), groups)
+        except UsersFileError as exc:
+            raise UsersFileError(f"{origin} line {number}: {exc}") from None
+    return users
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def format_line(entry: UserEntry) -> str:
+    """One users file line for ``entry`` (no newline)."""
+    fields = [entry.name, str(entry.verifier)]
+    if entry.groups:
+        fields.append(",".join(entry.groups))
+    return " ".join(_quote(f) for f in fields)
+
+
+class ScramExchange:
+    """The server side of one SCRAM-SHA-256 exchange."""
+
+    def __init__(self, client: ClientFacts, entry: UserEntry | None, mock_key: bytes) -> None:
+        self._user = client.user
+        self._entry = entry
+        if entry is not None:
+            info = entry.verifier.auth_info()
+        else:
+            # A stable made-up verifier, so a missing user looks like a wrong password.
+            salt = hmac.new(mock_key, client.user.encode("utf-8", "surrogateescape"), "sha256")
+            info = (salt.digest()[:16], secrets.token_bytes(32), secrets.token_bytes(32), 4096)
+        self._server = _MECHANISM.make_server(lambda _name: info)
+
+    def begin(self) -> Step:
+        return Step(send=(wire.AuthenticationSASL((MECHANISM,)),))
+
+    def receive(self, message: wire.Message) -> Step:
+        try:
+            if isinstance(message, wire.SASLInitialResponse):
+                if message.mechanism != MECHANISM or message.data is None:
+                    raise AuthFailed(f"expected SASL mechanism {MECHANISM}", "protocol")
+                self._server.set_client_first(message.data.decode("utf-8"))
+                first = self._server.get_server_first()
+                return Step(send=(wire.AuthenticationSASLContinue(first.encode()),))
+            if isinstance(message, wire.SASLResponse):
+                self._server.set_client_final(message.data.decode("utf-8"))
+                final = self._server.get_server_final()
+                if self._entry is None:  # the made-up verifier cannot have matched
+                    raise wrong_password(self._user)
+                identity = user_identity(self._user, self._entry.groups)
+                return Step(send=(wire.AuthenticationSASLFinal(final.encode()),), identity=identity)
+        except scramp.ScramException as exc:
+            if "keys don't match" in str(exc) or "proof" in str(exc).lower():
+                raise wrong_password(self._user) from None
+            raise AuthFailed("SCRAM authentication failed: malformed message", "protocol") from None
+        except UnicodeDecodeError:
+            raise AuthFailed("SCRAM authentication failed: malformed message", "protocol") from None
+        raise AuthFailed("expected a SASL response", "protocol")
+
+    def resume(self) -> Step:
+        raise AuthFailed("unexpected state of the SCRAM exchange", "protocol")
+
+
+class ScramAuthenticator:
+    """The SCRAM method of a listener: the users it knows."""
+
+    method = "scram-sha-256"
+    requires_tls = False
+
+    def __init__(self, users: dict[str, UserEntry], origin: str = "users file") -> None:
+        self.users = users
+        self.origin = origin
+        self._mock_key = secrets.token_bytes(32)
+
+    def exchange(self, client: ClientFacts) -> ScramExchange:
+        return ScramExchange(client, self.users.get(client.user), self._mock_key)
+
+    def describe(self) -> str:
+        return f"scram-sha-256 ({len(self.users)} user(s) in {self.origin})"
