@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from steward_proxy import __version__
 
-COMMAND_MODULES = ("proxy", "policy", "audit", "demo")
+COMMAND_MODULES = ("proxy", "policy", "audit", "users", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ __all__ = [
     "format_line",
     "make_verifier",
     "parse_users",
+    "upsert_line",
 ]
 
 MECHANISM = "SCRAM-SHA-256"
@@ -186,6 +187,26 @@ def format_line(entry: UserEntry) -> str:
     if entry.groups:
         fields.append(",".join(entry.groups))
     return " ".join(_quote(f) for f in fields)
+
+
+def upsert_line(text: str, entry: UserEntry) -> str:
+    """``text`` (a users file) with ``entry``'s line replaced or added; other lines kept."""
+    lines = text.splitlines()
+    line = format_line(entry)
+    for index, existing in enumerate(lines):
+        stripped = existing.strip()
+        if not stripped or stripped[0] in ";#":
+            continue
+        try:
+            fields = _fields(stripped)
+        except UsersFileError:
+            continue
+        if fields and fields[0] == entry.name:
+            lines[index] = line
+            break
+    else:
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 class ScramExchange:
