@@ -3,13 +3,16 @@ certificate names, and which method a listener's flags choose."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 
 import pytest
 import scramp
 
 from steward_proxy import wire
-from steward_proxy.auth.base import AuthFailed, ClientFacts
+from steward_proxy.auth.base import AuthFailed, ClientFacts, Exchange, Step
 from steward_proxy.auth.methods import AuthConfigError, AuthFlags, choose_method, is_loopback
 from steward_proxy.auth.mtls import certificate_identity, spiffe_subject
 from steward_proxy.auth.oidc import (
@@ -257,6 +260,13 @@ def test_verifier_round_trips_in_postgresql_format() -> None:
     assert Verifier.parse(text) == verifier
 
 
+def test_verifier_is_what_scramp_computes() -> None:
+    salt, stored, server, count = scramp.ScramMechanism().make_auth_info(
+        "pässword", iteration_count=5000, salt=b"0123456789abcdef"
+    )
+    assert make_verifier("pässword", 5000, salt=salt) == Verifier(count, salt, stored, server)
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -329,18 +339,75 @@ def test_scram_wrong_password_and_unknown_user_look_the_same(user: str) -> None:
     assert failure.value.message == f'password authentication failed for user "{user}"'
 
 
-def test_scram_refuses_other_mechanisms_and_garbage() -> None:
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [wire.SASLInitialResponse("SCRAM-SHA-1", b"n,,n=,r=abc")],
+        [wire.SASLInitialResponse("SCRAM-SHA-256", b"\xff garbage")],
+        [wire.SASLInitialResponse("SCRAM-SHA-256", None)],
+        [wire.SASLInitialResponse("SCRAM-SHA-256", b"p=tls-server-end-point,,n=,r=abc")],
+        [wire.SASLInitialResponse("SCRAM-SHA-256", b"n,,r=abc")],
+        [wire.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=")],
+        [wire.SASLResponse(b"c=biws,r=abc,p=AAAA")],
+        [
+            wire.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=abc"),
+            wire.SASLResponse(b"c=biws,r=abc-not-the-nonce,p=AAAA"),
+        ],
+        [
+            wire.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=abc"),
+            wire.SASLResponse(b"c=biws,r=abc"),
+        ],
+    ],
+    ids=[
+        "another mechanism",
+        "not UTF-8",
+        "no initial data",
+        "channel binding asked for",
+        "no user attribute",
+        "empty nonce",
+        "final before first",
+        "nonce not the server's",
+        "no proof",
+    ],
+)
+def test_scram_refuses_malformed_exchanges(messages: list[wire.Message]) -> None:
     authenticator = ScramAuthenticator({"svc": UserEntry("svc", make_verifier("right"))})
     exchange = authenticator.exchange(ClientFacts("svc"))
     exchange.begin()
     with pytest.raises(AuthFailed) as failure:
-        exchange.receive(wire.SASLInitialResponse("SCRAM-SHA-1", b"n,,n=,r=abc"))
+        for message in messages:
+            exchange.receive(message)
     assert failure.value.reason == "protocol"
-    exchange = authenticator.exchange(ClientFacts("svc"))
+
+
+def libpq_like_sign_in(exchange: Exchange, password: str, gs2: str) -> Step:
+    """A SCRAM client written from RFC 5802 as libpq speaks it: ``n=`` and a gs2 flag."""
     exchange.begin()
+    bare = "n=,r=clientnonce123"
+    step = exchange.receive(wire.SASLInitialResponse("SCRAM-SHA-256", f"{gs2}{bare}".encode()))
+    server_first = step.send[0].data.decode()  # type: ignore[attr-defined]
+    fields = dict(part.split("=", 1) for part in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(fields["s"]), int(fields["i"])
+    )
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    without_proof = f"c={base64.b64encode(gs2.encode()).decode()},r={fields['r']}"
+    auth_message = f"{bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    final = f"{without_proof},p={base64.b64encode(proof).decode()}"
+    return exchange.receive(wire.SASLResponse(final.encode()))
+
+
+@pytest.mark.parametrize("gs2", ["n,,", "y,,"], ids=["no channel binding", "client could bind"])
+def test_scram_with_libpq_s_empty_user_name(gs2: str) -> None:
+    """libpq sends ``n=`` (the name is the startup packet's), and ``y`` over TLS."""
+    authenticator = ScramAuthenticator({"svc": UserEntry("svc", make_verifier("right"))})
+    step = libpq_like_sign_in(authenticator.exchange(ClientFacts("svc")), "right", gs2)
+    assert step.identity == Identity("user:svc")
     with pytest.raises(AuthFailed) as failure:
-        exchange.receive(wire.SASLInitialResponse("SCRAM-SHA-256", b"\xff garbage"))
-    assert failure.value.reason == "protocol"
+        libpq_like_sign_in(authenticator.exchange(ClientFacts("svc")), "wrong", gs2)
+    assert failure.value.sqlstate == INVALID_PASSWORD
 
 
 # -- mTLS ----------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Blank lines and lines starting with ``;`` or ``#`` are comments. Plain
 passwords and MD5 hashes are refused: the file never holds a password.
 
 :class:`ScramExchange` runs the server side of SCRAM-SHA-256 (RFC 5802, 7677)
-with ``scramp``. The subject is ``user:NAME`` for the startup packet's user
+without channel binding (clients that support it say ``y``, which is
+accepted). The subject is ``user:NAME`` for the startup packet's user
 name, as PostgreSQL does (the name inside the SCRAM message is ignored). A
 user not in the file goes through the same exchange with a made-up verifier
 and fails at the same point with the same message, so names cannot be probed.
@@ -23,11 +24,10 @@ Pure: no I/O.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-
-import scramp
 
 from steward_proxy import wire
 from steward_proxy.auth.base import (
@@ -54,7 +54,6 @@ __all__ = [
 
 MECHANISM = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096
-_MECHANISM = scramp.ScramMechanism(MECHANISM)
 
 
 class UsersFileError(ValueError):
@@ -108,10 +107,16 @@ class Verifier:
         return self.salt, self.stored_key, self.server_key, self.iterations
 
 
-def make_verifier(password: str, iterations: int = DEFAULT_ITERATIONS) -> Verifier:
-    """A verifier for ``password`` with a fresh random salt."""
-    salt, stored, server, count = _MECHANISM.make_auth_info(password, iteration_count=iterations)
-    return Verifier(count, salt, stored, server)
+def make_verifier(
+    password: str | bytes, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None
+) -> Verifier:
+    """A verifier for ``password`` (already SASLprep'd, as clients do) with a fresh salt."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    raw = password.encode("utf-8") if isinstance(password, str) else password
+    salted = hashlib.pbkdf2_hmac("sha256", raw, salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    return Verifier(iterations, salt, hashlib.sha256(client_key).digest(), server_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,45 +214,116 @@ def upsert_line(text: str, entry: UserEntry) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _attributes(text: str) -> list[tuple[str, str]]:
+    """``a=value,b=value`` as pairs; AuthFailed when malformed."""
+    pairs = []
+    for part in text.split(","):
+        if len(part) < 2 or part[1] != "=" or not part[0].isalpha():
+            raise _malformed()
+        pairs.append((part[0], part[2:]))
+    return pairs
+
+
+def _malformed() -> AuthFailed:
+    return AuthFailed("SCRAM authentication failed: malformed message", "protocol")
+
+
 class ScramExchange:
-    """The server side of one SCRAM-SHA-256 exchange."""
+    """The server side of one SCRAM-SHA-256 exchange (RFC 5802 and 7677).
+
+    Written out rather than taken from ``scramp``, whose server refuses the
+    empty user name (``n=``) that libpq, asyncpg and pg8000 send because
+    PostgreSQL takes the name from the startup packet. The primitives are
+    ``hmac`` and ``hashlib``; the client side of the tests is ``scramp``'s.
+    """
 
     def __init__(self, client: ClientFacts, entry: UserEntry | None, mock_key: bytes) -> None:
         self._user = client.user
         self._entry = entry
         if entry is not None:
-            info = entry.verifier.auth_info()
+            self._verifier = entry.verifier
         else:
-            # A stable made-up verifier, so a missing user looks like a wrong password.
-            salt = hmac.new(mock_key, client.user.encode("utf-8", "surrogateescape"), "sha256")
-            info = (salt.digest()[:16], secrets.token_bytes(32), secrets.token_bytes(32), 4096)
-        self._server = _MECHANISM.make_server(lambda _name: info)
+            # A stable made-up salt and keys no password matches, so a user
+            # missing from the file looks exactly like a wrong password.
+            seed = hmac.new(mock_key, client.user.encode("utf-8", "surrogateescape"), "sha256")
+            self._verifier = Verifier(
+                DEFAULT_ITERATIONS, seed.digest()[:16], secrets.token_bytes(32), b"\0" * 32
+            )
+        self._gs2_header = ""
+        self._client_first_bare = ""
+        self._server_first = ""
+        self._nonce = ""
+        self._done = False
 
     def begin(self) -> Step:
         return Step(send=(wire.AuthenticationSASL((MECHANISM,)),))
 
     def receive(self, message: wire.Message) -> Step:
         try:
-            if isinstance(message, wire.SASLInitialResponse):
-                if message.mechanism != MECHANISM or message.data is None:
-                    raise AuthFailed(f"expected SASL mechanism {MECHANISM}", "protocol")
-                self._server.set_client_first(message.data.decode("utf-8"))
-                first = self._server.get_server_first()
-                return Step(send=(wire.AuthenticationSASLContinue(first.encode()),))
-            if isinstance(message, wire.SASLResponse):
-                self._server.set_client_final(message.data.decode("utf-8"))
-                final = self._server.get_server_final()
-                if self._entry is None:  # the made-up verifier cannot have matched
-                    raise wrong_password(self._user)
-                identity = user_identity(self._user, self._entry.groups)
-                return Step(send=(wire.AuthenticationSASLFinal(final.encode()),), identity=identity)
-        except scramp.ScramException as exc:
-            if "keys don't match" in str(exc) or "proof" in str(exc).lower():
-                raise wrong_password(self._user) from None
-            raise AuthFailed("SCRAM authentication failed: malformed message", "protocol") from None
+            if isinstance(message, wire.SASLInitialResponse) and not self._nonce:
+                return self._client_first(message)
+            if isinstance(message, wire.SASLResponse) and self._nonce and not self._done:
+                return self._client_final(message.data.decode("utf-8"))
         except UnicodeDecodeError:
-            raise AuthFailed("SCRAM authentication failed: malformed message", "protocol") from None
-        raise AuthFailed("expected a SASL response", "protocol")
+            raise _malformed() from None
+        raise AuthFailed("unexpected message in the SCRAM exchange", "protocol")
+
+    def _client_first(self, message: wire.SASLInitialResponse) -> Step:
+        if message.mechanism != MECHANISM:
+            raise AuthFailed(
+                f"SCRAM authentication failed: expected SASL mechanism {MECHANISM}", "protocol"
+            )
+        if message.data is None:
+            raise _malformed()
+        text = message.data.decode("utf-8")
+        # gs2-header: "n,," (no channel binding) or "y,," (client could, thinks we cannot).
+        if not text.startswith(("n,,", "y,,")):
+            if text.startswith("p="):
+                raise AuthFailed(
+                    "SCRAM authentication failed: channel binding is not offered", "protocol"
+                )
+            raise _malformed()
+        self._gs2_header, self._client_first_bare = text[:3], text[3:]
+        attributes = _attributes(self._client_first_bare)
+        if len(attributes) < 2 or attributes[0][0] != "n" or attributes[1][0] != "r":
+            raise _malformed()
+        client_nonce = attributes[1][1]
+        if not client_nonce or not all(0x21 <= ord(c) <= 0x7E for c in client_nonce):
+            raise _malformed()
+        self._nonce = client_nonce + base64.b64encode(secrets.token_bytes(18)).decode()
+        v = self._verifier
+        self._server_first = (
+            f"r={self._nonce},s={base64.b64encode(v.salt).decode()},i={v.iterations}"
+        )
+        return Step(send=(wire.AuthenticationSASLContinue(self._server_first.encode()),))
+
+    def _client_final(self, text: str) -> Step:
+        self._done = True
+        without_proof, sep, proof_text = text.rpartition(",p=")
+        if not sep:
+            raise _malformed()
+        attributes = dict(_attributes(without_proof))
+        binding = base64.b64encode(self._gs2_header.encode()).decode()
+        if attributes.get("c") != binding or attributes.get("r") != self._nonce:
+            raise _malformed()
+        try:
+            proof = base64.b64decode(proof_text, validate=True)
+        except ValueError:
+            raise _malformed() from None
+        v = self._verifier
+        auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode()
+        signature = hmac.digest(v.stored_key, auth_message, "sha256")
+        if len(proof) != len(signature):
+            raise wrong_password(self._user)
+        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+        if self._entry is None or not hmac.compare_digest(
+            hashlib.sha256(client_key).digest(), v.stored_key
+        ):
+            raise wrong_password(self._user)
+        server_signature = hmac.digest(v.server_key, auth_message, "sha256")
+        final = b"v=" + base64.b64encode(server_signature)
+        identity = user_identity(self._user, self._entry.groups)
+        return Step(send=(wire.AuthenticationSASLFinal(final),), identity=identity)
 
     def resume(self) -> Step:
         raise AuthFailed("unexpected state of the SCRAM exchange", "protocol")

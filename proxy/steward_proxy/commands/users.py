@@ -80,6 +80,16 @@ def _password(args: argparse.Namespace) -> str | None:
     return first
 
 
+def _saslprep(password: str) -> str:
+    """The password as clients send it (RFC 4013), or as it is where that fails (PostgreSQL)."""
+    from scramp.utils import saslprep
+
+    try:
+        return saslprep(password)
+    except Exception:
+        return password
+
+
 def run_add(args: argparse.Namespace) -> int:
     name = args.name
     if not name or has_controls(name) or any(not g or "," in g for g in args.group):
@@ -101,7 +111,7 @@ def run_add(args: argparse.Namespace) -> int:
     if not password:
         print("steward users: an empty password is not allowed", file=sys.stderr)
         return 2
-    entry = UserEntry(name, make_verifier(password, args.iterations), tuple(args.group))
+    entry = UserEntry(name, make_verifier(_saslprep(password), args.iterations), tuple(args.group))
     content = upsert_line(text, entry)
     directory = path.resolve().parent
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
