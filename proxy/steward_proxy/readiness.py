@@ -2,7 +2,8 @@
 
 :class:`UpstreamCheck` signs in upstream with the proxy's own credentials
 (exactly as for a client: TLS as the URL asks, the pinned settings checked)
-once when the proxy starts and then every ``readiness_interval`` seconds, and
+when the proxy starts (before it listens, waiting a few seconds at most) and
+then every ``readiness_interval`` seconds, and
 remembers the outcome. Sign-ins of real clients count too, so a recovered or
 broken upstream shows at once. ``/readyz`` only reads the outcome: a scrape
 never opens a connection. A change is logged once; the reason (a wrong
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from steward_proxy.server import ProxyServer
 
 log = logging.getLogger("steward.proxy")
+
+START_WAIT = 3.0
+"""Seconds the proxy waits for the first check before it listens (an upstream that
+hangs must not hold the start up for the whole connect timeout)."""
 
 
 class _Listener:
@@ -97,17 +102,24 @@ class UpstreamCheck:
         self.ok = ok
         self.problem = "" if ok else problem
 
-    def start(self) -> None:
-        if self.enabled and self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+    async def start(self, wait: float = START_WAIT) -> None:
+        """Start checking; wait up to ``wait`` seconds for the first outcome."""
+        if not self.enabled or self._task is not None:
+            return
+        first = asyncio.get_running_loop().create_future()
+        self._task = asyncio.ensure_future(self._run(first))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(first), wait)
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
 
-    async def _run(self) -> None:
+    async def _run(self, first: asyncio.Future[None]) -> None:
         interval = self.server.settings.readiness_interval
+        await self.check()
+        first.set_result(None)
         while True:
             await asyncio.sleep(interval)
             await self.check()

@@ -154,8 +154,7 @@ class ProxyServer:
         # Checked before listening, so /readyz and the log tell the truth from the start.
         if self.settings.key_source is not None:
             await self.settings.key_source.refresh(force=True)
-        if self.upstream_check.enabled:
-            await self.upstream_check.check()
+        await self.upstream_check.start()
         self._server = await loop.create_server(
             lambda: ClientProtocol(self),
             self.settings.listen_host,
@@ -171,7 +170,6 @@ class ProxyServer:
             sockname[1],
             self.settings.upstream.redacted(),
         )
-        self.upstream_check.start()
 
     @property
     def ready(self) -> bool:

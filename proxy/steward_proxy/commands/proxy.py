@@ -16,6 +16,9 @@ from steward_proxy.auth import setup as auth_setup
 
 log = logging.getLogger("steward.proxy")
 
+DEFAULT_AUDIT_MAX_BYTES = 100 << 20
+"""Audit files rotate at 100 MiB unless told otherwise."""
+
 
 class AuditWriterLike(Protocol):
     def sync(self) -> None: ...
@@ -42,34 +45,73 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the governed PostgreSQL proxy",
         description="Accept PostgreSQL clients, govern every statement, relay to the upstream.",
     )
-    p.add_argument("--listen", type=host_port, default=("127.0.0.1", 6432), metavar="HOST:PORT")
+    p.add_argument(
+        "--listen",
+        type=host_port,
+        default="127.0.0.1:6432",
+        metavar="HOST:PORT",
+        help="where clients connect",
+    )
     p.add_argument(
         "--upstream",
         required=True,
         metavar="URL",
         help="postgresql://USER[:PASS]@HOST:PORT/DB[?sslmode=...]",
     )
-    p.add_argument("--upstream-password-file", metavar="FILE")
+    p.add_argument(
+        "--upstream-password-file",
+        metavar="FILE",
+        help="the upstream password (else the URL's, or STEWARD_UPSTREAM_PASSWORD)",
+    )
     p.add_argument(
         "--policy", action="append", required=True, metavar="PATH", help="file or directory"
     )
     p.add_argument("--identity", metavar="SUBJECT", help="fixed subject (sidecar mode)")
-    p.add_argument("--identity-group", action="append", default=[], metavar="NAME")
-    p.add_argument("--audit-log", default="steward-audit.log", metavar="FILE")
-    p.add_argument("--audit-fsync", choices=("always", "interval", "never"), default="interval")
-    p.add_argument("--audit-max-bytes", type=int, default=0, metavar="N", help="rotate at N bytes")
+    p.add_argument(
+        "--identity-group",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a group of the fixed subject (repeat for several)",
+    )
+    p.add_argument("--audit-log", default="steward-audit.log", metavar="FILE", help="audit trail")
+    p.add_argument(
+        "--audit-fsync",
+        choices=("always", "interval", "never"),
+        default="interval",
+        help="when audit records are forced to disk (interval: at least once a second)",
+    )
+    p.add_argument(
+        "--audit-max-bytes",
+        type=int,
+        default=DEFAULT_AUDIT_MAX_BYTES,
+        metavar="N",
+        help="rotate the audit trail at N bytes (FILE.1, FILE.2, ...; 0: never)",
+    )
     p.add_argument("--admin", type=host_port, metavar="HOST:PORT", help="health and metrics")
     p.add_argument("--hash-key-file", metavar="FILE", help="key for the hash masking strategy")
-    p.add_argument("--max-connections", type=int, default=100)
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=100,
+        metavar="N",
+        help="sessions open or signing in; more are refused (53300)",
+    )
     p.add_argument(
         "--max-pending-connections",
         type=positive_int,
         default=256,
         metavar="N",
         help="connections that have not sent their startup packet yet; "
-        "beyond N the oldest is closed (default: %(default)s)",
+        "beyond N the oldest is closed",
     )
-    p.add_argument("--idle-timeout", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="close sessions idle outside a transaction this long (0: never)",
+    )
     p.add_argument(
         "--startup-timeout",
         type=float,
@@ -77,10 +119,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="time a client has to sign in (0: no limit)",
     )
-    p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument(
-        "--max-message-size", type=int, default=wire.DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES"
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running statements may finish",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="upstream connect and sign-in",
+    )
+    p.add_argument(
+        "--max-message-size",
+        type=int,
+        default=wire.DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help="a protocol message declared longer is refused before it is read",
     )
     p.add_argument(
         "--max-statement-bytes",
@@ -117,8 +175,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MIB",
         help="address space of an analysis worker; over it the statement is refused (54000)",
     )
-    p.add_argument("--tls-cert", metavar="FILE")
-    p.add_argument("--tls-key", metavar="FILE")
+    p.add_argument("--tls-cert", metavar="FILE", help="certificate for TLS toward clients")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key")
     p.add_argument(
         "--readiness-interval",
         type=float,
@@ -128,16 +186,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "does not check the upstream)",
     )
     auth_setup.add_arguments(p)
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="least severe log lines written",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="log lines as text, or as one JSON object each",
+    )
     p.set_defaults(func=run)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, format: str = "text") -> None:
+    from steward_proxy.logformat import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    if format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def upstream_password(args: argparse.Namespace) -> str | None:
@@ -161,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     from steward_proxy.session import AnalysisLimits
     from steward_proxy.upstream import UpstreamTarget
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("steward proxy: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
