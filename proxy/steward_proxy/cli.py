@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["proxy"]:
+        from steward_proxy.config import ConfigError, expand
+
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        try:
+            argv = ["proxy", *expand(argv[1:], commands.choices["proxy"])]
+        except ConfigError as exc:
+            parser.exit(2, f"steward proxy: {exc}\n")
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -8,9 +8,11 @@ may run several in one process.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -34,6 +36,8 @@ _REFUSAL_REASONS = {
     "58030": "audit",
 }
 
+AUDIT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1)
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -52,6 +56,10 @@ class ProxyMetrics:
         self.sign_in_failures: Counter[str] = Counter()  # by reason
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+        self.audit_records: Counter[str] = Counter()  # by record type
+        self.audit_failures = 0
+        self.audit_buckets = [0] * (len(AUDIT_BUCKETS) + 1)
+        self.audit_seconds = 0.0
         self.registry = registry or CollectorRegistry()
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
@@ -61,6 +69,15 @@ class ProxyMetrics:
         if seconds is not None:
             self.latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self.latency_sum += seconds
+
+    def audit_write(self, types: Iterable[str], seconds: float, ok: bool) -> None:
+        """One write to the audit trail (one or more records) and how long it took."""
+        if ok:
+            self.audit_records.update(types)
+        else:
+            self.audit_failures += 1
+        self.audit_buckets[bisect_left(AUDIT_BUCKETS, seconds)] += 1
+        self.audit_seconds += seconds
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
@@ -127,14 +144,64 @@ class _Collector:
         for kind, count in sorted(m.errors.items()):
             errors.add_metric([kind], count)
         yield errors
-        cumulative = 0
-        buckets = []
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), m.latency_buckets, strict=True):
-            cumulative += count
-            buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
         yield HistogramMetricFamily(
             "steward_statement_duration_seconds",
             "Time from a statement reaching the proxy to its completion upstream.",
-            buckets=buckets,
+            buckets=_cumulative(LATENCY_BUCKETS, m.latency_buckets),
             sum_value=m.latency_sum,
         )
+        records = CounterMetricFamily(
+            "steward_audit_records", "Audit records written, by type.", labels=["type"]
+        )
+        for kind, count in sorted(m.audit_records.items()):
+            records.add_metric([kind], count)
+        yield records
+        yield CounterMetricFamily(
+            "steward_audit_write_failures",
+            "Writes to the audit trail that failed (the proxy then refuses sessions).",
+            value=m.audit_failures,
+        )
+        yield HistogramMetricFamily(
+            "steward_audit_write_duration_seconds",
+            "Time one write to the audit trail took (one or more records).",
+            buckets=_cumulative(AUDIT_BUCKETS, m.audit_buckets),
+            sum_value=m.audit_seconds,
+        )
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    buckets = []
+    total = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        total += count
+        buckets.append((str(bound) if bound != float("inf") else "+Inf", total))
+    return buckets
+
+
+class MeteredAudit:
+    """An audit sink that counts and times every write into :class:`ProxyMetrics`."""
+
+    def __init__(self, sink: Any, metrics: ProxyMetrics) -> None:
+        self.sink = sink
+        self.metrics = metrics
+
+    def write(self, type: str, **fields: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        ok = False
+        try:
+            record = self.sink.write(type, **fields)
+            ok = True
+            return record  # type: ignore[no-any-return]
+        finally:
+            self.metrics.audit_write((type,), time.perf_counter() - start, ok)
+
+    def write_many(self, records: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        records = list(records)
+        start = time.perf_counter()
+        ok = False
+        try:
+            written = self.sink.write_many(records)
+            ok = True
+            return written  # type: ignore[no-any-return]
+        finally:
+            self.metrics.audit_write((t for t, _ in records), time.perf_counter() - start, ok)

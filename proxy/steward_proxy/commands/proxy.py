@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Accept PostgreSQL clients, govern every statement, relay to the upstream.",
     )
     p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML mapping of these flags' long names to values (listen: 0.0.0.0:6432, "
+        "policy: [a.yaml, b/]); flags on the command line win",
+    )
+    p.add_argument(
         "--listen",
         type=host_port,
         default="127.0.0.1:6432",
@@ -222,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     from steward_proxy.admin import AdminServer
     from steward_proxy.audit import AuditWriteError, AuditWriter
     from steward_proxy.auth import AuthConfigError
-    from steward_proxy.metrics import ProxyMetrics
+    from steward_proxy.metrics import MeteredAudit, ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
     from steward_proxy.server import (
         ProxyServer,
@@ -231,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         raise_open_file_limit,
     )
     from steward_proxy.session import AnalysisLimits
+    from steward_proxy.summary import startup_line
     from steward_proxy.upstream import UpstreamTarget
 
     configure_logging(args.log_level, args.log_format)
@@ -289,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"steward proxy: cannot open audit log {args.audit_log}: {exc}", file=sys.stderr)
         return 2
     metrics = ProxyMetrics()
-    server = ProxyServer(settings, policies, audit, metrics)
+    server = ProxyServer(settings, policies, MeteredAudit(audit, metrics), metrics)
     try:
         audit.write(
             "policy.loaded",
@@ -315,6 +322,16 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         await server.start()
+        log.info(
+            "%s",
+            startup_line(
+                listen=f"{settings.listen_host}:{settings.listen_port}",
+                admin=f"{admin.address[0]}:{admin.address[1]}" if admin else None,
+                upstream=target.redacted(),
+                authentication=server.authenticator.describe(),
+                policies=policies,
+            ),
+        )
         syncer = asyncio.create_task(_sync_audit(audit, server.audit_failure))
         try:
             await server.serve()
