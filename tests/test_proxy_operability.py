@@ -179,3 +179,26 @@ def test_config_file_that_does_not_load_stops_the_start(tmp_path: Path) -> None:
     config.write_text("listen: [unclosed\n")
     done = steward("proxy", "--config", str(config))
     assert done.returncode == 2 and "not YAML" in done.stderr
+
+
+def test_refusals_are_counted_by_policy_and_rule(start_proxy: ProxyFactory) -> None:
+    policy = """\
+apiVersion: steward.dev/v1alpha1
+kind: DatabaseAccessPolicy
+metadata: {name: careful}
+spec:
+  subjects: [{kind: User, name: alice}]
+  defaultAction: allow
+  guardrails:
+    - {name: no-unbounded-writes, match: {statements: [DELETE], withoutWhere: true}, action: deny}
+"""
+    proxy = start_proxy(policy)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM mixed")
+    metrics = proxy.http_get("/metrics")[1]
+    assert (
+        'steward_refusals_total{decision="deny",policy="default/careful",'
+        'rule="no-unbounded-writes"} 2.0'
+    ) in metrics

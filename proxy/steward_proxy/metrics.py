@@ -36,6 +36,8 @@ _REFUSAL_REASONS = {
     "58030": "audit",
 }
 
+MAX_REFUSAL_SERIES = 1000
+
 AUDIT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -57,6 +59,7 @@ class ProxyMetrics:
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.audit_records: Counter[str] = Counter()  # by record type
+        self.refusals: Counter[tuple[str, str, str]] = Counter()  # (decision, policy, rule)
         self.audit_failures = 0
         self.audit_buckets = [0] * (len(AUDIT_BUCKETS) + 1)
         self.audit_seconds = 0.0
@@ -70,12 +73,26 @@ class ProxyMetrics:
             self.latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self.latency_sum += seconds
 
-    def audit_write(self, types: Iterable[str], seconds: float, ok: bool) -> None:
-        """One write to the audit trail (one or more records) and how long it took."""
-        if ok:
-            self.audit_records.update(types)
-        else:
+    def audit_write(
+        self, records: Iterable[tuple[str, Mapping[str, Any]]], seconds: float, ok: bool
+    ) -> None:
+        """One write to the audit trail (one or more records) and how long it took.
+
+        Refused statements are counted by decision, policy and rule as their
+        records name them: names from the loaded policies, so a bounded set
+        (capped at :data:`MAX_REFUSAL_SERIES` all the same).
+        """
+        if not ok:
             self.audit_failures += 1
+        else:
+            for kind, fields in records:
+                self.audit_records[kind] += 1
+                decision = fields.get("decision")
+                if kind == "statement" and decision in ("deny", "review"):
+                    key = (decision, fields.get("policy") or "", fields.get("rule") or "")
+                    if key not in self.refusals and len(self.refusals) >= MAX_REFUSAL_SERIES:
+                        key = (decision, "other", "other")
+                    self.refusals[key] += 1
         self.audit_buckets[bisect_left(AUDIT_BUCKETS, seconds)] += 1
         self.audit_seconds += seconds
 
@@ -150,6 +167,14 @@ class _Collector:
             buckets=_cumulative(LATENCY_BUCKETS, m.latency_buckets),
             sum_value=m.latency_sum,
         )
+        refusals = CounterMetricFamily(
+            "steward_refusals",
+            "Statements refused or held for review, by the policy and rule that decided.",
+            labels=["decision", "policy", "rule"],
+        )
+        for (decision, policy, rule), count in sorted(m.refusals.items()):
+            refusals.add_metric([decision, policy, rule], count)
+        yield refusals
         records = CounterMetricFamily(
             "steward_audit_records", "Audit records written, by type.", labels=["type"]
         )
@@ -193,7 +218,7 @@ class MeteredAudit:
             ok = True
             return record  # type: ignore[no-any-return]
         finally:
-            self.metrics.audit_write((type,), time.perf_counter() - start, ok)
+            self.metrics.audit_write(((type, fields),), time.perf_counter() - start, ok)
 
     def write_many(self, records: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
         records = list(records)
@@ -204,4 +229,4 @@ class MeteredAudit:
             ok = True
             return written  # type: ignore[no-any-return]
         finally:
-            self.metrics.audit_write((t for t, _ in records), time.perf_counter() - start, ok)
+            self.metrics.audit_write(records, time.perf_counter() - start, ok)

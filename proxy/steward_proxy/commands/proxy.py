@@ -292,8 +292,12 @@ def run(args: argparse.Namespace) -> int:
     raise_open_file_limit(settings)
     try:
         audit = AuditWriter(args.audit_log, fsync=args.audit_fsync, max_bytes=args.audit_max_bytes)
-    except Exception as exc:
-        print(f"steward proxy: cannot open audit log {args.audit_log}: {exc}", file=sys.stderr)
+    except Exception as exc:  # the writer's message names the file and the problem
+        print(
+            f"steward proxy: {exc}; refusing to start (fix the file or its directory, "
+            "or point --audit-log elsewhere)",
+            file=sys.stderr,
+        )
         return 2
     metrics = ProxyMetrics()
     server = ProxyServer(settings, policies, MeteredAudit(audit, metrics), metrics)
