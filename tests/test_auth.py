@@ -222,6 +222,9 @@ def test_key_cache_fetches_at_most_once_per_interval() -> None:
     cache = KeyCache(OidcSettings(ISSUER, AUDIENCE, refresh_interval=60, max_age=3600))
     assert cache.stale(0) and cache.may_fetch(0)
     cache.attempting(100)
+    assert not cache.may_fetch(104.9)  # no keys yet: try again after a few seconds
+    assert cache.may_fetch(105)
+    cache.store(KeySet.from_json({"keys": [SigningKey.ec("k").jwk()]}), now=100)
     assert not cache.may_fetch(159.9)
     assert cache.may_fetch(160)
 

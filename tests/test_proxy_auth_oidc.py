@@ -21,7 +21,7 @@ from authkit import (
     tampered,
     unsigned_token,
 )
-from conftest import ALLOW_ALL_POLICY, Proxy, ProxyFactory, server_certificate
+from conftest import ALLOW_ALL_POLICY, Proxy, ProxyFactory, server_certificate, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,3 +196,35 @@ def test_sign_in_failures_are_counted_by_reason(proxy: Proxy, provider: JwksServ
     metrics = proxy.http_get("/metrics")[1]  # counted before the client was told
     assert 'steward_sign_in_failures_total{reason="expired"} 1.0' in metrics
     assert "process_resident_memory_bytes" in metrics
+
+
+def test_unreachable_key_set_keeps_the_proxy_unready(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-jwks.json"
+    cert, key = server_certificate(tmp_path)
+    proxy = start_proxy(
+        POLICY,
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--oidc-issuer",
+        ISSUER,
+        "--oidc-audience",
+        AUDIENCE,
+        "--oidc-jwks",
+        str(missing),
+        "--readiness-interval",
+        "0.2",
+    )
+    status, body = proxy.http_get("/readyz")
+    assert status == 503 and "OIDC key set has not been fetched" in body
+    assert "OIDC key set not fetched" in proxy.log()
+    signer = SigningKey.ec("late")
+    sqlstate, message = refusal(proxy, signer.sign(claims()))
+    assert sqlstate == "28000" and "keys are not available" in message
+    missing.write_bytes(JwksServer([signer]).document())  # the key set appears
+    wait_for(lambda: proxy.http_get("/readyz")[0] == 200, "the keys to be fetched", interval=0.2)
+    with connect(proxy, signer.sign(claims())) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

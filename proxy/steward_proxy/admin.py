@@ -55,6 +55,9 @@ class _Handler(BaseHTTPRequestHandler):
             check = self.proxy.upstream_check  # renewed by the proxy, never by a scrape
             if not check.ready:
                 problems.append(f"upstream: {check.problem} (the log says why)")
+            keys = self.proxy.settings.key_source
+            if keys is not None and keys.cache.keys is None:
+                problems.append("the OIDC key set has not been fetched (the log says why)")
             if problems:
                 self._reply(503, ("; ".join(problems) + "\n").encode())
             else:

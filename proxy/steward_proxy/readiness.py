@@ -5,7 +5,8 @@
 when the proxy starts (before it listens, waiting a few seconds at most) and
 then every ``readiness_interval`` seconds, and
 remembers the outcome. Sign-ins of real clients count too, so a recovered or
-broken upstream shows at once. ``/readyz`` only reads the outcome: a scrape
+broken upstream shows at once. The same loop fetches OIDC keys that are
+missing or stale. ``/readyz`` only reads the outcome: a scrape
 never opens a connection. A change is logged once; the reason (a wrong
 password, an unreachable host) is in the log line of the failed sign-in.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from steward_proxy import startup as startup_rules
@@ -123,6 +125,13 @@ class UpstreamCheck:
         while True:
             await asyncio.sleep(interval)
             await self.check()
+            await self._refresh_keys()
+
+    async def _refresh_keys(self) -> None:
+        """Fetch OIDC keys missing or too old, so no sign-in has to wait for them."""
+        keys = self.server.settings.key_source
+        if keys is not None and keys.cache.stale(time.monotonic()):
+            await keys.refresh()  # at most as often as the cache allows
 
     @property
     def ready(self) -> bool:

@@ -68,6 +68,7 @@ _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 _CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "EdDSA": "Ed25519"}
 
 MAX_TOKEN_BYTES = 64 * 1024
+RETRY_WITHOUT_KEYS = 5.0
 MAX_GROUPS = 1000
 MAX_KEYS = 100
 
@@ -159,8 +160,12 @@ class KeyCache:
         return self.keys is None or now - self.fetched_at > self.settings.max_age
 
     def may_fetch(self, now: float) -> bool:
-        """Whether a fetch may start now (at most one per refresh interval)."""
-        return now - self.attempted_at >= self.settings.refresh_interval
+        """Whether a fetch may start now: at most one per refresh interval, or per
+        :data:`RETRY_WITHOUT_KEYS` seconds while no key set was ever fetched."""
+        interval = self.settings.refresh_interval
+        if self.keys is None:
+            interval = min(interval, RETRY_WITHOUT_KEYS)
+        return now - self.attempted_at >= interval
 
     def attempting(self, now: float) -> None:
         self.attempted_at = now
