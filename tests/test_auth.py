@@ -104,6 +104,8 @@ def forged(rsa_key: SigningKey, ec_key: SigningKey) -> dict[str, tuple[str, str]
         "no email": (rsa_key.sign(claims(email="")), "claims"),
         "groups not a list": (rsa_key.sign(claims(groups=[1, 2])), "claims"),  # type: ignore[list-item]
         "control character in email": (rsa_key.sign(claims("a\nb@x")), "user_name"),
+        "very long email": (rsa_key.sign(claims("a" * 300 + "@x")), "user_name"),
+        "very long group": (rsa_key.sign(claims(groups=["g" * 300])), "claims"),
         "not a token": ("hunter2", "token"),
     }
 
@@ -124,6 +126,8 @@ CASES = [
     "no email",
     "groups not a list",
     "control character in email",
+    "very long email",
+    "very long group",
     "not a token",
 ]
 

@@ -126,7 +126,7 @@ def test_every_client_signs_in_with_the_right_password(proxy: Proxy) -> None:
 
 @pytest.mark.parametrize(
     ("user", "password"),
-    [("svc", "wrong"), ("nobody", PASSWORD)],
+    [("svc", "wr0ng-Pa55-4711"), ("nobody", PASSWORD)],
     ids=["wrong password", "user not in the file"],
 )
 def test_wrong_password_is_28p01(proxy: Proxy, user: str, password: str) -> None:

@@ -133,11 +133,15 @@ class Authenticator(Protocol):
         ...
 
 
+MAX_NAME = 256
+"""Characters a user or group name may have (an e-mail address has at most 254)."""
+
+
 def user_identity(name: str, groups: tuple[str, ...] = ()) -> Identity:
     """``user:NAME`` with groups; AuthFailed (28000) for a name no log line may hold."""
-    if not name or has_controls(name):
+    if not name or has_controls(name) or len(name) > MAX_NAME:
         raise AuthFailed(f'invalid user name "{escape(name)}"', "user_name")
-    bad = next((g for g in groups if not g or has_controls(g)), None)
+    bad = next((g for g in groups if not g or has_controls(g) or len(g) > MAX_NAME), None)
     if bad is not None:
         raise AuthFailed(f'invalid group name "{escape(bad)}"', "claims")
     return Identity(f"user:{name}", groups)
