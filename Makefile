@@ -41,6 +41,7 @@ e2e: $(STAMP) controlplane
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/pgbench_proxy.py
+	$(BIN)/python bench/pgbench_guardrails.py
 	$(BIN)/python bench/large_result.py
 	$(BIN)/python bench/costly_statements.py
 
@@ -48,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/hadolint Dockerfile.proxy
+	$(BIN)/hadolint Dockerfile.proxy Dockerfile.operator
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

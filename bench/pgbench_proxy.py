@@ -6,10 +6,13 @@ then runs the same select-only pgbench workload directly and through the proxy
 for each query mode and prints TPS and the proxied/direct ratio. A pure
 byte-forwarding relay (``bench/forwarder.py``, same asyncio shell, no
 governance) runs in the same pass as a second baseline, so the cost of
-governance shows apart from the cost of any Python hop. Nothing is asserted:
+governance shows apart from the cost of any Python hop. With ``--baseline-ref
+REF`` the proxy as it was at git commit REF runs in the same pass too (checked
+out into a temporary directory), to measure a change. Nothing is asserted:
 numbers depend on the machine. Usage::
 
     .venv/bin/python bench/pgbench_proxy.py [--seconds 15] [--clients 8] [--jobs 2]
+        [--baseline-ref COMMIT]
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from steward_proxy.localpg import LocalPostgres, LocalProxy, free_port, wait_for_port
+from steward_testing.postgres import LocalPostgres, LocalProxy, free_port, wait_for_port
 
 POLICY = """\
 apiVersion: steward.dev/v1alpha1
@@ -70,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=[LocalPostgres.SCRAM_USER, LocalPostgres.MD5_USER, LocalPostgres.TRUST_USER],
         help="role (and so auth method) for the proxy's upstream login and the direct runs",
     )
+    parser.add_argument(
+        "--baseline-ref", metavar="REF", help="also run the proxy of this git commit"
+    )
     args = parser.parse_args(argv)
 
     user = args.upstream_user
@@ -92,6 +98,26 @@ def main(argv: list[str] | None = None) -> int:
             upstream_user=user,
             extra_args=["--max-connections", str(args.clients * 4)],
         )
+        old = None
+        if args.baseline_ref:
+            checkout = workdir / "baseline"
+            repo = Path(__file__).resolve().parents[1]
+            archive = subprocess.run(
+                ["git", "-C", str(repo), "archive", args.baseline_ref, "proxy", "operator"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            checkout.mkdir()
+            subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
+            old = LocalProxy(
+                pg,
+                policy=workdir / "policy.yaml",
+                audit_log=workdir / "audit-baseline.jsonl",
+                log_path=workdir / "proxy-baseline.log",
+                upstream_user=user,
+                extra_args=["--max-connections", str(args.clients * 4)],
+                env={"PYTHONPATH": f"{checkout / 'proxy'}:{checkout / 'operator'}"},
+            )
         relay_port = free_port()
         relay = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("forwarder.py")), str(relay_port),
@@ -99,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         try:
             proxy.start()
+            if old is not None:
+                old.start()
             wait_for_port("127.0.0.1", relay_port, process=relay)
             run = ["-S", "-n", "-c", str(args.clients), "-j", str(args.jobs)]
             run += ["-T", str(args.seconds)]
@@ -121,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
                 proxied = tps(
                     pgbench(pg, mode_args, port=proxy.port, user="pgbench", password="").stdout
                 )
-                rows.append((mode, direct, relayed, proxied))
+                baseline = None
+                if old is not None:
+                    print(f"pgbench -M {mode}: through {args.baseline_ref}'s proxy ...", flush=True)
+                    baseline = tps(
+                        pgbench(pg, mode_args, port=old.port, user="pgbench", password="").stdout
+                    )
+                rows.append((mode, direct, relayed, proxied, baseline))
         except BaseException:
             print(proxy.log(), file=sys.stderr)
             raise
@@ -129,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             relay.send_signal(signal.SIGTERM)
             relay.wait(timeout=30)
             exit_code = proxy.stop()
+            if old is not None:
+                old.stop()
         audit_lines = len(proxy.audit_log.read_bytes().splitlines())
 
     print()
@@ -140,11 +176,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{'mode':<10} {'direct TPS':>11} {'relay TPS':>10} {'proxy TPS':>10} "
         f"{'relay/direct':>13} {'proxy/direct':>13} {'proxy/relay':>12}"
     )
-    for mode, direct, relayed, proxied in rows:
+    for mode, direct, relayed, proxied, baseline in rows:
         print(
             f"{mode:<10} {direct:>11.0f} {relayed:>10.0f} {proxied:>10.0f} "
             f"{relayed / direct:>13.2f} {proxied / direct:>13.2f} {proxied / relayed:>12.2f}"
         )
+        if baseline is not None:
+            print(
+                f"{'':<10} {args.baseline_ref[:10]:>11} {'':>10} {baseline:>10.0f} "
+                f"{'':>13} {baseline / direct:>13.2f} {baseline / relayed:>12.2f}"
+                f"   (this proxy / {args.baseline_ref[:10]}: {proxied / baseline:.2f})"
+            )
     return 0
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from steward_operator.certs import CertificateAuthority, pem_cert, pem_key
+from steward_testing.certs import CertificateAuthority, pem_cert, pem_key
 
 ISSUER = "https://idp.example.test/realms/steward"
 AUDIENCE = "steward-gateway"

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from steward_operator.certs import CertificateAuthority
-from steward_proxy.localpg import LocalPostgres, free_port
+from steward_testing.certs import CertificateAuthority
+from steward_testing.postgres import LocalPostgres, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIG_ROWS = 120_000
@@ -251,8 +251,13 @@ class ProxyFactory:
         admin: bool = True,
         pg: LocalPostgres | None = None,
         wait_ready: bool = True,
+        env: dict[str, str] | None = None,
     ) -> Proxy:
-        """Start ``steward proxy``; ``password_via`` is ``env``, ``dsn`` or ``file``."""
+        """Start ``steward proxy``; ``password_via`` is ``env``, ``dsn`` or ``file``.
+
+        ``env`` adds environment variables (the proxy gets no ``PG*`` or
+        ``STEWARD_*`` variable of the test's own).
+        """
         server = pg or self.pg
         upstream_user = upstream_user or DEFAULT_UPSTREAM_USER
         self._n += 1
@@ -261,6 +266,7 @@ class ProxyFactory:
         port = free_port()
         admin_port = free_port() if admin else None
         password = server.passwords.get(upstream_user, "")
+        extra_env = env
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "STEWARD_"))}
         argv = [sys.executable, "-m", "steward_proxy", "proxy", "--listen", f"127.0.0.1:{port}"]
         if upstream is None:
@@ -283,6 +289,7 @@ class ProxyFactory:
         if admin_port is not None:
             argv += ["--admin", f"127.0.0.1:{admin_port}"]
         argv += list(extra_args)
+        env.update(extra_env or {})
         log_path = workdir / "proxy.log"
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(

@@ -10,6 +10,8 @@ tests use, which owns the schema but is no superuser.
 
 from __future__ import annotations
 
+from pglast import parser as pg_parser
+
 SSN = "987-65-4329"
 CARD = "4111111111111111"
 # A second set of values of other lengths: the same statements with these must be
@@ -127,3 +129,18 @@ CORPUS: dict[str, str] = {
 def render(template: str, schema: str, ssn: str = SSN, card: str = CARD) -> str:
     """Fill a corpus template in."""
     return template.format(s=schema, ssn=ssn, card=card)
+
+
+CONSTANT_TOKENS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST", "ICONST", "FCONST"})
+
+
+def recorded_constants(text: str) -> list[str]:
+    """The constant tokens in a recorded statement text.
+
+    A PL/pgSQL DO is recorded with its body in dollar quotes (one string token):
+    the body inside them is what must hold no constant.
+    """
+    if text.startswith("DO $"):
+        tag = text.split(" ", 2)[1]
+        text = text.removeprefix(f"DO {tag}").removesuffix(tag)
+    return [text[t.start : t.end + 1] for t in pg_parser.scan(text) if t.name in CONSTANT_TOKENS]

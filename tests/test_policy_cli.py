@@ -117,7 +117,7 @@ def test_explain_prints_the_decision(
 ) -> None:
     code, result = explain(capsys, *argv)
     assert code == 0
-    assert (result["action"], result["policy"], result["rule"]) == (action, policy, rule)
+    assert (result["decision"], result["policy"], result["rule"]) == (action, policy, rule)
     assert isinstance(result["message"], str) and result["message"]
 
 
@@ -128,25 +128,34 @@ def test_explain_lists_each_statement(capsys: pytest.CaptureFixture[str]) -> Non
         "user:alice@example.com",
         "SELECT * FROM payments; UPDATE payments SET paid = true WHERE id = 2",
     )
-    assert result["statements"] == [
-        {
-            "command": "SELECT",
-            "tables": ["public.payments"],
-            "functions": [],
-            "has_where": True,
-            "action": "allow",
-            "policy": "shop/orders-app",
-            "rule": None,
-        },
-        {
-            "command": "UPDATE",
-            "tables": ["public.payments"],
-            "functions": [],
-            "has_where": True,
-            "action": "deny",
-            "policy": "shop/orders-app",
-            "rule": "payments-read-only",
-        },
+    select, update = result["statements"]
+    assert {k: v for k, v in select.items() if k != "fingerprint"} == {
+        "command": "SELECT",
+        "statement": "SELECT * FROM payments",
+        "decision": "allow",
+        "policy": "shop/orders-app",
+        "rule": None,
+        "message": "statement allowed by policy shop/orders-app (defaultAction: allow)",
+        "operations": [
+            {
+                "command": "SELECT",
+                "table": "public.payments",
+                "unbounded": False,
+                "copy": None,
+                "language": None,
+                "decision": "allow",
+                "policy": "shop/orders-app",
+                "rule": None,
+            }
+        ],
+        "functions": [],
+        "tables": ["public.payments"],
+        "unbounded": False,
+    }
+    assert update["statement"] == "UPDATE payments SET paid = $1 WHERE id = $2"
+    assert (update["decision"], update["rule"]) == ("deny", "payments-read-only")
+    assert [(op["command"], op["table"], op["rule"]) for op in update["operations"]] == [
+        ("UPDATE", "public.payments", "payments-read-only")
     ]
     assert result["message"] == (
         "statement denied by policy shop/orders-app rule payments-read-only: "
@@ -154,12 +163,35 @@ def test_explain_lists_each_statement(capsys: pytest.CaptureFixture[str]) -> Non
     )
 
 
+def test_explain_shows_the_operations_a_statement_executes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, result = explain(
+        capsys,
+        "--as",
+        "user:alice@example.com",
+        "WITH d AS (DELETE FROM orders WHERE 1 = 1 RETURNING *) SELECT count(*) FROM d",
+    )
+    (statement,) = result["statements"]
+    assert statement["command"] == "SELECT"
+    assert statement["unbounded"] is True
+    assert statement["functions"] == ["count"]
+    assert [
+        (op["command"], op["table"], op["unbounded"], op["decision"], op["rule"])
+        for op in statement["operations"]
+    ] == [
+        ("DELETE", "public.orders", True, "deny", "no-unbounded-writes"),
+        ("SELECT", "public.orders", False, "allow", None),
+    ]
+    assert (result["decision"], result["rule"]) == ("deny", "no-unbounded-writes")
+
+
 def test_explain_for_an_ungoverned_subject_says_sign_in_is_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, result = explain(capsys, "--as", "user:mallory", "SELECT 1")
     assert code == 0
-    assert result["action"] == "deny"
+    assert result["decision"] == "deny"
     assert result["policies"] == []
     assert result["message"] == (
         "no policy covers subject user:mallory: sign-in is refused (SQLSTATE 28000)"
@@ -174,7 +206,7 @@ def test_explain_of_sql_that_does_not_parse_is_a_denial(
     )
     assert code == 1
     result = json.loads(out)
-    assert result["action"] == "deny"
+    assert result["decision"] == "deny"
     assert result["message"].startswith("statement refused: it could not be analyzed")
 
 

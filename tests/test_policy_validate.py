@@ -109,6 +109,18 @@ DELETE = object()
             edited(POLICY, "spec.guardrails.0.match", {"tables": ["payments", "*.secrets"]}),
             id="table globs with and without schema are valid",
         ),
+        pytest.param(
+            edited(
+                POLICY,
+                "spec.guardrails.0.match",
+                {"statements": ["DYNAMIC", "COPY"], "copy": ["file", "program"]},
+            ),
+            id="DYNAMIC and COPY targets are valid",
+        ),
+        pytest.param(
+            edited(POLICY, "spec.guardrails.0.match", {"languages": ["plpython3u", "pl*u"]}),
+            id="language globs are valid",
+        ),
     ],
 )
 def test_valid_documents_have_no_errors(doc: dict[str, Any]) -> None:
@@ -151,6 +163,12 @@ BAD = [
      "spec.guardrails[0].match: must not be empty"),
     ("guardrail without action", edited(POLICY, "spec.guardrails.0.action", DELETE),
      "spec.guardrails[0].action: required field is missing"),
+    ("an unknown COPY target", edited(POLICY, "spec.guardrails.0.match.copy", ["network"]),
+     "spec.guardrails[0].match.copy[0]: 'network' is not one of stdio, file, program"),
+    ("an empty COPY target list", edited(POLICY, "spec.guardrails.0.match.copy", []),
+     "spec.guardrails[0].match.copy: must not be empty"),
+    ("a language with a space", edited(POLICY, "spec.guardrails.0.match.languages", ["pl sql"]),
+     "spec.guardrails[0].match.languages[0]: 'pl sql' is not valid: expected a language name"),
     ("withoutWhere as a string", edited(POLICY, "spec.guardrails.0.match.withoutWhere", "yes"),
      "spec.guardrails[0].match.withoutWhere: must be true or false, not a string"),
     ("bad guardrail name", edited(POLICY, "spec.guardrails.0.name", "No Writes"),

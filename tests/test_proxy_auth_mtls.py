@@ -11,7 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from steward_operator.certs import CertificateAuthority
+from steward_testing.certs import CertificateAuthority
 
 from authkit import issue_client_cert
 from conftest import Proxy, ProxyFactory, server_certificate

@@ -13,7 +13,7 @@ import pg8000.native
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import Proxy, ProxyFactory, run_psql, server_certificate
 

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg import errors as pgerr
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import (
     Proxy,

@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import (
     ALLOW_ALL_POLICY,

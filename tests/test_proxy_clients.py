@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import errors as pgerr
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import (
     BIG_ROWS,

@@ -26,7 +26,7 @@ import pytest
 from psycopg import errors as pgerr
 from psycopg.pq import TransactionStatus
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import (
     SSN,

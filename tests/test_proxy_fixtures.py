@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import BIG_ROWS
 
@@ -95,7 +95,7 @@ def test_context_manager_cleans_up_after_an_exception() -> None:
 
 def test_atexit_backstop_stops_a_forgotten_server(tmp_path) -> None:  # type: ignore[no-untyped-def]
     script = (
-        "from steward_proxy.localpg import LocalPostgres\n"
+        "from steward_testing.postgres import LocalPostgres\n"
         "s = LocalPostgres().start()\n"
         "print(s.data_dir, open(s.data_dir / 'postmaster.pid').readline().strip(), flush=True)\n"
     )

@@ -13,7 +13,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import ALLOW_ALL_POLICY, ProxyFactory, wait_for
 

@@ -8,9 +8,10 @@ of a real PostgreSQL with a policy that denies DELETE and ``pg_read_file``:
   ``set_config``; turning ``standard_conforming_strings`` off; taking another
   role. Each is refused (42501), and the exploit text that follows runs as the
   one harmless SELECT the proxy judged: the table keeps its rows;
-* changing a setting where the parse tree cannot see it (a DO block, a
-  function): the server's report of it ends the session, and exploit text
-  pipelined behind it never reaches the server;
+* changing a setting where the parse tree cannot see it (dynamic SQL in a DO
+  block, a function created earlier): the server's report of it ends the
+  session, and exploit text pipelined behind it never reaches the server; the
+  same change written in a DO block's static SQL is refused up front;
 * statement strings that would cost the analysis far more than their size:
   refused with 54000 while another client is served.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import (
     DEFAULT_USER,
@@ -175,10 +176,31 @@ def test_a_do_block_that_changes_a_pinned_setting_ends_the_session(
     before = sessions_of(guarded)
     with connect(guarded) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Steward pins it"):
-            conn.execute(f"DO $$BEGIN PERFORM set_config('{setting}', '{value}', false); END$$")
+            conn.execute(hidden_change(setting, value))
         assert conn.closed or conn.broken
     (session,) = sessions_of(guarded) - before
     assert end_of_session(guarded, session)["error"] == f"server setting changed: {setting}"
+
+
+def hidden_change(setting: str, value: str) -> str:
+    """A DO block that changes ``setting`` with SQL text built when it runs."""
+    return (
+        "DO $$BEGIN EXECUTE format('SELECT set_config(%L, %L, false)', "
+        f"'{setting}', '{value}'); END$$"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("client_encoding", "SJIS"), ("standard_conforming_strings", "off")],
+)
+def test_a_do_block_whose_static_sql_changes_a_pinned_setting_is_refused(
+    guarded: Proxy, setting: str, value: str
+) -> None:
+    with connect(guarded) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="statement refused"):
+            conn.execute(f"DO $$BEGIN PERFORM set_config('{setting}', '{value}', false); END$$")
+        assert conn.execute("SELECT current_setting(%s)", (setting,)).fetchone() != (value,)
 
 
 def raw_exchange(proxy: Proxy, payload: bytes) -> bytes:
@@ -197,13 +219,11 @@ def query(sql: str) -> bytes:
     ("change", "exploit"),
     [
         pytest.param(
-            "DO $$BEGIN PERFORM set_config('client_encoding', 'SJIS', false); END$$",
-            ENCODING_EXPLOIT,
-            id="client_encoding",
+            hidden_change("client_encoding", "SJIS"), ENCODING_EXPLOIT, id="client_encoding"
         ),
         pytest.param("SELECT sjis_now()", ENCODING_EXPLOIT, id="client_encoding in a function"),
         pytest.param(
-            "DO $$BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); END$$",
+            hidden_change("standard_conforming_strings", "off"),
             SCS_EXPLOIT,
             id="standard_conforming_strings",
         ),
@@ -313,3 +333,29 @@ def test_costly_statements_are_refused_while_others_are_served(
     assert proxy.alive()
     refusals = [r for r in proxy.audit_records() if r.get("error") and words in str(r["error"])]
     assert len(refusals) == 1
+
+
+# ------------------------------------------------------------ text that is fine
+
+
+def test_non_ascii_identifiers_and_literals_pass_and_are_judged(
+    guarded: Proxy, pg: LocalPostgres
+) -> None:
+    """Japanese, emoji and combining marks are text like any other: read as UTF-8 by both."""
+    values = ["日本語のテキスト", "🙂🚀 emoji", "e\u0301 combining", "Ωmega\\back'slash"]
+    with connect(guarded) as conn:
+        conn.execute('DROP TABLE IF EXISTS "顧客"')
+        conn.execute('CREATE TABLE "顧客" ("名前" text, "メモ" text)')
+        for value in values:
+            # Literal text on purpose (not a parameter): the statement text carries it.
+            escaped = value.replace("\\", "\\\\").replace("'", "''")
+            conn.execute(f"INSERT INTO \"顧客\" VALUES (E'{escaped}', '絵文字 🙂')")
+        rows = conn.execute('SELECT "名前" FROM "顧客" ORDER BY 1').fetchall()
+        assert sorted(r[0] for r in rows) == sorted(values)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-delete"):
+            conn.execute('DELETE FROM "顧客" WHERE "名前" = \'日本語のテキスト\'')
+        assert conn.execute('SELECT count(*) FROM "顧客"').fetchone() == (len(values),)
+        conn.execute('DROP TABLE "顧客"')
+    deletes = [r for r in guarded.audit_records() if r.get("command") == "DELETE"]
+    assert deletes[-1]["decision"] == "deny"
+    assert '"顧客"' in str(deletes[-1]["statement"])

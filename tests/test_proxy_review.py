@@ -24,10 +24,10 @@ import pytest
 
 from steward_proxy.audit import AuditWriteError
 from steward_proxy.commands.proxy import _sync_audit
-from steward_proxy.localpg import LocalPostgres
 from steward_proxy.policy import load_policy_set
 from steward_proxy.server import ProxyServer, ProxySettings
 from steward_proxy.upstream import UpstreamTarget
+from steward_testing.postgres import LocalPostgres
 
 from conftest import (
     ALLOW_ALL_POLICY,

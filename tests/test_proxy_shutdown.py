@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import ProxyFactory, active_upstream_queries, wait_for
 

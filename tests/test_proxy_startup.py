@@ -27,7 +27,7 @@ import pg8000.native
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres, free_port
+from steward_testing.postgres import LocalPostgres, free_port
 
 from conftest import (
     Proxy,

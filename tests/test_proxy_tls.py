@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
+from steward_testing.postgres import LocalPostgres
 
 from conftest import ALLOW_ALL_POLICY, ProxyFactory, server_certificate
 

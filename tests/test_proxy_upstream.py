@@ -9,7 +9,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres, free_port
+from steward_testing.postgres import LocalPostgres, free_port
 
 from conftest import (
     MIXED_SCHEMA,

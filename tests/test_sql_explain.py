@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from steward_proxy.localpg import LocalPostgres
 from steward_proxy.sql import ShapeCache, analyze
+from steward_testing.postgres import LocalPostgres
 
 from conftest import ProxyFactory, direct_dsn
 

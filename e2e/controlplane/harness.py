@@ -39,7 +39,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from steward_operator.certs import CertificateAuthority, pem_key
+from steward_testing.certs import CertificateAuthority, pem_key
 
 HERE = Path(__file__).resolve().parent
 VERSIONS_FILE = HERE / "versions.env"

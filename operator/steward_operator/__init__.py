@@ -1,4 +1,13 @@
-"""Steward's Kubernetes operator (kopf): policy compilation, sidecar injection,
-policy push and audit collection. The handlers arrive with the operator work;
-this package holds the import name ``steward_operator`` until then.
+"""Steward's Kubernetes operator (kopf).
+
+It compiles DatabaseAccessPolicies and MaskingRules into signed policy
+bundles with the proxy's own compiler, injects the proxy as a native sidecar
+into pods that ask for it, pushes changed bundles to running sidecars, and
+validates policies at admission.
+
+Layers: ``targets`` and ``injection`` are pure (documents and pods in, bundles,
+status and JSON patches out); ``kube``, ``push`` and ``leader`` talk to the API
+server and to sidecars; ``reconcile`` orchestrates them; ``handlers`` are the
+thin kopf handlers; ``main`` runs it all; ``cli`` reads arguments without
+importing any of it.
 """

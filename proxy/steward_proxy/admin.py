@@ -1,30 +1,49 @@
-"""Admin HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""Admin HTTP endpoint: ``/healthz``, ``/readyz``, ``/metrics`` and ``/policy``.
 
 Served by the standard library's threaded HTTP server on its own thread, so a
 slow scrape never stalls the relay loop. ``/readyz`` is 200 only while the
-proxy accepts sessions, its audit trail is writable and its latest sign-in
-upstream worked (:mod:`steward_proxy.readiness`: checked at start and on an
-interval, never per scrape).
+proxy accepts sessions, its audit trail is writable, its configuration is
+complete (upstream credentials present) and its latest sign-in upstream
+worked (:mod:`steward_proxy.readiness`: checked at start and on an interval,
+never per scrape).
+
+``GET /policy`` describes the running policy as JSON. ``PUT /policy`` takes a
+signed bundle (see :mod:`steward_proxy.reload`) when the proxy runs one
+(``--bundle``): 200 when loaded or already running, 400 when it is not a
+bundle, 403 for a bad signature or another target, 409 when it is older than
+the running one, 422 when it does not compile, 413 when it is too large. No
+secret is needed: only a bundle signed by the operator's key is ever taken.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from steward_proxy.policy.bundle import MAX_BUNDLE_BYTES, BundleError
+
 if TYPE_CHECKING:
+    from steward_proxy.reload import BundleUpdater
     from steward_proxy.server import ProxyServer
+
+_REFUSAL_STATUS = {"malformed": 400, "signature": 403, "target": 403, "stale": 409, "invalid": 422}
 
 
 class AdminServer:
     """Runs the admin endpoint in a daemon thread."""
 
-    def __init__(self, address: tuple[str, int], proxy: ProxyServer) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        proxy: ProxyServer,
+        updater: BundleUpdater | None = None,
+    ) -> None:
         self.proxy = proxy
-        handler = type("Handler", (_Handler,), {"proxy": proxy})
+        handler = type("Handler", (_Handler,), {"proxy": proxy, "updater": updater})
         self.httpd = ThreadingHTTPServer(address, handler)
         self.httpd.daemon_threads = True
         self.address = self.httpd.server_address
@@ -40,20 +59,22 @@ class AdminServer:
 
 class _Handler(BaseHTTPRequestHandler):
     proxy: ProxyServer
+    updater: BundleUpdater | None
     server_version = "steward-admin"
+    timeout = 10.0  # seconds a client may take to send a request
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             self._reply(200, b"ok\n")
         elif path == "/readyz":
-            problems = []
-            if not self.proxy.ready:
+            problems = list(self.proxy.problems)
+            if not self.proxy.ready and not problems:
                 problems.append("not accepting sessions")
             if self.proxy.audit_failed:
                 problems.append("audit trail not writable")
             check = self.proxy.upstream_check  # renewed by the proxy, never by a scrape
-            if not check.ready:
+            if not check.ready and not self.proxy.problems:
                 problems.append(f"upstream: {check.problem} (the log says why)")
             keys = self.proxy.settings.key_source
             if keys is not None and keys.cache.keys is None:
@@ -64,8 +85,51 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, b"ready\n")
         elif path == "/metrics":
             self._reply(200, generate_latest(self.proxy.metrics.registry), CONTENT_TYPE_LATEST)
+        elif path == "/policy":
+            proxy = self.proxy
+            policies = proxy.policies
+            self._json(
+                200,
+                {
+                    "source": proxy.policy_source,
+                    "target": proxy.bundle_target,
+                    "generation": proxy.policy_generation,
+                    "hash": proxy.bundle_hash,
+                    "compiledHash": policies.compiled_hash,
+                    "policies": [p.key for p in policies.policies],
+                },
+            )
         else:
             self._reply(404, b"not found\n")
+
+    def do_PUT(self) -> None:
+        if self.path.split("?", 1)[0] != "/policy":
+            self._reply(404, b"not found\n")
+            return
+        if self.updater is None:
+            self._json(403, {"error": "policy push is not enabled: this proxy runs no --bundle"})
+            return
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            self._json(411, {"error": "Content-Length is required"})
+            return
+        if int(length) > MAX_BUNDLE_BYTES:
+            self.close_connection = True
+            self._json(413, {"error": f"a bundle has at most {MAX_BUNDLE_BYTES} bytes"})
+            return
+        data = self.rfile.read(int(length))
+        try:
+            outcome = self.updater.offer_threadsafe(data, f"push from {self.client_address[0]}")
+        except BundleError as exc:
+            self._json(_REFUSAL_STATUS[exc.problem], {"error": exc.message, "problem": exc.problem})
+            return
+        except Exception:
+            self._json(500, {"error": "the bundle was not loaded; the running policy stays"})
+            return
+        self._json(200, outcome.as_json())
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        self._reply(status, json.dumps(body).encode() + b"\n", "application/json")
 
     def _reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)

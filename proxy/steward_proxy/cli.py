@@ -15,7 +15,7 @@ from typing import Any
 
 from steward_proxy import __version__
 
-COMMAND_MODULES = ("proxy", "policy", "audit", "users", "demo")
+COMMAND_MODULES = ("proxy", "policy", "audit", "users", "demo", "operator")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

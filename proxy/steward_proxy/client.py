@@ -229,6 +229,8 @@ class ClientProtocol(asyncio.Protocol):
         try:
             upstream_settings = admit(startup, server.admission())
             self.admitted = True
+            if server.problems:  # the configuration is incomplete (no upstream credentials)
+                raise Refusal(CONNECTION_REJECTED, "; ".join(server.problems))
             identity = await self._authenticate(startup)
             judge = server.judge_for(identity)
             self.upstream = UpstreamProtocol(self)

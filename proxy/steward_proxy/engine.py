@@ -15,7 +15,8 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from steward_proxy.policy import Decision, Policy, decide, decide_function_call
 from steward_proxy.sql import (
@@ -24,18 +25,26 @@ from steward_proxy.sql import (
     SQLSyntaxError,
     StatementInfo,
     analyze_uncached,
-    cached,
-    cached_exact,
     depends_on_literals,
     normalize,
-    remember,
 )
 
-__all__ = ["Analysis", "Judge", "Verdict", "function_call_statement"]
+__all__ = ["Analysis", "Judge", "Note", "Verdict", "function_call_statement"]
 
 # What analysis delivers, done here or off the event loop: the statements, or
 # why they cannot be judged.
 Analysis = tuple[StatementInfo, ...] | SQLSyntaxError | AnalysisLimitError
+
+
+class Note(NamedTuple):
+    """One statement of a judged string and the verdict on the string.
+
+    What a session keeps with each request it forwards, to record it when
+    the server answers.
+    """
+
+    statement: StatementInfo | None
+    verdict: Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,12 @@ class Verdict:
 
     statements: tuple[StatementInfo, ...]
     decision: Decision
+    notes: tuple[Note, ...] = field(init=False, repr=False, compare=False)
+    """One :class:`Note` per statement (one with no statement for an empty string)."""
+
+    def __post_init__(self) -> None:
+        notes = tuple(Note(s, self) for s in self.statements or (None,))
+        object.__setattr__(self, "notes", notes)
 
 
 def function_call_statement(function_oid: int) -> StatementInfo:
@@ -71,7 +86,12 @@ class Judge:
     ) -> None:
         self.policies = tuple(policies)
         self.max_statements = max_statements
-        self._cache: ShapeCache[Verdict] = ShapeCache(maxsize)
+        # By shape; and by exact text for verdicts that depend on a literal. A
+        # text is in at most one of them: whether a verdict depends on a
+        # literal is a matter of the statement's structure, which every text
+        # of one shape shares.
+        self._by_shape: ShapeCache[Verdict] = ShapeCache(maxsize)
+        self._by_text: ShapeCache[Verdict] = ShapeCache(maxsize)
 
     def judge(self, sql: str, analysed: Analysis | None = None) -> Verdict:
         """The verdict on ``sql``, analysing it here unless ``analysed`` is given.
@@ -82,19 +102,22 @@ class Judge:
             raise analysed
         if analysed is not None:
             verdict = Verdict(analysed, decide(self.policies, analysed))
-            remember(self._cache, sql, "", verdict, exact=True)
+            self._by_text.put(sql, verdict)
             return verdict
         shape = normalize(sql)
-        verdict = cached(self._cache, sql, shape)
+        verdict = self._by_shape.get(shape) or self._by_text.get(sql)
         if verdict is None:
             statements = analyze_uncached(sql, shape, self.max_statements)
             verdict = Verdict(statements, decide(self.policies, statements))
-            remember(self._cache, sql, shape, verdict, depends_on_literals(statements))
+            if depends_on_literals(statements):
+                self._by_text.put(sql, verdict)
+            else:
+                self._by_shape.put(shape, verdict)
         return verdict
 
     def recall(self, sql: str) -> Verdict | None:
         """The verdict cached for exactly ``sql``, without analysing anything."""
-        return cached_exact(self._cache, sql)
+        return self._by_text.get(sql)
 
     def judge_function_call(self, function_oid: int) -> Verdict:
         """The verdict on a FunctionCall message."""

@@ -68,6 +68,8 @@ class UpstreamCheck:
 
     async def check(self) -> bool:
         """Sign in upstream once and record the outcome."""
+        if self.server.problems:  # not ready anyway (/readyz says why): nothing to try
+            return False
         upstream = UpstreamProtocol(_Listener(self.server))  # type: ignore[arg-type]
         settings = self.server.settings
         try:

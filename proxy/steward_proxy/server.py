@@ -3,7 +3,10 @@
 This module and its neighbours :mod:`.client` and :mod:`.upstream` are the only
 places with sockets. :class:`ProxyServer` accepts connections (one
 :class:`~steward_proxy.client.ClientProtocol` each), keeps the cancel keys and
-the per-identity judges, reaps idle sessions and drains on SIGTERM. Protocols,
+the per-identity judges, reaps idle sessions and drains on SIGTERM.
+:meth:`ProxyServer.replace_policies` swaps the policy set while sessions run:
+each session holds a :class:`LiveJudge`, which asks the server for the current
+judge of its identity, so its next statement meets the new policy. Protocols,
 not streams, keep the relay free of task switches; each side pauses the
 other's reading when its write buffer fills.
 
@@ -19,6 +22,7 @@ against ``max_connections`` instead.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -37,15 +41,16 @@ from steward_proxy.audit import AuditSink
 from steward_proxy.auth import Authenticator, FixedIdentity, Trust
 from steward_proxy.auth.jwks import JwksSource
 from steward_proxy.client import ClientProtocol
-from steward_proxy.engine import Judge
+from steward_proxy.engine import Analysis, Judge, Verdict
 from steward_proxy.escape import escape, has_controls
 from steward_proxy.metrics import ProxyMetrics
-from steward_proxy.policy import Identity, PolicySet
+from steward_proxy.policy import Identity, Policy, PolicySet
 from steward_proxy.readiness import UpstreamCheck
 from steward_proxy.session import AnalysisLimits
 from steward_proxy.sqlstate import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
+    CONNECTION_REJECTED,
     IDLE_SESSION_TIMEOUT,
     INVALID_AUTHORIZATION,
     IO_ERROR,
@@ -100,6 +105,57 @@ class ProxySettings:
     """Seconds between two upstream sign-in checks behind /readyz; 0 disables them."""
 
 
+class PolicyRefused(Exception):
+    """A policy swap that would roll the running policy back; nothing changed."""
+
+
+class LiveJudge(Judge):
+    """The judge of one identity under whatever policy set the server runs now.
+
+    A session keeps the judge it got at sign-in for its whole life; this one
+    forwards each call to the server's current :class:`Judge` for the identity,
+    so a swapped policy set reaches sessions in flight at their next statement.
+    Statements already parsed (prepared statements, portals) keep the verdict
+    they were given when they were parsed.
+    """
+
+    def __init__(self, server: ProxyServer, identity: Identity) -> None:
+        # No Judge.__init__: this judge has no cache of its own.
+        self._server = server
+        self.identity = identity
+        self._seen: dict[Identity, Judge] | None = None
+        self._judge: Judge | None = None
+
+    @property
+    def current(self) -> Judge:
+        judges = self._server.judges
+        if judges is not self._seen or self._judge is None:
+            # The server replaces its judges dict on every swap.
+            self._judge = self._server.current_judge(self.identity)
+            self._seen = judges
+        return self._judge
+
+    @property  # type: ignore[override]
+    def policies(self) -> tuple[Policy, ...]:
+        return self.current.policies
+
+    @property  # type: ignore[override]
+    def max_statements(self) -> int:
+        return self.current.max_statements
+
+    def judge(self, sql: str, analysed: Analysis | None = None) -> Verdict:
+        return self.current.judge(sql, analysed)
+
+    def recall(self, sql: str) -> Verdict | None:
+        return self.current.recall(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a session asks of its judge comes from the current one.
+        if name.startswith("__") or name in ("_server", "_seen", "_judge", "identity"):
+            raise AttributeError(name)
+        return getattr(self.current, name)
+
+
 class ProxyServer:
     """Accepts clients and governs their sessions."""
 
@@ -120,6 +176,15 @@ class ProxyServer:
         self._evicted_logged_at = -math.inf
         self.cancel_keys: dict[tuple[int, int], ClientProtocol] = {}
         self.judges: dict[Identity, Judge] = {}
+        self._no_access = Judge((), max_statements=settings.analysis_limits.max_statements)
+        self.policy_source = "startup"
+        self.policy_generation: int | None = None
+        """Generation of the running bundle; None when policy came from files."""
+        self.bundle_hash: str | None = None
+        self.bundle_target: str | None = None
+        self.problems: list[str] = []
+        """Configuration problems (missing credentials, ...): not ready, no sign-in."""
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
         self.audit_failed = False
         self._server: asyncio.AbstractServer | None = None
@@ -149,7 +214,7 @@ class ProxyServer:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         await self.analyzer.start()
         # Checked before listening, so /readyz and the log tell the truth from the start.
         if self.settings.key_source is not None:
@@ -173,7 +238,12 @@ class ProxyServer:
 
     @property
     def ready(self) -> bool:
-        return self._server is not None and not self.draining and not self.audit_failed
+        return (
+            self._server is not None
+            and not self.draining
+            and not self.audit_failed
+            and not self.problems
+        )
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then drain."""
@@ -298,20 +368,102 @@ class ProxyServer:
         return key
 
     def judge_for(self, identity: Identity) -> Judge:
+        """The judge a session of ``identity`` keeps; refuses a subject no policy covers."""
+        if not self.current_judge(identity).policies:
+            raise Refusal(
+                INVALID_AUTHORIZATION,
+                f"no Steward policy covers subject {identity.subject}: access refused",
+            )
+        return LiveJudge(self, identity)
+
+    def current_judge(self, identity: Identity) -> Judge:
+        """The judge of ``identity`` under the running policy set (cached per set).
+
+        A subject no policy covers gets a judge with no policies, which denies
+        everything, and is not cached: that would let unknown names grow the cache.
+        """
         judge = self.judges.get(identity)
         if judge is None:
             policies = self.policies.policies_for(identity)
             if not policies:
-                raise Refusal(
-                    INVALID_AUTHORIZATION,
-                    f"no Steward policy covers subject {identity.subject}: access refused",
-                )
+                return self._no_access
             judge = self.judges[identity] = Judge(
                 policies, max_statements=self.settings.analysis_limits.max_statements
             )
         return judge
 
+    def replace_policies(
+        self,
+        policies: PolicySet,
+        *,
+        source: str,
+        bundle_hash: str | None = None,
+        generation: int | None = None,
+        target: str | None = None,
+    ) -> bool:
+        """Run ``policies`` from now on: the one way the policy set changes.
+
+        Call on the event loop (:meth:`replace_policies_threadsafe` from other
+        threads). Writes a ``policy.loaded`` audit record, then swaps the set
+        and drops every cached verdict; sessions in flight judge their next
+        statement under the new set (see :class:`LiveJudge`). A bundle whose
+        ``generation`` is older than the running one, or equal with another
+        hash, raises :class:`PolicyRefused`; the very same bundle again changes
+        nothing and returns False. If the audit record cannot be written the
+        proxy fails closed (see :meth:`audit_failure`) and keeps the old set.
+        """
+        running = self.policy_generation
+        if generation is not None and running is not None:
+            if generation < running:
+                raise PolicyRefused(
+                    f"bundle generation {generation} is older than the running {running}"
+                )
+            if generation == running:
+                if bundle_hash == self.bundle_hash:
+                    return False
+                raise PolicyRefused(f"bundle generation {generation} already runs other content")
+        try:
+            self.audit.write(
+                "policy.loaded", **policy_record(policies, source, bundle_hash, generation, target)
+            )
+        except Exception as exc:
+            self.audit_failure(exc)
+            raise
+        self.policies = policies
+        self.judges = {}
+        self.policy_source = source
+        self.policy_generation = generation
+        self.bundle_hash = bundle_hash
+        self.bundle_target = target or self.bundle_target
+        log.info(
+            "policy loaded from %s: %d policies, compiled hash %s%s",
+            source,
+            len(policies.policies),
+            policies.compiled_hash[:12],
+            f", bundle {target} generation {generation}" if generation is not None else "",
+        )
+        return True
+
+    def replace_policies_threadsafe(
+        self, policies: PolicySet, **kwargs: Any
+    ) -> concurrent.futures.Future[bool]:
+        """:meth:`replace_policies` on the event loop, from another thread."""
+        if self.loop is None:
+            raise RuntimeError("the proxy is not running")
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def swap() -> None:
+            try:
+                done.set_result(self.replace_policies(policies, **kwargs))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(swap)
+        return done
+
     def identity_for(self, startup: wire.StartupMessage) -> Identity:
+        if self.problems:
+            raise Refusal(CONNECTION_REJECTED, "; ".join(self.problems))
         if self.settings.identity:
             return Identity(self.settings.identity, self.settings.identity_groups)
         user = startup.user or ""
@@ -376,6 +528,30 @@ def raise_open_file_limit(settings: ProxySettings) -> int:
 def _secret_key() -> int:
     """A cancel secret of the proxy's own: a random signed 32-bit integer, as PostgreSQL's."""
     return secrets.randbits(32) - (1 << 31)
+
+
+def policy_record(
+    policies: PolicySet,
+    source: str,
+    bundle_hash: str | None = None,
+    generation: int | None = None,
+    target: str | None = None,
+) -> dict[str, Any]:
+    """The fields of a ``policy.loaded`` audit record.
+
+    ``policy`` lists the policies, ``fingerprint`` is the compiled hash,
+    ``client`` says where the set came from, and for a bundle ``statement``
+    names its target, generation and content hash.
+    """
+    fields: dict[str, Any] = {
+        "policy": ",".join(p.key for p in policies.policies),
+        "fingerprint": policies.compiled_hash,
+        "decision": "allow",
+        "client": source,
+    }
+    if generation is not None:
+        fields["statement"] = f"bundle {target} generation {generation} hash {bundle_hash}"
+    return fields
 
 
 def install_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from steward_proxy import wire
-from steward_proxy.engine import Analysis, Judge, Verdict
+from steward_proxy.engine import Analysis, Judge, Note, Verdict
 from steward_proxy.policy.pinned import PINNED_PARAMETERS
 from steward_proxy.sql import AnalysisLimitError, SQLSyntaxError, StatementInfo
 from steward_proxy.sqlstate import (
@@ -80,14 +80,6 @@ class AnalysisLimits:
     """Longer text is analysed off the event loop (see ``pending_analysis``)."""
     inline_budget: int = 16384
     """Text analysed inline in one call before the session yields to the loop."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Note:
-    """What the session tells the tracker to keep with a request."""
-
-    statement: StatementInfo | None
-    verdict: Verdict
 
 
 class Session:
@@ -199,11 +191,11 @@ class Session:
 
     def feed_client(self, data: bytes) -> bytes:
         """Bytes from the client; returns the bytes for the upstream."""
-        self.last_activity = self.clock()
+        now = self.last_activity = self.clock()
         self.tracker.receive_client(data)
         if self._stall is not None:
             return b""
-        return self._pump()
+        return self._pump(now)
 
     def resume(self) -> bytes:
         """Go on with held client input; returns the bytes for the upstream."""
@@ -223,26 +215,27 @@ class Session:
         self._stall = None
         self.resumable = True
 
-    def _pump(self) -> bytes:
+    def _pump(self, now: float | None = None) -> bytes:
         tracker = self.tracker
+        next_statement = tracker.next_statement
+        if now is None:
+            now = self.clock()
         self._inline_spent = 0
         while self._stall is None:
-            statement = tracker.next_statement()
+            statement = next_statement()
             if statement is wire.NEED_DATA:
                 break
-            assert isinstance(statement, wire.Statement)
-            self._govern(statement)
+            self._govern(statement, now)  # type: ignore[arg-type]
         return tracker.take_upstream()
 
-    def _govern(self, statement: wire.Statement) -> None:
+    def _govern(self, statement: wire.Statement, now: float) -> None:
         """Judge one statement and tell the tracker; or hold it (``_stall``)."""
-        now = self.clock()
         if statement.kind == "F":
             verdict = self.judge.judge_function_call(statement.function_oid)
             if verdict.decision.action in ("deny", "review"):
                 self.tracker.refuse(statement, self._refuse(verdict, now))
             else:
-                self.tracker.forward(statement, _Note(verdict.statements[0], verdict))
+                self.tracker.forward(statement, verdict.notes[0], now)
             return
         judged = self._judge(statement.text, now)
         if judged is None:
@@ -250,12 +243,9 @@ class Session:
         if isinstance(judged, bytes):
             self.tracker.refuse(statement, judged)
         elif statement.kind == "Q":
-            # An empty string is answered as one statement (EmptyQueryResponse).
-            statements = judged.statements or (None,)
-            self.tracker.forward(statement, [_Note(s, judged) for s in statements])
+            self.tracker.forward(statement, judged.notes, now)
         else:
-            first = judged.statements[0] if judged.statements else None
-            self.tracker.forward(statement, _Note(first, judged))
+            self.tracker.forward(statement, judged.notes[0], now)
 
     def _judge(self, text: bytes, now: float) -> Verdict | bytes | None:
         """Screen and judge statement text.
@@ -263,9 +253,13 @@ class Session:
         Returns the verdict to go on with, an ErrorResponse for the client (the
         refusal is audited), or None when the text is held (``_stall``).
         """
-        refusal = self._screen(text, now)
-        if refusal is not None or self._stall is not None:
-            return refusal
+        tracker = self.tracker
+        if len(text) > self.limits.max_statement_bytes or (
+            (tracker.dirty or tracker.unsettled) and _READS_DIFFERENTLY.search(text)
+        ):
+            refusal = self._screen(text, now)
+            if refusal is not None or self._stall is not None:
+                return refusal
         try:
             verdict = self._verdict(text.decode("utf-8", "surrogateescape"))
         except SQLSyntaxError as exc:
@@ -425,7 +419,7 @@ class Session:
 
     def _finished(self, event: wire.Finished) -> None:
         note = event.note
-        if not isinstance(note, _Note):
+        if not isinstance(note, Note):
             # A portal whose statement the session does not know (forgotten).
             fields = {**self._who, "rows": event.rows, "error": event.error}
             self._records.append(("statement", fields))

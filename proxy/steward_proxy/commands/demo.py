@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from steward_proxy.localpg import LocalPostgres, LocalProxy
-
 DEMO_USER = "demo"
 REFUSED_USER = "auditor"
 
@@ -160,6 +158,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    try:
+        from steward_testing.postgres import LocalPostgres, LocalProxy
+    except ImportError:
+        print(
+            "steward demo: needs the development install (pip install -e '.[dev]', "
+            "or `make demo`); the images do not carry it",
+            file=sys.stderr,
+        )
+        return 2
     examples = find_examples(args.examples)
     print("Steward demo: starting a throwaway PostgreSQL ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="steward-demo-") as tmp, LocalPostgres() as pg:

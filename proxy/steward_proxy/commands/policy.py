@@ -2,7 +2,10 @@
 
 ``check PATH...`` validates policy files the way the proxy loads them and prints
 one line per problem. ``explain`` shows, as JSON, what the proxy would decide for
-a subject running some SQL under the given policies.
+a subject running some SQL under the given policies, with the names the audit
+record uses (``decision``, ``policy``, ``rule``, ``message``), and for each
+statement what it executes: its operations (each with its own decision), the
+functions it calls or wires in, and whether it is an unbounded write.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from steward_proxy.policy import (
     compile_documents,
     decide,
     decide_each,
+    decide_operations,
     is_valid_subject,
     load_policy_set,
     read_documents,
@@ -125,7 +129,7 @@ def run_explain(args: argparse.Namespace) -> int:
             "subject": identity.subject,
             "groups": list(identity.groups),
             "policies": [p.key for p in policy_set.policies_for(identity)],
-            "action": "deny",
+            "decision": "deny",
             "policy": None,
             "rule": None,
             "message": f"statement refused: it could not be analyzed: {exc}",
@@ -148,19 +152,35 @@ def run_explain(args: argparse.Namespace) -> int:
         parts.append(
             {
                 "command": statement.command,
-                "tables": list(statement.tables),
-                "functions": list(statement.functions),
-                "has_where": statement.has_where,
-                "action": decision.action,
+                "statement": statement.normalized,
+                "fingerprint": statement.fingerprint,
+                "decision": decision.action,
                 "policy": decision.policy,
                 "rule": decision.rule,
+                "message": decision.message,
+                "operations": [
+                    {
+                        "command": op.command,
+                        "table": op.table,
+                        "unbounded": op.unbounded,
+                        "copy": op.copy,
+                        "language": op.language,
+                        "decision": op_decision.action,
+                        "policy": op_decision.policy,
+                        "rule": op_decision.rule,
+                    }
+                    for op, op_decision in decide_operations(policies, statement)
+                ],
+                "functions": list(statement.functions),
+                "tables": list(statement.tables),
+                "unbounded": statement.unbounded,
             }
         )
     result = {
         "subject": identity.subject,
         "groups": list(identity.groups),
         "policies": [p.key for p in policies],
-        "action": overall.action,
+        "decision": overall.action,
         "policy": overall.policy,
         "rule": overall.rule,
         "message": overall.message,

@@ -1,4 +1,16 @@
-"""``steward proxy``: run the governed PostgreSQL proxy."""
+"""``steward proxy``: run the governed PostgreSQL proxy.
+
+Policy comes from YAML files (``--policy``) or from a signed bundle
+(``--bundle``, what the operator's sidecar injection gives), which is then
+reloaded when the file changes and may be pushed to ``PUT /policy``.
+
+Upstream credentials: the user from the URL or ``STEWARD_UPSTREAM_USER``, the
+password from the URL, ``--upstream-password-file`` or
+``STEWARD_UPSTREAM_PASSWORD``. An injected sidecar gets both variables from a
+Secret and ``STEWARD_UPSTREAM_SECRET`` naming it; when that Secret does not
+give them, the proxy runs but is not ready and refuses every sign-in, saying
+why in its log, in ``/readyz`` and to clients.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from steward_proxy import wire
 from steward_proxy.auth import setup as auth_setup
@@ -70,7 +83,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the upstream password (else the URL's, or STEWARD_UPSTREAM_PASSWORD)",
     )
     p.add_argument(
-        "--policy", action="append", required=True, metavar="PATH", help="file or directory"
+        "--policy",
+        action="append",
+        metavar="PATH",
+        help="policy file or directory (repeatable); or give --bundle",
+    )
+    p.add_argument(
+        "--bundle",
+        metavar="FILE",
+        help="signed policy bundle to run; reloaded when the file changes, and "
+        "accepted by PUT /policy on the admin endpoint",
+    )
+    p.add_argument(
+        "--bundle-public-key",
+        metavar="FILE",
+        help="Ed25519 key that bundles must be signed with (PEM or base64); "
+        "default: the STEWARD_BUNDLE_PUBLIC_KEY variable",
+    )
+    p.add_argument(
+        "--bundle-target",
+        metavar="NAMESPACE/POLICY",
+        help="the only target whose bundles are taken (default: the first bundle's)",
+    )
+    p.add_argument(
+        "--bundle-poll",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the bundle file is checked for a change (default: %(default)s)",
     )
     p.add_argument("--identity", metavar="SUBJECT", help="fixed subject (sidecar mode)")
     p.add_argument(
@@ -224,12 +264,49 @@ def upstream_password(args: argparse.Namespace) -> str | None:
     return os.environ.get("STEWARD_UPSTREAM_PASSWORD")
 
 
+MISSING_USER = "steward-credentials-missing"
+
+
+def upstream_credentials(url: str, password: str | None) -> tuple[str, list[str]]:
+    """The upstream URL with ``STEWARD_UPSTREAM_USER`` filled in, and what is missing.
+
+    When ``STEWARD_UPSTREAM_SECRET`` names the Secret the credentials should
+    come from and it gave no user or no password, the problems say so; the URL
+    then carries a placeholder user that is never used, as no sign-in is
+    allowed while there are problems.
+    """
+    user = os.environ.get("STEWARD_UPSTREAM_USER")
+    secret = os.environ.get("STEWARD_UPSTREAM_SECRET")
+    parts = urlsplit(url)
+    problems = []
+    if not user and not parts.username and secret:
+        problems.append(
+            f"upstream credentials missing: Secret {secret} gave no user "
+            "(STEWARD_UPSTREAM_USER is not set)"
+        )
+        user = MISSING_USER
+    if secret and password is None and not parts.password:
+        problems.append(
+            f"upstream credentials missing: Secret {secret} gave no password "
+            "(STEWARD_UPSTREAM_PASSWORD is not set)"
+        )
+    if user:
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        netloc = quote(user, safe="") + (f":{parts.password}" if parts.password else "")
+        netloc += f"@{host}" + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit(parts._replace(netloc=netloc))
+    return url, problems
+
+
 def run(args: argparse.Namespace) -> int:
     from steward_proxy.admin import AdminServer
     from steward_proxy.audit import AuditWriteError, AuditWriter
     from steward_proxy.auth import AuthConfigError
     from steward_proxy.metrics import MeteredAudit, ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
+    from steward_proxy.policy.bundle import BundleError, load_public_key, verify
+    from steward_proxy.reload import BundleUpdater, read_bundle_file
     from steward_proxy.server import (
         ProxyServer,
         ProxySettings,
@@ -244,8 +321,13 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("steward proxy: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if bool(args.policy) == bool(args.bundle):
+        print("steward proxy: give either --policy or --bundle", file=sys.stderr)
+        return 2
     try:
-        target = UpstreamTarget.from_url(args.upstream, password=upstream_password(args))
+        password = upstream_password(args)
+        url, problems = upstream_credentials(args.upstream, password)
+        target = UpstreamTarget.from_url(url, password=password)
     except (ValueError, OSError) as exc:
         print(f"steward proxy: bad upstream: {exc}", file=sys.stderr)
         return 2
@@ -256,13 +338,31 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if auth.warning:
         log.warning("%s", auth.warning)
-    try:
-        policies = load_policy_set(args.policy)
-    except PolicyError as exc:
-        print("steward proxy: policy does not load; refusing to start:", file=sys.stderr)
-        for error in exc.errors:
-            print(f"  {error}", file=sys.stderr)
-        return 2
+    bundle = None
+    if args.bundle:
+        try:
+            key = load_public_key(
+                Path(args.bundle_public_key).read_bytes()
+                if args.bundle_public_key
+                else os.environ.get("STEWARD_BUNDLE_PUBLIC_KEY", "")
+            )
+        except (OSError, ValueError) as exc:
+            print(f"steward proxy: no usable bundle public key: {exc}", file=sys.stderr)
+            return 2
+        try:
+            bundle = verify(read_bundle_file(Path(args.bundle)), key, target=args.bundle_target)
+        except (OSError, BundleError) as exc:
+            print(f"steward proxy: bundle {args.bundle} refused: {exc}", file=sys.stderr)
+            return 2
+        policies = bundle.policies
+    else:
+        try:
+            policies = load_policy_set(args.policy)
+        except PolicyError as exc:
+            print("steward proxy: policy does not load; refusing to start:", file=sys.stderr)
+            for error in exc.errors:
+                print(f"  {error}", file=sys.stderr)
+            return 2
     settings = ProxySettings(
         listen_host=args.listen[0],
         listen_port=args.listen[1],
@@ -301,20 +401,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     metrics = ProxyMetrics()
     server = ProxyServer(settings, policies, MeteredAudit(audit, metrics), metrics)
+    server.problems.extend(problems)
+    for problem in problems:
+        log.error("%s: not ready, every sign-in is refused", problem)
+    updater = None
     try:
-        audit.write(
-            "policy.loaded",
-            policy=",".join(p.key for p in policies.policies),
-            fingerprint=policies.compiled_hash,
-            decision="allow",
-        )
+        if bundle is not None:
+            updater = BundleUpdater(server, key, args.bundle_target or bundle.target)
+            updater.install(bundle, f"file {args.bundle}")
+        else:
+            server.replace_policies(policies, source="files " + ",".join(args.policy))
     except AuditWriteError as exc:
         print(f"steward proxy: cannot write the audit trail: {exc}", file=sys.stderr)
         return 2
     admin = None
     if args.admin:
         try:
-            admin = AdminServer(args.admin, server)
+            admin = AdminServer(args.admin, server, updater)
         except OSError as exc:
             print(
                 f"steward proxy: cannot listen on {args.admin[0]}:{args.admin[1]}: {exc}",
@@ -333,14 +436,19 @@ def run(args: argparse.Namespace) -> int:
                 admin=f"{admin.address[0]}:{admin.address[1]}" if admin else None,
                 upstream=target.redacted(),
                 authentication=server.authenticator.describe(),
-                policies=policies,
+                policies=server.policies,
             ),
         )
-        syncer = asyncio.create_task(_sync_audit(audit, server.audit_failure))
+        background = [asyncio.create_task(_sync_audit(audit, server.audit_failure))]
+        if updater is not None:
+            background.append(
+                asyncio.create_task(updater.watch(Path(args.bundle), args.bundle_poll))
+            )
         try:
             await server.serve()
         finally:
-            syncer.cancel()
+            for task in background:
+                task.cancel()
 
     loop_factory = install_uvloop()
     try:

@@ -14,6 +14,8 @@ from steward_proxy.policy.decide import (
     decide_each,
     decide_function_call,
     decide_one,
+    decide_operation,
+    decide_operations,
 )
 from steward_proxy.policy.loader import load_documents, load_policy_set, read_documents
 from steward_proxy.policy.model import (
@@ -22,6 +24,7 @@ from steward_proxy.policy.model import (
     Identity,
     MaskingColumnRule,
     MaskingRuleSet,
+    OperationLike,
     Policy,
     PolicyError,
     PolicySet,
@@ -38,6 +41,7 @@ __all__ = [
     "Identity",
     "MaskingColumnRule",
     "MaskingRuleSet",
+    "OperationLike",
     "Policy",
     "PolicyError",
     "PolicySet",
@@ -49,6 +53,8 @@ __all__ = [
     "decide_each",
     "decide_function_call",
     "decide_one",
+    "decide_operation",
+    "decide_operations",
     "is_valid_subject",
     "load_documents",
     "load_policy_set",

@@ -121,6 +121,8 @@ def compile_policy(name: str, namespace: str, spec: Mapping[str, Any]) -> Policy
             tables=tuple(qualify_table(t) for t in g["match"].get("tables", ())),
             functions=tuple(f.lower() for f in g["match"].get("functions", ())),
             without_where=bool(g["match"].get("withoutWhere", False)),
+            copy=tuple(g["match"].get("copy", ())),
+            languages=tuple(lang.lower() for lang in g["match"].get("languages", ())),
             action=g["action"],
             message=g.get("message", ""),
         )

@@ -1,13 +1,17 @@
 """Judging statements against the policies that cover a subject.
 
-Pure: no I/O. Within a policy the guardrails are tried in order and the first
-that matches decides; when none matches, the policy's ``defaultAction`` does.
-A statement that changes a setting Steward pins (see ``pinned``) is refused
-before any policy is consulted. Across the statements of one query string and
-across several policies the most restrictive decision wins (deny > review >
-log > allow); between equally
-restrictive decisions the first statement, then the first policy (by
-``namespace/name``), is reported.
+Pure: no I/O. A statement is judged by what it executes: each of its operations
+(see ``model.StatementLike``) on its own. Within a policy the guardrails are
+tried in order and the first that matches an operation decides for it; when
+none matches, the policy's ``defaultAction`` does. A statement that changes a
+setting Steward pins (see ``pinned``) is refused before any policy is
+consulted. Across the operations of a statement, the statements of one query
+string and several policies, the most restrictive decision wins (deny > review
+> log > allow); between equally restrictive decisions the first statement,
+then the first operation, then the first policy (by ``namespace/name``), is
+reported. So an ``allow`` guardrail allows a statement only when it (or
+another allowing rule) covers every operation: ``INSERT INTO payments SELECT
+...`` is not allowed by a rule that allows SELECT.
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from steward_proxy.policy.model import ACTION_RANK, Action, Policy, StatementLike
+from steward_proxy.policy.model import (
+    ACTION_RANK,
+    Action,
+    OperationLike,
+    Policy,
+    StatementLike,
+    operations_of,
+)
 from steward_proxy.policy.pinned import pinned_violation
 
 _VERB = {
@@ -52,13 +63,12 @@ def pinned(statement: StatementLike) -> Decision | None:
     return Decision("deny", None, None, f"statement refused: {reason}")
 
 
-def decide_one(policy: Policy, statement: StatementLike) -> Decision:
-    """The decision of one policy on one statement."""
-    refused = pinned(statement)
-    if refused is not None:
-        return refused
+def decide_operation(
+    policy: Policy, operation: OperationLike, statement: StatementLike
+) -> Decision:
+    """The decision of one policy on one operation of ``statement``."""
     for guardrail in policy.guardrails:
-        if guardrail.matches(statement):
+        if guardrail.matches_operation(operation, statement):
             verb = _VERB[guardrail.action]
             message = f"statement {verb} policy {policy.key} rule {guardrail.name}"
             if guardrail.message:
@@ -73,11 +83,33 @@ def decide_one(policy: Policy, statement: StatementLike) -> Decision:
     )
 
 
+def decide_one(policy: Policy, statement: StatementLike) -> Decision:
+    """The decision of one policy on one statement: the strictest over its operations."""
+    refused = pinned(statement)
+    if refused is not None:
+        return refused
+    return _combine(decide_operation(policy, op, statement) for op in operations_of(statement))
+
+
+def decide_operations(
+    policies: Sequence[Policy], statement: StatementLike
+) -> tuple[tuple[OperationLike, Decision], ...]:
+    """Each operation of ``statement`` with the combined decision of ``policies`` on it."""
+    return tuple(
+        (op, _combine(decide_operation(p, op, statement) for p in policies))
+        for op in operations_of(statement)
+    )
+
+
 def decide_each(
     policies: Sequence[Policy], statements: Sequence[StatementLike]
 ) -> tuple[Decision, ...]:
     """One combined decision per statement, in statement order."""
-    return tuple(pinned(s) or _combine(decide_one(p, s) for p in policies) for s in statements)
+    return tuple(
+        pinned(s)
+        or _combine(decide_operation(p, op, s) for op in operations_of(s) for p in policies)
+        for s in statements
+    )
 
 
 def decide(policies: Sequence[Policy], statements: Sequence[StatementLike]) -> Decision:
@@ -93,7 +125,9 @@ def decide(policies: Sequence[Policy], statements: Sequence[StatementLike]) -> D
         return NO_POLICY
     if not statements:
         return EMPTY_QUERY
-    return _combine(decide_one(p, s) for s in statements for p in policies)
+    return _combine(
+        decide_operation(p, op, s) for s in statements for op in operations_of(s) for p in policies
+    )
 
 
 def decide_function_call(policies: Sequence[Policy], statement: StatementLike) -> Decision:

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Any, Literal, Protocol
@@ -29,23 +29,45 @@ GROUP_PREFIX = "group:"
 ACTION_RANK: Mapping[str, int] = {"allow": 0, "log": 1, "review": 2, "deny": 3}
 
 
+class OperationLike(Protocol):
+    """One thing a statement executes (``sql.Operation`` fits).
+
+    ``command`` is a command tag or ``DYNAMIC``, ``table`` a ``schema.table``
+    name or None, ``unbounded`` whether it is an UPDATE or DELETE that may
+    change every row, ``copy`` where a COPY's data goes (``stdio``, ``file``,
+    ``program``) and ``language`` the language of a DO block or function.
+    """
+
+    @property
+    def command(self) -> str: ...
+    @property
+    def table(self) -> str | None: ...
+    @property
+    def unbounded(self) -> bool: ...
+    @property
+    def copy(self) -> str | None: ...
+    @property
+    def language(self) -> str | None: ...
+
+
 class StatementLike(Protocol):
     """What a decision needs to know about one statement (``sql.StatementInfo`` fits).
 
-    ``command`` is the command tag, ``tables`` are ``schema.table`` names,
-    ``functions`` lower-case function names, ``has_where`` whether an UPDATE or
-    DELETE has a WHERE clause, ``settings`` the ``(name, value)`` run-time
+    ``command`` is the command tag, ``operations`` what it executes (judged one
+    by one; none means one operation of ``command``), ``tables`` every
+    ``schema.table`` it names, ``functions`` lower-case names of the functions
+    it calls or wires in, ``settings`` the ``(name, value)`` run-time
     parameters it changes.
     """
 
     @property
     def command(self) -> str: ...
     @property
+    def operations(self) -> Sequence[OperationLike]: ...
+    @property
     def tables(self) -> tuple[str, ...]: ...
     @property
     def functions(self) -> tuple[str, ...]: ...
-    @property
-    def has_where(self) -> bool: ...
     @property
     def settings(self) -> tuple[tuple[str, str | None], ...]: ...
 
@@ -137,9 +159,6 @@ class DatabaseRef:
     credentials_secret_ref: CredentialsSecretRef | None = None
 
 
-_UNBOUNDED = frozenset({"UPDATE", "DELETE"})
-
-
 def qualify_table(name: str) -> str:
     """``orders`` -> ``public.orders``; ``db.s.t`` -> ``s.t``; ``s.t`` unchanged."""
     parts = name.split(".")
@@ -155,17 +174,34 @@ def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 @dataclass(frozen=True, slots=True)
+class StatementOperation:
+    """The one operation of a statement that lists none: its own command."""
+
+    command: str
+    table: str | None = None
+    unbounded: bool = False
+    copy: str | None = None
+    language: str | None = None
+
+
+def operations_of(statement: StatementLike) -> Sequence[OperationLike]:
+    """What ``statement`` executes: its operations, or one operation of its command."""
+    return statement.operations or (StatementOperation(statement.command),)
+
+
+@dataclass(frozen=True, slots=True)
 class Guardrail:
     """One ordered rule of a policy. Every criterion given must hold for a match.
 
-    ``statements`` are command tags as ``sql.StatementInfo.command`` gives them
-    (``CREATE`` for every CREATE statement, see ``sql.commands``). ``tables`` are
-    globs over ``schema.table`` (already qualified with ``public.``).
-    ``functions`` are globs over lower-case function names: a pattern without a
-    dot is compared with the unqualified name. ``without_where`` matches only
-    UPDATE and DELETE that have no WHERE clause, also one inside ``WITH``,
-    ``EXPLAIN ANALYZE`` or ``PREPARE`` (then the statement's own tag is another,
-    and ``statements`` naming UPDATE or DELETE still counts as matched).
+    A guardrail judges a statement's operations (see ``sql.Operation``), each on
+    its own: ``statements`` (command tags, plus ``DYNAMIC``), ``tables`` (globs
+    over ``schema.table``, already qualified with ``public.``), ``without_where``
+    (an UPDATE or DELETE operation that may change every row), ``copy`` (where a
+    COPY operation's data goes) and ``languages`` (globs over the language of a
+    DO block or function) must all hold for one operation. ``functions`` (globs
+    over lower-case function names; a pattern without a dot is compared with the
+    unqualified name) holds for every operation of a statement that calls or
+    wires in a matching function.
     """
 
     name: str
@@ -173,12 +209,18 @@ class Guardrail:
     tables: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
     without_where: bool = False
+    copy: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
     action: Action = "deny"
     message: str = ""
     _statement_set: frozenset[str] = field(
         default=frozenset(), init=False, repr=False, compare=False
     )
+    _copy_set: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
     _tables_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _languages_re: re.Pattern[str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
     _qualified_functions_re: re.Pattern[str] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -191,26 +233,31 @@ class Guardrail:
         bare = tuple(p.lower() for p in self.functions if "." not in p)
         set_ = object.__setattr__
         set_(self, "_statement_set", frozenset(self.statements))
+        set_(self, "_copy_set", frozenset(self.copy))
         set_(self, "_tables_re", _glob_regex(self.tables))
+        set_(self, "_languages_re", _glob_regex(tuple(p.lower() for p in self.languages)))
         set_(self, "_qualified_functions_re", _glob_regex(qualified))
         set_(self, "_bare_functions_re", _glob_regex(bare))
 
     def matches(self, statement: StatementLike) -> bool:
-        command = statement.command
-        if self.without_where:
-            if statement.has_where:
-                return False
-            # has_where is False only when an UPDATE or DELETE without WHERE runs,
-            # possibly inside WITH, EXPLAIN ANALYZE or PREPARE under another tag.
-            if self._statement_set and not (
-                command in self._statement_set or not self._statement_set.isdisjoint(_UNBOUNDED)
-            ):
-                return False
-        elif self._statement_set and command not in self._statement_set:
+        """Whether this guardrail matches any operation of ``statement``."""
+        return any(self.matches_operation(op, statement) for op in operations_of(statement))
+
+    def matches_operation(self, operation: OperationLike, statement: StatementLike) -> bool:
+        """Whether this guardrail matches ``operation``, one of ``statement``'s."""
+        if self._statement_set and operation.command not in self._statement_set:
+            return False
+        if self.without_where and not operation.unbounded:
+            return False
+        if self._copy_set and operation.copy not in self._copy_set:
             return False
         if self._tables_re is not None:
-            pattern = self._tables_re
-            if not any(pattern.fullmatch(qualify_table(t)) for t in statement.tables):
+            table = operation.table
+            if table is None or not self._tables_re.fullmatch(qualify_table(table)):
+                return False
+        if self._languages_re is not None:
+            language = operation.language
+            if language is None or not self._languages_re.fullmatch(language.lower()):
                 return False
         if self.functions:
             return any(self._function_matches(f.lower()) for f in statement.functions)

@@ -3,7 +3,7 @@
 ``normalize`` and ``fingerprint`` give a statement's shape (the cache key),
 ``scrub`` and ``shape_fingerprint`` what the audit trail records of it,
 ``split_statements`` cuts a multi-statement string, ``analyze`` says what each
-statement does (command, tables, functions, writes) for the guardrail engine.
+statement does (its operations, tables, functions, writes) for the guardrail engine.
 
 Pure: no I/O, no sockets, no asyncio.
 """
@@ -13,6 +13,7 @@ from steward_proxy.sql.analysis import (
     StatementInfo,
     analyze,
     analyze_uncached,
+    as_executed,
     cached,
     cached_exact,
     depends_on_literals,
@@ -20,6 +21,7 @@ from steward_proxy.sql.analysis import (
 )
 from steward_proxy.sql.cache import ShapeCache
 from steward_proxy.sql.errors import AnalysisLimitError, SQLSyntaxError
+from steward_proxy.sql.operations import DYNAMIC, Operation
 from steward_proxy.sql.shape import (
     fingerprint,
     normalize,
@@ -30,12 +32,15 @@ from steward_proxy.sql.shape import (
 
 __all__ = [
     "DEFAULT_CACHE",
+    "DYNAMIC",
     "AnalysisLimitError",
+    "Operation",
     "SQLSyntaxError",
     "ShapeCache",
     "StatementInfo",
     "analyze",
     "analyze_uncached",
+    "as_executed",
     "cached",
     "cached_exact",
     "depends_on_literals",

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["NOT_TOP_LEVEL", "command_tag"]
+__all__ = ["command_tag"]
 
 Fields = Mapping[str, Any]
 
@@ -108,9 +108,6 @@ _COMPUTED: dict[str, Callable[[Fields], str]] = {
     "VacuumStmt": lambda f: "VACUUM" if f.get("is_vacuumcmd") else "ANALYZE",
     "FetchStmt": lambda f: "MOVE" if f.get("ismove") else "FETCH",
 }
-
-# Statement nodes that only occur inside other statements or outside plain SQL.
-NOT_TOP_LEVEL = frozenset({"RawStmt", "SetOperationStmt", "PLAssignStmt", "ReturnStmt"})
 
 
 def command_tag(node_type: str, fields: Fields) -> str:

@@ -52,9 +52,8 @@ import enum
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final, cast
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple, cast
 
 from . import messages as m
 from .codec import DEFAULT_MAX_MESSAGE_SIZE, Frame, MessageReader, decode_backend, decode_frontend
@@ -108,7 +107,6 @@ class Answer(enum.Enum):
 
 
 R, A = Request, Answer
-_RUNS = (R.STATEMENT, R.EXECUTE)
 ANSWERS: Final[dict[tuple[Request, bytes], Answer]] = {
     (R.PARSE, b"1"): A.DONE,  # ParseComplete
     (R.BIND, b"2"): A.DONE,  # BindComplete
@@ -119,10 +117,14 @@ ANSWERS: Final[dict[tuple[Request, bytes], Answer]] = {
     (R.FUNCTION, b"V"): A.COMPLETE,  # FunctionCallResponse
     (R.EXECUTE, b"s"): A.COMPLETE,  # PortalSuspended
     **{(run, b"T"): A.LAYOUT for run in (R.STATEMENT,)},
-    **{(run, b"D"): A.ROW for run in _RUNS},  # DataRow
-    **{(run, b"C"): A.COMPLETE for run in _RUNS},  # CommandComplete
-    **{(run, b"I"): A.COMPLETE for run in _RUNS},  # EmptyQueryResponse
-    **{(run, t): A.KEEP for run in _RUNS for t in (b"G", b"H", b"W", b"d", b"c")},  # COPY
+    **{(run, b"D"): A.ROW for run in (R.STATEMENT, R.EXECUTE)},  # DataRow
+    **{(run, b"C"): A.COMPLETE for run in (R.STATEMENT, R.EXECUTE)},  # CommandComplete
+    **{(run, b"I"): A.COMPLETE for run in (R.STATEMENT, R.EXECUTE)},  # EmptyQueryResponse
+    **{
+        (run, t): A.KEEP
+        for run in (R.STATEMENT, R.EXECUTE)
+        for t in (b"G", b"H", b"W", b"d", b"c")  # COPY
+    },
 }
 """``(request at the head, backend message type) -> what it does``.
 
@@ -132,7 +134,22 @@ at any time (NoticeResponse, NotificationResponse, ParameterStatus) are
 handled apart. Any other pairing is a :class:`Desync`.
 """
 _ASYNC = frozenset(b"NAS")
-_ENDS = (R.SYNC, R.QUERY_END)
+# The request kinds as plain ints for the loops (an IntEnum hashes slowly).
+(
+    _R_PARSE,
+    _R_BIND,
+    _R_DESCRIBE,
+    _R_CLOSE,
+    _R_EXECUTE,
+    _R_STATEMENT,
+    _R_FUNCTION,
+    _R_SYNC,
+    _R_QUERY_END,
+    _R_REFUSAL,
+) = (int(r) for r in Request)
+_RUNS = (_R_STATEMENT, _R_EXECUTE)
+_ENDS = (_R_SYNC, _R_QUERY_END)
+_ANSWER: dict[tuple[int, int], Answer] = {(int(k), t[0]): a for (k, t), a in ANSWERS.items()}
 
 
 class Desync(RemoteProtocolError):
@@ -143,8 +160,7 @@ class Desync(RemoteProtocolError):
         self.what = what
 
 
-@dataclass(frozen=True, slots=True)
-class Statement:
+class Statement(NamedTuple):
     """A client message with statement text: a Query, Parse or FunctionCall.
 
     ``text`` is the statement text as sent (UTF-8 bytes); ``name`` the
@@ -158,8 +174,7 @@ class Statement:
     function_oid: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(NamedTuple):
     """The server finished a request that runs something (or skipped it).
 
     ``rows`` is the count from the command tag (else the rows seen; None when
@@ -175,16 +190,14 @@ class Finished:
     """When the request went upstream (the tracker's clock)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ParameterChanged:
+class ParameterChanged(NamedTuple):
     """The server reported a run-time parameter's value (ParameterStatus)."""
 
     name: str
     value: str
 
 
-@dataclass(frozen=True, slots=True)
-class RowLayout:
+class RowLayout(NamedTuple):
     """The columns of the rows a request returns, and the formats they come in.
 
     For a simple Query statement it comes with the server's RowDescription;
@@ -207,11 +220,13 @@ RowPlanner = Callable[
 """``(note, columns or None, result formats) -> RowFilter | None``."""
 
 
-@dataclass(slots=True)
 class _Pending:
-    kind: Request
-    note: Any = None
-    started: float = 0.0
+    """A request the server owes an answer to.
+
+    Not slotted: the rarely used fields stay class attributes until set, so
+    making one (twice per Query) costs three assignments.
+    """
+
     rows: int = 0
     payload: bytes = b""  # REFUSAL: the ErrorResponse the client gets
     settles: bool = False  # SYNC, QUERY_END: ends a run of executed requests
@@ -220,6 +235,17 @@ class _Pending:
     # EXECUTE whose layout is not known yet: its portal's and statement's
     # generations, and the result formats.
     unplanned: tuple[int, int, tuple[int, ...]] | None = None
+
+    def __init__(self, kind: int, note: Any = None, started: float = 0.0) -> None:
+        self.kind = kind  # a Request
+        self.note = note
+        self.started = started
+
+
+def _refusal(error: bytes) -> _Pending:
+    pending = _Pending(_R_REFUSAL)
+    pending.payload = error
+    return pending
 
 
 _MAX_NAMED = 10_000  # prepared statements and portals remembered per session
@@ -324,50 +350,66 @@ class Tracker:
         """
         if self._current is not None:
             return self._current
+        spans, index = self._spans, self._index
         while True:
-            if self._index == len(self._spans):
-                self._flush_chunk()
+            if index == len(spans):
                 reader = self._from_client
-                self._chunk, self._spans = reader.read_spans()
-                self._index = self._cut = 0
-                if not self._spans:
+                if reader.pending < 5 and not reader.at_eof:
+                    return NEED_DATA  # not even a message header buffered
+                if self._chunk:
+                    self._flush_chunk()
+                self._chunk, spans = reader.read_spans()
+                self._spans, self._index, self._cut = spans, 0, 0
+                index = 0
+                if not spans:
                     if reader.at_eof and reader.pending:
                         raise RemoteProtocolError("connection closed in the middle of a message")
                     return NEED_DATA
-            kind, start, end = self._spans[self._index]
-            statement = self._client_message(kind, start, end)
+            kind, start, end = spans[index]
+            if kind == _QUERY and not self._skipping:  # the common case, inline
+                chunk = self._chunk
+                if chunk[end - 1] != 0:
+                    decode_frontend(Frame(b"Q", chunk[start:end]))  # raises the precise error
+                statement: Statement | None = Statement("Q", chunk[start + 5 : end - 1])
+            else:
+                statement = self._client_message(kind, start, end)
             if statement is not None:
                 self._current = statement
                 return statement
-            self._index += 1
+            index += 1
+            self._index = index
 
-    def forward(self, statement: Statement, notes: list[Any] | Any) -> None:
-        """Send ``statement`` on. ``notes``: one per statement of a Query (a list), else one.
+    def forward(
+        self, statement: Statement, notes: Sequence[Any] | Any, now: float | None = None
+    ) -> None:
+        """Send ``statement`` on. ``notes``: one per statement of a Query (a sequence), else one.
 
         An empty Query (no statements) takes ``[]`` and is answered like one
-        statement (EmptyQueryResponse), with a None note.
+        statement (EmptyQueryResponse), with a None note. ``now`` is when it
+        went (the tracker's clock when not given).
         """
         self._answered(statement)
         queue = self._queue
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if statement.kind == "Q":
             for note in notes or [None]:
-                queue.append(_Pending(R.STATEMENT, note, now))
+                queue.append(_Pending(_R_STATEMENT, note, now))
             self._dirty = True
-            self._end(R.QUERY_END)
+            self._end(_R_QUERY_END)
         elif statement.kind == "P":
             _remember(self._statements, statement.name, (notes, next(self._generations)))
-            queue.append(_Pending(R.PARSE, notes, now))
+            queue.append(_Pending(_R_PARSE, notes, now))
         else:
-            queue.append(_Pending(R.FUNCTION, notes, now))
+            queue.append(_Pending(_R_FUNCTION, notes, now))
             self._dirty = True
-            self._end(R.QUERY_END)
+            self._end(_R_QUERY_END)
 
     def refuse(self, statement: Statement, error: bytes) -> None:
         """Refuse ``statement``: the client gets ``error`` (an encoded ErrorResponse)."""
         self._answered(statement)
         _, start, end = self._spans[self._index - 1]
-        self._queue.append(_Pending(R.REFUSAL, payload=error))
+        self._queue.append(_refusal(error))
         if statement.kind == "P":
             if not statement.name:
                 # PostgreSQL drops the unnamed statement before parsing a new one,
@@ -377,7 +419,7 @@ class Tracker:
             stand_in = m.Parse(statement.name, STAND_IN_SQL)._body()
             replacement = b"P" + (len(stand_in) + 4).to_bytes(4, "big") + stand_in
         else:
-            self._end(R.QUERY_END)
+            self._end(_R_QUERY_END)
             replacement = b"Q" + (len(_STAND_IN_QUERY) + 4).to_bytes(4, "big") + _STAND_IN_QUERY
         self._out += (self._chunk[self._cut : start], replacement)
         self._cut = end
@@ -413,12 +455,14 @@ class Tracker:
         self._current = None
         self._index += 1
 
-    def _end(self, kind: Request) -> None:
+    def _end(self, kind: int) -> None:
         settles = self._dirty
         if settles:
             self._unsettled += 1
             self._dirty = False
-        self._queue.append(_Pending(kind, settles=settles))
+        pending = _Pending(kind)
+        pending.settles = settles
+        self._queue.append(pending)
 
     def _client_message(self, kind: int, start: int, end: int) -> Statement | None:
         """Track one client message; a Statement when it needs an answer first."""
@@ -427,7 +471,7 @@ class Tracker:
             # up, so answers the server holds reach a client waiting for them.
             if kind == _SYNC:
                 self._skipping = False
-                self._end(R.SYNC)
+                self._end(_R_SYNC)
             elif kind == _TERMINATE:
                 self.terminated = True
             elif kind != _FLUSH:
@@ -447,33 +491,35 @@ class Tracker:
                 (note, formats, statement_generation, next(self._generations)),
             )
             self._dirty = True  # a parameter's input function may run code
-            self._queue.append(_Pending(R.BIND))
+            self._queue.append(_Pending(_R_BIND))
         elif kind == _EXECUTE:
             portal = _names(chunk, start, end, 1)[0]
             note, formats, statement_generation, portal_generation = self._portals.get(
                 portal, (None, (), 0, 0)
             )
             self._dirty = True
-            pending = _Pending(R.EXECUTE, note, self.clock())
+            pending = _Pending(_R_EXECUTE, note, self.clock())
             self._queue.append(pending)
             if self.track_layouts:
                 pending.unplanned = (portal_generation, statement_generation, formats)
                 self._plan(pending)
         elif kind == _SYNC:
-            self._end(R.SYNC)
+            self._end(_R_SYNC)
         elif kind in (_DESCRIBE, _CLOSE):
             message = cast(m.Describe, decode_frontend(Frame(bytes((kind,)), chunk[start:end])))
             if kind == _DESCRIBE:
                 named = self._statements if message.kind == "S" else self._portals
                 found = named.get(message.name)
                 target = (message.kind, found[-1]) if found is not None else None
-                self._queue.append(_Pending(R.DESCRIBE, target=target))
+                describe = _Pending(_R_DESCRIBE)
+                describe.target = target
+                self._queue.append(describe)
             else:
                 if message.kind == "S":
                     self._statements.pop(message.name, None)
                 else:
                     self._portals.pop(message.name, None)
-                self._queue.append(_Pending(R.CLOSE))
+                self._queue.append(_Pending(_R_CLOSE))
         elif kind == _TERMINATE:
             self.terminated = True
         elif kind == _QUERY:
@@ -523,6 +569,15 @@ class Tracker:
                         pieces += (chunk[cut:start], head.filter(chunk[start:end]))
                         cut = end
                 continue
+            if kind == _COMMAND_COMPLETE:  # the common answer, ahead of the table
+                if not queue or queue[0].kind not in _RUNS:
+                    raise Desync("a command completion")
+                head = queue.popleft()
+                tag = chunk[start + 5 : end - 1]
+                count = tag.rpartition(b" ")[2]
+                rows = int(count) if count.isdigit() else head.rows
+                self.events.append(Finished(head.note, rows, None, tag, head.started))
+                continue
             if kind == _READY_FOR_QUERY:
                 if end - start != 6 or chunk[start + 5] not in b"ITE":
                     decode_backend(Frame(b"Z", chunk[start:end]))  # raises
@@ -532,7 +587,7 @@ class Tracker:
                 continue
             if kind == _ERROR_RESPONSE:
                 error = cast(m.ErrorResponse, decode_backend(Frame(b"E", chunk[start:end])))
-                if queue and queue[0].kind is R.REFUSAL and error.severity == "ERROR":
+                if queue and queue[0].kind == _R_REFUSAL and error.severity == "ERROR":
                     # The stand-in's error becomes the refusal (a FATAL stays itself).
                     if pieces is None:
                         pieces = []
@@ -547,18 +602,15 @@ class Tracker:
                     status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
                     self.events.append(ParameterChanged(status.name, status.value))
                 continue
-            type_byte = _TYPE_BYTES[kind]
             head = queue[0] if queue else None
-            answer = ANSWERS.get((head.kind, type_byte)) if head is not None else None
+            answer = _ANSWER.get((head.kind, kind)) if head is not None else None
             if answer is None or head is None:
+                type_byte = _TYPE_BYTES[kind]
                 raise Desync(_DESCRIBED.get(type_byte, f"a {type_byte!r} message"))
             if answer is A.COMPLETE:
                 queue.popleft()
-                tag = chunk[start + 5 : end - 1] if kind == _COMMAND_COMPLETE else b""
-                count = tag.rpartition(b" ")[2]
-                rows = int(count) if count.isdigit() else head.rows
-                rows_or_none = None if kind == _FUNCTION_RESULT else rows
-                self.events.append(Finished(head.note, rows_or_none, None, tag, head.started))
+                rows_or_none = None if kind == _FUNCTION_RESULT else head.rows
+                self.events.append(Finished(head.note, rows_or_none, None, b"", head.started))
             elif answer is A.DONE:
                 queue.popleft()
                 if kind == _ROW_DESCRIPTION and self.track_layouts and head.target is not None:
@@ -613,7 +665,7 @@ class Tracker:
                 if head.settles:
                     self._unsettled -= 1
                 return
-            if head.kind in _RUNS or head.kind is R.FUNCTION:
+            if head.kind in _RUNS or head.kind == _R_FUNCTION:
                 self.events.append(
                     Finished(head.note, None, "not executed: no answer", started=head.started)
                 )
@@ -629,23 +681,23 @@ class Tracker:
         code = error.sqlstate
         well_formed = len(code) == 5 and code.isascii() and code.isalnum()
         reason = f"SQLSTATE {code if well_formed else 'invalid'}"
-        if failed.kind in _RUNS or failed.kind in (R.FUNCTION, R.PARSE):
+        if failed.kind in _RUNS or failed.kind in (_R_FUNCTION, _R_PARSE):
             self.events.append(
                 Finished(failed.note, failed.rows or None, reason, started=failed.started)
             )
-        if failed.kind in (R.STATEMENT, R.FUNCTION):
+        if failed.kind in (_R_STATEMENT, _R_FUNCTION):
             self._skip(_ENDS, reason)  # the rest of this simple Query
         else:
             # An extended-protocol batch: the server discards everything up to
             # Sync, simple Queries sent inside the batch included.
-            self._skip((R.SYNC,), reason)
+            self._skip((_R_SYNC,), reason)
 
-    def _skip(self, until: tuple[Request, ...], reason: str) -> None:
+    def _skip(self, until: tuple[int, ...], reason: str) -> None:
         """Drop what the server will not answer after an error, up to ``until``."""
         queue = self._queue
         while queue and queue[0].kind not in until:
             skipped = queue.popleft()
-            if skipped.kind in _RUNS or skipped.kind is R.FUNCTION:
+            if skipped.kind in _RUNS or skipped.kind == _R_FUNCTION:
                 self.events.append(
                     Finished(
                         skipped.note, None, f"not executed: an earlier message failed ({reason})"
@@ -657,7 +709,7 @@ class Tracker:
         queue = self._queue
         while queue:
             head = queue.popleft()
-            if head.kind in _RUNS or head.kind is R.FUNCTION:
+            if head.kind in _RUNS or head.kind == _R_FUNCTION:
                 self.events.append(
                     Finished(head.note, head.rows or None, reason, started=head.started)
                 )

@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -345,7 +345,7 @@ class LocalPostgres:
             ]
         )
         hba = [
-            "# written by steward_proxy.localpg",
+            "# written by steward_testing.postgres",
             "local all all trust",
             f"host all {self.TRUST_USER} 127.0.0.1/32 trust",
             f"host all {self.MD5_USER} 127.0.0.1/32 md5",
@@ -447,8 +447,10 @@ class LocalProxy:
         upstream_user: str = LocalPostgres.SCRAM_USER,
         extra_args: Sequence[str] = (),
         own_session: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.pg = pg
+        self.extra_env = dict(env or {})
         self.host = "127.0.0.1"
         self.port = free_port()
         self.log_path = log_path
@@ -468,6 +470,7 @@ class LocalProxy:
     def start(self) -> LocalProxy:
         """Start the proxy and wait until it listens; RuntimeError with its log if it fails."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "STEWARD_"))}
+        env.update(self.extra_env)
         if self.pg.passwords.get(self.upstream_user):
             env["STEWARD_UPSTREAM_PASSWORD"] = self.pg.passwords[self.upstream_user]
         with self.log_path.open("wb") as log:
