@@ -38,6 +38,8 @@ from steward_proxy import wire
 from steward_proxy.admission import Admission, Refusal
 from steward_proxy.analyzer import AnalysisPool
 from steward_proxy.audit import AuditSink
+from steward_proxy.auth import Authenticator, FixedIdentity, Trust
+from steward_proxy.auth.jwks import JwksSource
 from steward_proxy.catalog_fetch import CatalogKeeper
 from steward_proxy.client import ClientProtocol
 from steward_proxy.engine import Analysis, Judge, Verdict
@@ -46,6 +48,7 @@ from steward_proxy.masking.plan import Masker, MaskingConfig
 from steward_proxy.masking.strategies import Strategies
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, Policy, PolicySet
+from steward_proxy.readiness import UpstreamCheck
 from steward_proxy.session import AnalysisLimits
 from steward_proxy.sqlstate import (
     ADMIN_SHUTDOWN,
@@ -98,6 +101,15 @@ class ProxySettings:
     """Key of the ``hash`` masking strategy; None: a random key per process."""
     catalog_ttl: float = 300.0
     """Seconds between reloads of the catalog masking resolves columns with."""
+    # -- client authentication (steward_proxy.auth) --
+    authenticator: Authenticator | None = None
+    """How clients prove who they are; None: ``identity`` when set, else trust."""
+    key_source: JwksSource | None = None
+    """Where the OIDC keys come from (oidc only)."""
+    tls_client_ca: str | None = None
+    """CA file client certificates are verified against (asked for in the handshake)."""
+    readiness_interval: float = 10.0
+    """Seconds between two upstream sign-in checks behind /readyz; 0 disables them."""
 
 
 class PolicyRefused(Exception):
@@ -202,12 +214,27 @@ class ProxyServer:
         if settings.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+            if settings.tls_client_ca:
+                # Optional in the handshake, so a client without one hears why at sign-in;
+                # one that is sent must verify (expired or from another CA ends the handshake).
+                self.tls.verify_mode = ssl.CERT_OPTIONAL
+                self.tls.load_verify_locations(settings.tls_client_ca)
+        self.authenticator: Authenticator = settings.authenticator or (
+            FixedIdentity(Identity(settings.identity, settings.identity_groups))
+            if settings.identity
+            else Trust()
+        )
+        self.upstream_check = UpstreamCheck(self)
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         await self.analyzer.start()
+        # Checked before listening, so /readyz and the log tell the truth from the start.
+        if self.settings.key_source is not None:
+            await self.settings.key_source.refresh(force=True)
+        await self.upstream_check.start()
         self._server = await loop.create_server(
             lambda: ClientProtocol(self),
             self.settings.listen_host,
@@ -244,6 +271,7 @@ class ProxyServer:
         await stop.wait()
         log.info("shutting down: %d sessions open", len(self.clients))
         reaper.cancel()
+        self.upstream_check.stop()
         await self.shutdown()
 
     async def shutdown(self) -> None:
