@@ -222,7 +222,7 @@ class Session:
     def feed_client(self, data: bytes) -> bytes:
         """Bytes from the client; returns the bytes for the upstream."""
         now = self.last_activity = self.clock()
-        self.tracker.receive_client(data)
+        self.tracker.receive_client(data, now)
         if self._stall is not None:
             return b""
         return self._pump(now)
@@ -493,14 +493,11 @@ class Session:
             self._records.append(("statement", fields))
             return
         statement = note.statement
-        masker = self.judge.masker
-        if (
-            masker is not None
-            and statement is not None
-            and event.error is None
-            and statement.command in _CATALOG_CHANGES
-        ):
-            masker.invalidate()  # the shell reloads the catalog
+        ddl = statement is not None and statement.command in _CATALOG_CHANGES
+        if ddl and event.error is None:
+            masker = self.judge.masker
+            if masker is not None:
+                masker.invalidate()  # the shell reloads the catalog
         if statement is not None and event.error is None and statement.prepared_name is not None:
             # SQL PREPARE and DEALLOCATE share the protocol's statement names.
             if statement.command == "PREPARE":

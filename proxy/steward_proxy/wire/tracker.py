@@ -158,6 +158,8 @@ _ASYNC = frozenset(b"NAS")
     _R_REFUSAL,
 ) = (int(r) for r in Request)
 _RUNS = (_R_STATEMENT, _R_EXECUTE)
+# The simple acknowledgements (each DONE in ANSWERS), read ahead of the table.
+_COMPLETIONS = {b"1"[0]: _R_PARSE, b"2"[0]: _R_BIND, b"3"[0]: _R_CLOSE}
 _ENDS = (_R_SYNC, _R_QUERY_END)
 _ANSWER: dict[tuple[int, int], Answer] = {(int(k), t[0]): a for (k, t), a in ANSWERS.items()}
 
@@ -317,6 +319,7 @@ class Tracker:
         self._cut = 0
         self._out: list[bytes] = []
         self._current: Statement | None = None
+        self._now = 0.0  # when the client bytes being read arrived
 
     # -- state -------------------------------------------------------------------
 
@@ -357,8 +360,13 @@ class Tracker:
 
     # -- client -> server --------------------------------------------------------
 
-    def receive_client(self, data: bytes) -> None:
-        """Bytes from the client; ``b""`` marks the end of the stream."""
+    def receive_client(self, data: bytes, now: float | None = None) -> None:
+        """Bytes from the client; ``b""`` marks the end of the stream.
+
+        ``now`` is when they arrived (the tracker's clock when not given): it
+        stamps the requests they hold.
+        """
+        self._now = self.clock() if now is None else now
         self._from_client.feed(data)
 
     def next_statement(self) -> Statement | _Sentinel:
@@ -504,11 +512,11 @@ class Tracker:
             if self.track_layouts:
                 bind = cast(m.Bind, decode_frontend(Frame(b"B", chunk[start:end])))
                 formats = bind.result_formats
-            _remember(
-                self._portals,
-                portal,
-                (note, formats, statement_generation, next(self._generations)),
-            )
+            portals = self._portals
+            portals.pop(portal, None)  # (re)made: the newest last, for the bound below
+            portals[portal] = (note, formats, statement_generation, next(self._generations))
+            if len(portals) > _MAX_NAMED:
+                del portals[next(iter(portals))]
             self._dirty = True  # a parameter's input function may run code
             self._queue.append(_Pending(_R_BIND))
         elif kind == _EXECUTE:
@@ -517,7 +525,7 @@ class Tracker:
                 portal, (None, (), 0, 0)
             )
             self._dirty = True
-            pending = _Pending(_R_EXECUTE, note, self.clock())
+            pending = _Pending(_R_EXECUTE, note, self._now)
             self._queue.append(pending)
             if self.track_layouts:
                 pending.unplanned = (portal_generation, statement_generation, formats)
@@ -597,6 +605,11 @@ class Tracker:
                 rows = int(count) if count.isdigit() else head.rows
                 self.events.append(Finished(head.note, rows, None, tag, head.started))
                 continue
+            if kind == _ROW_DESCRIPTION and queue and queue[0].kind == _R_STATEMENT:
+                # The layout of a simple-Query statement's rows (LAYOUT in ANSWERS).
+                if self.track_layouts:
+                    self._layout(queue[0], chunk, start, end)
+                continue
             if kind == _READY_FOR_QUERY:
                 if end - start != 6 or chunk[start + 5] not in b"ITE":
                     decode_backend(Frame(b"Z", chunk[start:end]))  # raises
@@ -624,6 +637,9 @@ class Tracker:
                 if kind == _PARAMETER_STATUS:
                     status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
                     self.events.append(ParameterChanged(status.name, status.value))
+                continue
+            if kind in _COMPLETIONS and queue and queue[0].kind == _COMPLETIONS[kind]:
+                queue.popleft()  # ParseComplete, BindComplete, CloseComplete
                 continue
             head = queue[0] if queue else None
             answer = _ANSWER.get((head.kind, kind)) if head is not None else None
@@ -653,10 +669,7 @@ class Tracker:
                         if later.unplanned is not None:
                             self._plan(later)
             elif answer is A.LAYOUT and self.track_layouts:
-                fields = _fields(chunk, start, end)
-                self.events.append(RowLayout(head.note, fields))
-                if self.plan_rows is not None:
-                    head.filter = self.plan_rows(head.note, fields, ())
+                self._layout(head, chunk, start, end)
         if reader.at_eof and reader.pending:
             raise RemoteProtocolError("upstream closed in the middle of a message")
         if pieces is None:
@@ -679,6 +692,12 @@ class Tracker:
             pieces = []
         pieces += (chunk[cut:start], replacement)
         return pieces, end
+
+    def _layout(self, head: _Pending, chunk: bytes, start: int, end: int) -> None:
+        fields = _fields(chunk, start, end)
+        self.events.append(RowLayout(head.note, fields))
+        if self.plan_rows is not None:
+            head.filter = self.plan_rows(head.note, fields, ())
 
     def _plan(self, pending: _Pending, *, final: bool = False) -> None:
         """Find an Execute's layout and ask ``plan_rows`` for its filter.
