@@ -44,6 +44,8 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/pgbench_guardrails.py
 	$(BIN)/python bench/large_result.py
 	$(BIN)/python bench/costly_statements.py
+	$(BIN)/python bench/masking.py
+	$(BIN)/python bench/detectors.py
 	$(BIN)/python bench/reload_latency.py
 
 lint: $(STAMP)

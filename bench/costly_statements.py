@@ -36,7 +36,7 @@ CASES = {
     "500,000 constants (1 MB)": "SELECT " + ",".join(["1"] * 500_000),
     "100,000 x SELECT 1; (0.9 MB)": "SELECT 1;" * 100_000,
     "1.1 MB of text": "SELECT " + "1," * 600_000 + "1",
-    "900 statements of 400 B (allowed, 0.4 MB)": ("SELECT " + ",".join(["1"] * 200) + ";") * 900,
+    "900 statements of 200 constants (0.4 MB)": ("SELECT " + ",".join(["1"] * 200) + ";") * 900,
 }
 
 

@@ -17,10 +17,12 @@ that stop the operator start it again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -1015,6 +1017,20 @@ def test_a_sidecar_whose_secret_is_missing_says_so_and_refuses_sign_in(
         reason = wait_until(unready, "the sidecar to report itself not ready")
         assert "Secret orders-db gave no user" in reason
         assert "Secret orders-db gave no password" in reason
+
+        def listening() -> bool:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(
+                    ("127.0.0.1", int(annotations["steward.dev/port"])), timeout=1
+                ),
+            ):
+                return True
+            return False
+
+        # The admin endpoint answers before the proxy listens (its first
+        # upstream check runs first).
+        wait_until(listening, "the sidecar to listen")
         with pytest.raises(psycopg.OperationalError) as refused:
             sidecar.connect()
         assert "Secret orders-db gave no user" in str(refused.value)

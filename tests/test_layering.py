@@ -25,6 +25,12 @@ PURE_PACKAGES = [
     "steward_proxy.engine",
     "steward_proxy.admission",
     "steward_proxy.sqlstate",
+    "steward_proxy.masking",
+    "steward_proxy.auth.base",
+    "steward_proxy.auth.methods",
+    "steward_proxy.auth.oidc",
+    "steward_proxy.auth.scram",
+    "steward_proxy.auth.mtls",
     "steward_proxy.review",
     "steward_proxy.prepared",
 ]

@@ -162,6 +162,8 @@ def test_a_connection_signing_in_is_never_evicted_by_silent_ones(
             "4",
             "--connect-timeout",
             "120",
+            "--readiness-interval",
+            "0",  # the upstream hangs: only the client's sign-in may reach it
             upstream=url,
         )
         hung.settimeout(30)

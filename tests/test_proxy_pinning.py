@@ -333,3 +333,29 @@ def test_costly_statements_are_refused_while_others_are_served(
     assert proxy.alive()
     refusals = [r for r in proxy.audit_records() if r.get("error") and words in str(r["error"])]
     assert len(refusals) == 1
+
+
+# ------------------------------------------------------------ text that is fine
+
+
+def test_non_ascii_identifiers_and_literals_pass_and_are_judged(
+    guarded: Proxy, pg: LocalPostgres
+) -> None:
+    """Japanese, emoji and combining marks are text like any other: read as UTF-8 by both."""
+    values = ["日本語のテキスト", "🙂🚀 emoji", "e\u0301 combining", "Ωmega\\back'slash"]
+    with connect(guarded) as conn:
+        conn.execute('DROP TABLE IF EXISTS "顧客"')
+        conn.execute('CREATE TABLE "顧客" ("名前" text, "メモ" text)')
+        for value in values:
+            # Literal text on purpose (not a parameter): the statement text carries it.
+            escaped = value.replace("\\", "\\\\").replace("'", "''")
+            conn.execute(f"INSERT INTO \"顧客\" VALUES (E'{escaped}', '絵文字 🙂')")
+        rows = conn.execute('SELECT "名前" FROM "顧客" ORDER BY 1').fetchall()
+        assert sorted(r[0] for r in rows) == sorted(values)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-delete"):
+            conn.execute('DELETE FROM "顧客" WHERE "名前" = \'日本語のテキスト\'')
+        assert conn.execute('SELECT count(*) FROM "顧客"').fetchone() == (len(values),)
+        conn.execute('DROP TABLE "顧客"')
+    deletes = [r for r in guarded.audit_records() if r.get("command") == "DELETE"]
+    assert deletes[-1]["decision"] == "deny"
+    assert '"顧客"' in str(deletes[-1]["statement"])

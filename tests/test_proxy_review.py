@@ -212,6 +212,8 @@ def test_sigterm_ends_a_sign_in_waiting_on_the_upstream_at_once(
         "120",
         "--shutdown-timeout",
         "120",
+        "--readiness-interval",
+        "0",  # the upstream hangs: only the client's sign-in may reach it
         upstream=upstream.url(),
     )
     with sign_in_through(proxy) as sock:
@@ -416,6 +418,8 @@ def test_a_sign_in_the_client_abandons_is_audited(start_proxy: ProxyFactory) -> 
             ALLOW_ALL_POLICY,
             "--connect-timeout",
             "120",
+            "--readiness-interval",
+            "0",  # the upstream hangs: only the client's sign-in may reach it
             upstream=f"postgresql://nobody@127.0.0.1:{port}/steward",
         )
         with raw_connect(proxy) as sock:

@@ -60,6 +60,10 @@ class Swappable(Judge):
     def max_statements(self) -> int:
         return self.current.max_statements
 
+    @property  # type: ignore[override]
+    def masker(self) -> Any:
+        return self.current.masker
+
     def judge(self, sql: str, analysed: Analysis | None = None) -> Verdict:
         return self.current.judge(sql, analysed)
 

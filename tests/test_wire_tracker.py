@@ -295,3 +295,29 @@ def test_an_execute_pipelined_behind_its_describe_is_planned_when_the_layout_arr
     )
     assert seen == [("n", ("x",)), ("n", None)]
     assert b"123-45-6789" not in out and out.count(b"masked") == 2
+
+
+def test_errors_and_notices_are_screened_with_the_note_of_their_request() -> None:
+    seen: list[Any] = []
+
+    def screen(note: Any, message: bytes) -> bytes:
+        seen.append((note, message[:1]))
+        if note == "secret0":
+            return wire.encode(wire.NoticeResponse((("S", "NOTICE"), ("M", "withheld"))))
+        return message
+
+    tracker = wire.Tracker(screen_messages=screen)
+    drive(tracker, enc(wire.Query("SELECT f(ssn) FROM t")), note="secret")
+    notice = wire.NoticeResponse((("S", "NOTICE"), ("M", "v=123-45-6789")))
+    error = wire.ErrorResponse.build("22P02", 'invalid input syntax: "123-45-6789"')
+    out = b"".join(
+        tracker.receive_server(chunk)
+        for chunk in (enc(ROW, notice), enc(error), enc(wire.ReadyForQuery("I")))
+    )
+    assert b"123-45-6789" not in out
+    assert seen == [("secret0", b"N"), ("secret0", b"E")]
+    events = tracker.take_events()
+    assert [e.error for e in events if isinstance(e, wire.Finished)] == ["SQLSTATE 22P02"]
+    # Nothing pending: the note is None and the message passes as the screen says.
+    assert tracker.receive_server(enc(notice)) == enc(notice)
+    assert seen[-1] == (None, b"N")

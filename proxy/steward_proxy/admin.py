@@ -3,8 +3,9 @@
 Served by the standard library's threaded HTTP server on its own thread, so a
 slow scrape never stalls the relay loop. ``/readyz`` is 200 only while the
 proxy accepts sessions, its audit trail is writable, its configuration is
-complete (upstream credentials present) and the upstream accepts TCP
-connections.
+complete (upstream credentials present) and its latest sign-in upstream
+worked (:mod:`steward_proxy.readiness`: checked at start and on an interval,
+never per scrape).
 
 ``GET /policy`` describes the running policy as JSON. ``PUT /policy`` takes a
 signed bundle (see :mod:`steward_proxy.reload`) when the proxy runs one
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -67,14 +67,6 @@ class AdminServer:
         self.httpd.server_close()
 
 
-def upstream_reachable(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 class _Handler(BaseHTTPRequestHandler):
     proxy: ProxyServer
     updater: BundleUpdater | None
@@ -89,14 +81,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/healthz":
             self._reply(200, b"ok\n")
         elif path == "/readyz":
-            upstream = self.proxy.settings.upstream
             problems = list(self.proxy.problems)
             if not self.proxy.ready and not problems:
                 problems.append("not accepting sessions")
             if self.proxy.audit_failed:
                 problems.append("audit trail not writable")
-            if not upstream_reachable(upstream.host, upstream.port):
-                problems.append(f"upstream {upstream.host}:{upstream.port} unreachable")
+            check = self.proxy.upstream_check  # renewed by the proxy, never by a scrape
+            if not check.ready and not self.proxy.problems:
+                problems.append(f"upstream: {check.problem} (the log says why)")
+            keys = self.proxy.settings.key_source
+            if keys is not None and keys.cache.keys is None:
+                problems.append("the OIDC key set has not been fetched (the log says why)")
             if problems:
                 self._reply(503, ("; ".join(problems) + "\n").encode())
             else:

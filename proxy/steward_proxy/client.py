@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING
 from steward_proxy import wire
 from steward_proxy.admission import Refusal, admit, check_read_only, read_only_settings
 from steward_proxy.audit import AuditWriteError
+from steward_proxy.auth import AuthFailed, ClientFacts
 from steward_proxy.engine import Judge
 from steward_proxy.escape import escape
 from steward_proxy.policy import Identity
 from steward_proxy.session import Session, SessionEnded
 from steward_proxy.sqlstate import (
     ADMIN_SHUTDOWN,
+    CANNOT_CONNECT,
     CONNECTION_FAILURE,
     CONNECTION_REJECTED,
     INTERNAL_ERROR,
@@ -69,6 +71,9 @@ class ClientProtocol(asyncio.Protocol):
         self._backpressure = False  # the upstream's write buffer is full
         self._held = False  # the session holds client input (Session.stalled)
         self._analysis: asyncio.Future[None] | None = None
+        self.auth_method = server.authenticator.method
+        self._input: asyncio.Future[None] | None = None  # awaiting an authentication message
+        self._negotiated = False  # NegotiateProtocolVersion sent
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -99,6 +104,8 @@ class ClientProtocol(asyncio.Protocol):
             self.conn.receive_data(data)  # held until sign-in completes
             if self.conn.pending > self.server.settings.max_message_size:
                 self.terminate(PROTOCOL_VIOLATION, "too much data before sign-in")
+            elif self._input is not None and not self._input.done():
+                self._input.set_result(None)
             return
         self.conn.receive_data(data)
         self._startup_events()
@@ -222,19 +229,28 @@ class ClientProtocol(asyncio.Protocol):
         try:
             upstream_settings = admit(startup, server.admission())
             self.admitted = True
-            identity = server.identity_for(startup)
+            if server.problems:  # the configuration is incomplete (no upstream credentials)
+                raise Refusal(CONNECTION_REJECTED, "; ".join(server.problems))
+            identity = await self._authenticate(startup)
             judge = server.judge_for(identity)
+            await server.masking_ready(judge)
             read_only = judge.read_only  # spec.readOnly: PostgreSQL enforces it
             if read_only:
                 upstream_settings = read_only_settings(upstream_settings)
             self.upstream = UpstreamProtocol(self)
-            self.upstream_key, self._upstream_params = await sign_in_upstream(
-                self.upstream,
-                settings.upstream,
-                upstream_settings,
-                timeout=settings.connect_timeout,
-                session=self.session_id,
-            )
+            try:
+                self.upstream_key, self._upstream_params = await sign_in_upstream(
+                    self.upstream,
+                    settings.upstream,
+                    upstream_settings,
+                    timeout=settings.connect_timeout,
+                    session=self.session_id,
+                )
+            except Refusal as refusal:
+                if refusal.sqlstate in (CANNOT_CONNECT, CONNECTION_REJECTED):
+                    server.upstream_check.observed(False, refusal.message)
+                raise
+            server.upstream_check.observed(True)
             if read_only:
                 check_read_only(_reported(self._upstream_params))
         except Refusal as refusal:
@@ -242,6 +258,14 @@ class ClientProtocol(asyncio.Protocol):
                 log.warning("client %s: %s", self.peer, refusal.detail)
             if refusal.kind:
                 server.metrics.error(refusal.kind)
+            server.metrics.sign_in_failed(refusal)
+            self._refuse_sign_in(identity, startup, refusal)
+            return
+        except wire.ProtocolError as exc:
+            log.warning("client %s: protocol error during sign-in: %s", self.peer, exc.message)
+            server.metrics.error("protocol")
+            refusal = Refusal(exc.sqlstate, exc.message)
+            server.metrics.sign_in_failed(refusal)
             self._refuse_sign_in(identity, startup, refusal)
             return
         except Exception as exc:
@@ -251,6 +275,55 @@ class ClientProtocol(asyncio.Protocol):
         if self._closing:
             return
         self._ready(identity, startup, judge)
+
+    async def _authenticate(self, startup: wire.StartupMessage) -> Identity:
+        """Run the listener's authentication exchange; the proven identity or AuthFailed."""
+        self._negotiate(startup)
+        transport = self.transport
+        assert transport is not None
+        facts = ClientFacts(
+            user=startup.user or "",
+            tls=self._tls_active,
+            peer_certificate=transport.get_extra_info("peercert") if self._tls_active else None,
+            now=time.monotonic(),
+        )
+        exchange = self.server.authenticator.exchange(facts)
+        step = exchange.begin()
+        while True:
+            if step.send:
+                transport.write(b"".join(self.conn.send(message) for message in step.send))
+            if step.identity is not None:
+                return step.identity
+            if step.fetch_keys:
+                keys = self.server.settings.key_source
+                if keys is not None:
+                    await keys.refresh()
+                step = exchange.resume()
+            else:
+                step = exchange.receive(await self._client_message())
+
+    async def _client_message(self) -> wire.Message:
+        """The client's next message during authentication."""
+        while True:
+            event = self.conn.next_event()
+            if event is wire.CONNECTION_CLOSED:
+                raise AuthFailed("the client closed the connection", "protocol")
+            if event is not wire.NEED_DATA:
+                return event  # type: ignore[return-value]
+            self._input = asyncio.get_running_loop().create_future()
+            try:
+                await self._input
+            finally:
+                self._input = None
+
+    def _negotiate(self, startup: wire.StartupMessage) -> None:
+        """Answer a newer minor version or ``_pq_`` options first, as PostgreSQL does."""
+        minor = startup.protocol_version & 0xFFFF
+        unknown = tuple(k for k in startup.parameters if k.startswith("_pq_."))
+        if (minor > 0 or unknown) and not self._negotiated:
+            self._negotiated = True
+            message = wire.NegotiateProtocolVersion(0, unknown)
+            self.transport.write(self.conn.send(message))  # type: ignore[union-attr]
 
     def _refuse_sign_in(
         self, identity: Identity | None, startup: wire.StartupMessage, refusal: Refusal
@@ -281,6 +354,7 @@ class ClientProtocol(asyncio.Protocol):
                 groups=[escape(group) for group in identity.groups] if identity else [],
                 database=escape(startup.database or ""),
                 client=self.peer,
+                command=self.auth_method,
                 decision=decision,
                 error=error,
             )
@@ -289,12 +363,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _ready(self, identity: Identity, startup: wire.StartupMessage, judge: Judge) -> None:
         server = self.server
-        out = []
-        minor = startup.protocol_version & 0xFFFF
-        unknown = tuple(k for k in startup.parameters if k.startswith("_pq_."))
-        if minor > 0 or unknown:
-            out.append(self.conn.send(wire.NegotiateProtocolVersion(0, unknown)))
-        out.append(self.conn.send(wire.AuthenticationOk()))
+        out = [self.conn.send(wire.AuthenticationOk())]
         for message in self._upstream_params:
             out.append(self.conn.send(message))
         # The client sees the upstream backend's own pid (so NotificationResponse,
@@ -323,7 +392,9 @@ class ClientProtocol(asyncio.Protocol):
         )
         self._signing_in = None
         try:
-            server.audit.write("session.start", **session.who(), decision="allow")
+            server.audit.write(
+                "session.start", **session.who(), command=self.auth_method, decision="allow"
+            )
         except AuditWriteError as exc:
             server.audit_failure(exc)
             self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
@@ -331,7 +402,13 @@ class ClientProtocol(asyncio.Protocol):
         self.session = session
         server.metrics.sessions["accepted"] += 1
         server.metrics.sessions_active += 1
-        log.info("session %s: %s signed in from %s", self.session_id, identity.subject, self.peer)
+        log.info(
+            "session %s: %s signed in from %s (%s)",
+            self.session_id,
+            identity.subject,
+            self.peer,
+            self.auth_method,
+        )
         self.transport.write(b"".join(out))  # type: ignore[union-attr]
         upstream = self.upstream
         assert upstream is not None

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from steward_proxy.masking.lineage import analyze as trace
 from steward_proxy.policy import Decision, Policy, decide, decide_function_call
 from steward_proxy.sql import (
     AnalysisLimitError,
@@ -28,6 +29,10 @@ from steward_proxy.sql import (
     depends_on_literals,
     normalize,
 )
+
+if TYPE_CHECKING:
+    from steward_proxy.masking.lineage import StatementLineage
+    from steward_proxy.masking.plan import Masker
 
 __all__ = ["Analysis", "Judge", "Note", "Verdict", "function_call_statement"]
 
@@ -45,6 +50,10 @@ class Note(NamedTuple):
 
     statement: StatementInfo | None
     verdict: Verdict
+    lineage: StatementLineage | None = None
+    """Where the statement's result columns come from (masked subjects only)."""
+    masked: set[str] | None = None
+    """Audit labels of what masking did to this request's results (masked subjects only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,9 @@ class Verdict:
 
     statements: tuple[StatementInfo, ...]
     decision: Decision
+    lineage: tuple[StatementLineage, ...] | None = None
+    """Per statement, what masking needs (only for a subject whose results are masked;
+    None when the text was too large to trace inline)."""
     notes: tuple[Note, ...] = field(init=False, repr=False, compare=False)
     """One :class:`Note` per statement (one with no statement for an empty string)."""
 
@@ -85,12 +97,19 @@ class Judge:
     """Changes whenever the policies behind this judge change (a live judge's do)."""
 
     def __init__(
-        self, policies: Sequence[Policy], *, maxsize: int = 4096, max_statements: int = 0
+        self,
+        policies: Sequence[Policy],
+        *,
+        maxsize: int = 4096,
+        max_statements: int = 0,
+        masker: Masker | None = None,
     ) -> None:
         self.policies = tuple(policies)
         self.max_statements = max_statements
         self.read_only = any(p.read_only for p in self.policies)
         """A policy of the subject has ``spec.readOnly``: sessions sign in read-only."""
+        self.masker = masker
+        """Masking for this subject (its results, refusals), when any policy masks anything."""
         # By shape; and by exact text for verdicts that depend on a literal. A
         # text is in at most one of them: whether a verdict depends on a
         # literal is a matter of the statement's structure, which every text
@@ -106,6 +125,7 @@ class Judge:
         if isinstance(analysed, Exception):
             raise analysed
         if analysed is not None:
+            # Too large to trace inline: masking refuses it if it names a masked table.
             verdict = Verdict(analysed, decide(self.policies, analysed))
             self._by_text.put(sql, verdict)
             return verdict
@@ -113,12 +133,30 @@ class Judge:
         verdict = self._by_shape.get(shape) or self._by_text.get(sql)
         if verdict is None:
             statements = analyze_uncached(sql, shape, self.max_statements)
-            verdict = Verdict(statements, decide(self.policies, statements))
+            verdict = Verdict(
+                statements, decide(self.policies, statements), self._lineage(sql, shape, statements)
+            )
             if depends_on_literals(statements):
                 self._by_text.put(sql, verdict)
             else:
                 self._by_shape.put(shape, verdict)
         return verdict
+
+    def _lineage(
+        self, sql: str, shape: str, statements: tuple[StatementInfo, ...]
+    ) -> tuple[StatementLineage, ...] | None:
+        """Lineage for masking, from the text the verdict is cached under."""
+        masker = self.masker
+        if masker is None or not masker.config.active or not statements:
+            return None
+        for text in (sql,) if depends_on_literals(statements) else (shape, sql):
+            try:
+                traced = trace(text)
+            except Exception:
+                continue
+            if len(traced) == len(statements):
+                return traced
+        return None
 
     def recall(self, sql: str) -> Verdict | None:
         """The verdict cached for exactly ``sql``, without analysing anything."""

@@ -82,7 +82,7 @@ def as_run(
         )
     if not changed:
         return verdict
-    return Verdict(tuple(statements), decide(policies, statements))
+    return Verdict(tuple(statements), decide(policies, statements), verdict.lineage)
 
 
 def policy_refuses(notes: Sequence[tuple[str, Any]], policies: Sequence[Policy]) -> str | None:

@@ -38,11 +38,17 @@ from steward_proxy import wire
 from steward_proxy.admission import Admission, Refusal
 from steward_proxy.analyzer import AnalysisPool
 from steward_proxy.audit import AuditSink
+from steward_proxy.auth import Authenticator, FixedIdentity, Trust
+from steward_proxy.auth.jwks import JwksSource
+from steward_proxy.catalog_fetch import CatalogKeeper
 from steward_proxy.client import ClientProtocol
 from steward_proxy.engine import Analysis, Judge, Verdict
 from steward_proxy.escape import escape, has_controls
+from steward_proxy.masking.plan import Masker, MaskingConfig
+from steward_proxy.masking.strategies import Strategies
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, Policy, PolicySet
+from steward_proxy.readiness import UpstreamCheck
 from steward_proxy.review import ReviewBook
 from steward_proxy.reviewdesk import ReviewDesk
 from steward_proxy.session import AnalysisLimits
@@ -93,6 +99,19 @@ class ProxySettings:
     """Seconds an analysis off the event loop may take, waiting for a worker included."""
     analysis_memory: int = 1 << 30
     """Bytes of address space an analysis worker may use."""
+    hash_key: bytes | None = field(default=None, repr=False)
+    """Key of the ``hash`` masking strategy; None: a random key per process."""
+    catalog_ttl: float = 300.0
+    """Seconds between reloads of the catalog masking resolves columns with."""
+    # -- client authentication (steward_proxy.auth) --
+    authenticator: Authenticator | None = None
+    """How clients prove who they are; None: ``identity`` when set, else trust."""
+    key_source: JwksSource | None = None
+    """Where the OIDC keys come from (oidc only)."""
+    tls_client_ca: str | None = None
+    """CA file client certificates are verified against (asked for in the handshake)."""
+    readiness_interval: float = 10.0
+    """Seconds between two upstream sign-in checks behind /readyz; 0 disables them."""
 
 
 class PolicyRefused(Exception):
@@ -200,16 +219,39 @@ class ProxyServer:
             memory_bytes=settings.analysis_memory,
             max_statements=settings.analysis_limits.max_statements,
         )
+        if settings.hash_key is None and any(
+            r.strategy == "hash" for m in policies.masking_rules for r in m.rules
+        ):
+            log.warning("no --hash-key-file: hash pseudonyms change when the proxy restarts")
+        self.strategies = Strategies(settings.hash_key or secrets.token_bytes(32))
+        self.catalog = CatalogKeeper(
+            settings.upstream, ttl=settings.catalog_ttl, timeout=settings.connect_timeout
+        )
         self.tls: ssl.SSLContext | None = None  # toward clients, when configured
         if settings.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+            if settings.tls_client_ca:
+                # Optional in the handshake, so a client without one hears why at sign-in;
+                # one that is sent must verify (expired or from another CA ends the handshake).
+                self.tls.verify_mode = ssl.CERT_OPTIONAL
+                self.tls.load_verify_locations(settings.tls_client_ca)
+        self.authenticator: Authenticator = settings.authenticator or (
+            FixedIdentity(Identity(settings.identity, settings.identity_groups))
+            if settings.identity
+            else Trust()
+        )
+        self.upstream_check = UpstreamCheck(self)
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         await self.analyzer.start()
+        # Checked before listening, so /readyz and the log tell the truth from the start.
+        if self.settings.key_source is not None:
+            await self.settings.key_source.refresh(force=True)
+        await self.upstream_check.start()
         self._server = await loop.create_server(
             lambda: ClientProtocol(self),
             self.settings.listen_host,
@@ -246,6 +288,7 @@ class ProxyServer:
         await stop.wait()
         log.info("shutting down: %d sessions open", len(self.clients))
         reaper.cancel()
+        self.upstream_check.stop()
         await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -263,6 +306,7 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.analyzer.close()
+        await self.catalog.close()
 
     async def _reap(self) -> None:
         """Call :meth:`reap` a few times per timeout."""
@@ -377,7 +421,9 @@ class ProxyServer:
             if not policies:
                 return self._no_access
             judge = self.judges[identity] = Judge(
-                policies, max_statements=self.settings.analysis_limits.max_statements
+                policies,
+                max_statements=self.settings.analysis_limits.max_statements,
+                masker=self._masker_for(identity, policies),
             )
         return judge
 
@@ -450,6 +496,20 @@ class ProxyServer:
 
         self.loop.call_soon_threadsafe(swap)
         return done
+
+    def _masker_for(self, identity: Identity, policies: tuple[Any, ...]) -> Masker | None:
+        """Masking for ``identity``; None when no policy in the set masks anything."""
+        if not any(p.masking_rule_names or p.detect for p in self.policies.policies):
+            return None
+        config = MaskingConfig.for_identity(self.policies, policies, identity)
+        masker = Masker(config, self.strategies, self.catalog.catalog)
+        self.catalog.attach(masker)
+        return masker
+
+    async def masking_ready(self, judge: Judge) -> None:
+        """Before a session of a masked subject starts: a loaded catalog (or a logged failure)."""
+        if judge.masker is not None and judge.masker.config.active:
+            await self.catalog.ready()
 
     def identity_for(self, startup: wire.StartupMessage) -> Identity:
         if self.problems:

@@ -15,6 +15,12 @@ also keeps the server reading exactly what was judged (see docs/proxy.md,
 * a server report that a pinned setting changed, or an answer no judged
   statement accounts for, ends the session (:class:`SessionEnded`).
 
+When the judge's :class:`~steward_proxy.masking.plan.Masker` masks results
+for this subject, the session also refuses what masking forbids (filtering
+by or moving masked values), gives the tracker a row planner that masks
+result rows, screens errors and notices, and lists what was masked in each
+statement's audit record (see docs/masking.md).
+
 Effects are data: :meth:`Session.feed_client` and :meth:`Session.feed_upstream`
 return the bytes for the other side, and the audit records and metric events
 wait in :meth:`Session.take_records` and :meth:`Session.take_metrics` for the
@@ -31,6 +37,9 @@ from typing import Any
 
 from steward_proxy import wire
 from steward_proxy.engine import Analysis, Judge, Note, Verdict
+from steward_proxy.masking import rows as masking_rows
+from steward_proxy.masking.lineage import StatementLineage
+from steward_proxy.policy import Decision
 from steward_proxy.policy.pinned import PINNED_PARAMETERS
 from steward_proxy.policy.readonly import READ_ONLY_PARAMETER
 from steward_proxy.prepared import as_run, policy_refuses
@@ -54,7 +63,18 @@ STAND_IN_SQL = wire.STAND_IN_SQL
 # GB18030 or JOHAB may take as the second half of a double-byte character.
 _READS_DIFFERENTLY = re.compile(rb"\\|[\x80-\xff][\x30-\x7e]")
 
-Record = tuple[str, dict[str, Any]]  # an audit record: type, fields
+# Statements after which the catalog masking resolves columns with may differ.
+_CATALOG_CHANGES = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT", "REFRESH"})
+
+Record = tuple[str, dict[str, Any]]
+
+
+def _withhold_copy_data(message: bytes) -> bytes:
+    """COPY rows whose format the session cannot read: an empty row in their place."""
+    return b"d\x00\x00\x00\x05\n"
+
+
+# an audit record: type, fields
 MetricEvent = tuple[str, str, float | None]  # command, decision, seconds
 
 
@@ -111,7 +131,17 @@ class Session:
         self.clock = clock
         self.started = clock()
         self.last_activity = self.started
-        self.tracker = wire.Tracker(max_message_size=max_message_size, clock=clock)
+        masker = judge.masker
+        self._masker = masker if masker is not None and masker.config.active else None
+        self._exempt = masker is not None and masker.config.exempt
+        self._cursors: dict[str, StatementLineage | None] = {}  # DECLAREd cursors' rows
+        self.tracker = wire.Tracker(
+            max_message_size=max_message_size,
+            clock=clock,
+            plan_rows=self._plan_rows if self._masker is not None else None,
+            screen_messages=self._screen_message if self._masker is not None else None,
+            plan_copy=self._plan_copy if self._masker is not None else None,
+        )
         # What the server must keep reporting: the pinned settings, and the
         # privilege it signed in with.
         self._watched = dict(PINNED_PARAMETERS)
@@ -203,7 +233,7 @@ class Session:
     def feed_client(self, data: bytes) -> bytes:
         """Bytes from the client; returns the bytes for the upstream."""
         now = self.last_activity = self.clock()
-        self.tracker.receive_client(data)
+        self.tracker.receive_client(data, now)
         if self._stall is not None:
             return b""
         return self._pump(now)
@@ -271,6 +301,18 @@ class Session:
         """Judge one statement and tell the tracker; or hold it (``_stall``)."""
         if statement.kind == "F":
             verdict = self.judge.judge_function_call(statement.function_oid)
+            if self._masker is not None and self._masker.config.column_rules:
+                # Its result is one opaque value Steward could not mask.
+                verdict = Verdict(
+                    verdict.statements,
+                    Decision(
+                        "deny",
+                        None,
+                        "masking",
+                        "statement refused: a FunctionCall message's result cannot be masked; "
+                        "call the function with SELECT",
+                    ),
+                )
             if verdict.decision.action in ("deny", "review"):
                 self.tracker.refuse(statement, self._refuse(verdict, now))
             else:
@@ -281,10 +323,36 @@ class Session:
             return  # held
         if isinstance(judged, bytes):
             self.tracker.refuse(statement, judged)
+            return
+        notes = self._notes(judged)
+        if isinstance(notes, bytes):
+            self.tracker.refuse(statement, notes)
         elif statement.kind == "Q":
-            self.tracker.forward(statement, judged.notes, now)
+            # An empty string is answered as one statement (EmptyQueryResponse).
+            self.tracker.forward(statement, notes or [Note(None, judged)], now)
         else:
-            self.tracker.forward(statement, judged.notes[0], now)
+            self.tracker.forward(statement, notes[0] if notes else Note(None, judged), now)
+
+    def _notes(self, verdict: Verdict) -> tuple[Note, ...] | list[Note] | bytes:
+        """One note per statement; or, when masking refuses one, the ErrorResponse."""
+        masker = self._masker
+        if masker is None:
+            return verdict.notes  # made once per verdict: nothing changes them
+        traced = verdict.lineage
+        notes = []
+        for i, statement in enumerate(verdict.statements):
+            if traced is not None:
+                lineage = traced[i]
+            else:  # too large to trace inline
+                lineage = masker.untraced(statement.tables, bool(statement.writes))
+            reason = masker.refusal(self._effective(lineage) or lineage)
+            if reason is not None:
+                refusal = Verdict(verdict.statements, Decision("deny", None, "masking", reason))
+                return self._refuse(refusal, self.clock())
+            if lineage is not None and lineage.declares is not None:
+                self._cursors[lineage.declares] = lineage
+            notes.append(Note(statement, verdict, lineage, set()))
+        return notes
 
     def _judge(self, text: bytes, now: float, kind: str = "Q") -> Verdict | bytes | None:
         """Screen and judge statement text (of a Query, or a Parse: ``kind``).
@@ -519,13 +587,75 @@ class Session:
             self._records.append(("statement", fields))
             return
         statement = note.statement
+        ddl = statement is not None and statement.command in _CATALOG_CHANGES
+        if ddl and event.error is None:
+            masker = self.judge.masker
+            if masker is not None:
+                masker.invalidate()  # the shell reloads the catalog
         if statement is not None and event.error is None and statement.prepared_name is not None:
             # SQL PREPARE and DEALLOCATE share the protocol's statement names.
             if statement.command == "PREPARE":
                 self.tracker.remember_statement(statement.prepared_name, note)
             elif statement.command in ("DEALLOCATE", "DISCARD"):
                 self.tracker.forget_statement(statement.prepared_name or None)
-        self._record(statement, note.verdict, event.started, rows=event.rows, error=event.error)
+        self._record(
+            statement,
+            note.verdict,
+            event.started,
+            rows=event.rows,
+            error=event.error,
+            masked=sorted(note.masked) if note.masked else None,
+        )
+        if note.masked:
+            note.masked.clear()
+
+    # -- masking -------------------------------------------------------------------
+
+    def _effective(self, lineage: StatementLineage | None) -> StatementLineage | None:
+        """The lineage of the rows a statement returns (a cursor's, a prepared statement's)."""
+        if lineage is None:
+            return None
+        if lineage.fetches is not None:
+            return self._cursors.get(lineage.fetches)
+        if lineage.executes is not None:
+            note = self.tracker.statement_note(lineage.executes)
+            return note.lineage if isinstance(note, Note) else None
+        return lineage
+
+    def _plan_rows(
+        self, note: Any, fields: tuple[Any, ...] | None, formats: tuple[int, ...]
+    ) -> wire.RowFilter | None:
+        assert self._masker is not None
+        known = isinstance(note, Note)
+        lineage = self._effective(note.lineage) if known else None
+        plan = self._masker.plan(lineage, fields, formats, labels=note.masked if known else None)
+        return masking_rows.row_filter(plan) if plan is not None else None
+
+    def _plan_copy(self, note: Any, response: bytes) -> wire.RowFilter | None:
+        assert self._masker is not None
+        known = isinstance(note, Note)
+        lineage = self._effective(note.lineage) if known else None
+        columns = int.from_bytes(response[6:8], "big")
+        if lineage is None or lineage.copy is None:
+            # A COPY the session did not see as one (inside a function): nothing to read.
+            plan = self._masker.plan_copy(None, columns)
+            copy = None
+        else:
+            plan = self._masker.plan_copy(lineage, columns, labels=note.masked if known else None)
+            copy = lineage.copy
+        if plan is None:
+            return None
+        if copy is None:
+            return _withhold_copy_data
+        return masking_rows.copy_filter(plan, copy)
+
+    def _screen_message(self, note: Any, message: bytes) -> bytes:
+        masker = self._masker
+        assert masker is not None
+        lineage = self._effective(note.lineage) if isinstance(note, Note) else None
+        return masking_rows.screen_message(
+            message, tainted=masker.tainted(lineage), detect=masker.config.detect
+        )
 
     def abandon(self, reason: str) -> None:
         """Record statements still pending when either side went away."""
@@ -544,6 +674,7 @@ class Session:
         rows: int | None,
         error: str | None,
         decision: str | None = None,
+        masked: list[str] | None = None,
     ) -> None:
         d = verdict.decision
         action = decision or d.action
@@ -560,6 +691,7 @@ class Session:
                     "decision": action,
                     "policy": d.policy,
                     "rule": d.rule,
+                    "masked": ["exempt"] if self._exempt else masked or [],
                     "rows": rows,
                     "duration_ms": round(elapsed * 1000, 3),
                     "error": error,

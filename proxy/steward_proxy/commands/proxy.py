@@ -26,8 +26,12 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from steward_proxy import wire
+from steward_proxy.auth import setup as auth_setup
 
 log = logging.getLogger("steward.proxy")
+
+DEFAULT_AUDIT_MAX_BYTES = 100 << 20
+"""Audit files rotate at 100 MiB unless told otherwise."""
 
 
 class AuditWriterLike(Protocol):
@@ -55,14 +59,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the governed PostgreSQL proxy",
         description="Accept PostgreSQL clients, govern every statement, relay to the upstream.",
     )
-    p.add_argument("--listen", type=host_port, default=("127.0.0.1", 6432), metavar="HOST:PORT")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML mapping of these flags' long names to values (listen: 0.0.0.0:6432, "
+        "policy: [a.yaml, b/]); flags on the command line win",
+    )
+    p.add_argument(
+        "--listen",
+        type=host_port,
+        default="127.0.0.1:6432",
+        metavar="HOST:PORT",
+        help="where clients connect",
+    )
     p.add_argument(
         "--upstream",
         required=True,
         metavar="URL",
         help="postgresql://USER[:PASS]@HOST:PORT/DB[?sslmode=...]",
     )
-    p.add_argument("--upstream-password-file", metavar="FILE")
+    p.add_argument(
+        "--upstream-password-file",
+        metavar="FILE",
+        help="the upstream password (else the URL's, or STEWARD_UPSTREAM_PASSWORD)",
+    )
     p.add_argument(
         "--policy",
         action="append",
@@ -114,22 +134,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: steward-reviews.sqlite3 next to --audit-log)",
     )
     p.add_argument("--identity", metavar="SUBJECT", help="fixed subject (sidecar mode)")
-    p.add_argument("--identity-group", action="append", default=[], metavar="NAME")
-    p.add_argument("--audit-log", default="steward-audit.log", metavar="FILE")
-    p.add_argument("--audit-fsync", choices=("always", "interval", "never"), default="interval")
-    p.add_argument("--audit-max-bytes", type=int, default=0, metavar="N", help="rotate at N bytes")
+    p.add_argument(
+        "--identity-group",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a group of the fixed subject (repeat for several)",
+    )
+    p.add_argument("--audit-log", default="steward-audit.log", metavar="FILE", help="audit trail")
+    p.add_argument(
+        "--audit-fsync",
+        choices=("always", "interval", "never"),
+        default="interval",
+        help="when audit records are forced to disk (interval: at least once a second)",
+    )
+    p.add_argument(
+        "--audit-max-bytes",
+        type=int,
+        default=DEFAULT_AUDIT_MAX_BYTES,
+        metavar="N",
+        help="rotate the audit trail at N bytes (FILE.1, FILE.2, ...; 0: never)",
+    )
     p.add_argument("--admin", type=host_port, metavar="HOST:PORT", help="health and metrics")
-    p.add_argument("--hash-key-file", metavar="FILE", help="key for the hash masking strategy")
-    p.add_argument("--max-connections", type=int, default=100)
+    p.add_argument(
+        "--hash-key-file",
+        metavar="FILE",
+        help="key of the hash masking strategy (HMAC-SHA256); without it a random key "
+        "per process, so pseudonyms change on restart (default: none)",
+    )
+    p.add_argument(
+        "--catalog-ttl",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="reload the catalog masking resolves columns with this often, besides after "
+        "DDL seen through the proxy; 0 disables (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=100,
+        metavar="N",
+        help="sessions open or signing in; more are refused (53300)",
+    )
     p.add_argument(
         "--max-pending-connections",
         type=positive_int,
         default=256,
         metavar="N",
         help="connections that have not sent their startup packet yet; "
-        "beyond N the oldest is closed (default: %(default)s)",
+        "beyond N the oldest is closed",
     )
-    p.add_argument("--idle-timeout", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="close sessions idle outside a transaction this long (0: never)",
+    )
     p.add_argument(
         "--startup-timeout",
         type=float,
@@ -137,10 +199,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="time a client has to sign in (0: no limit)",
     )
-    p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument(
-        "--max-message-size", type=int, default=wire.DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES"
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running statements may finish",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="upstream connect and sign-in",
+    )
+    p.add_argument(
+        "--max-message-size",
+        type=int,
+        default=wire.DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help="a protocol message declared longer is refused before it is read",
     )
     p.add_argument(
         "--max-statement-bytes",
@@ -177,18 +255,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MIB",
         help="address space of an analysis worker; over it the statement is refused (54000)",
     )
-    p.add_argument("--tls-cert", metavar="FILE")
-    p.add_argument("--tls-key", metavar="FILE")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--tls-cert", metavar="FILE", help="certificate for TLS toward clients")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key")
+    p.add_argument(
+        "--readiness-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often /readyz's upstream sign-in check runs (0: never; /readyz then "
+        "does not check the upstream)",
+    )
+    auth_setup.add_arguments(p)
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="least severe log lines written",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="log lines as text, or as one JSON object each",
+    )
     p.set_defaults(func=run)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, format: str = "text") -> None:
+    from steward_proxy.logformat import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    if format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def upstream_password(args: argparse.Namespace) -> str | None:
@@ -236,7 +337,8 @@ def run(args: argparse.Namespace) -> int:
     from steward_proxy.admin import AdminServer
     from steward_proxy.adminapi import AdminApi, read_token
     from steward_proxy.audit import AuditWriteError, AuditWriter
-    from steward_proxy.metrics import ProxyMetrics
+    from steward_proxy.auth import AuthConfigError
+    from steward_proxy.metrics import MeteredAudit, ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
     from steward_proxy.policy.bundle import BundleError, load_public_key, verify
     from steward_proxy.policyfiles import PolicyFiles, files_state
@@ -249,9 +351,10 @@ def run(args: argparse.Namespace) -> int:
         raise_open_file_limit,
     )
     from steward_proxy.session import AnalysisLimits
+    from steward_proxy.summary import startup_line
     from steward_proxy.upstream import UpstreamTarget
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("steward proxy: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -272,6 +375,13 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"steward proxy: bad upstream: {exc}", file=sys.stderr)
         return 2
+    try:
+        auth = auth_setup.build_authenticator(args)
+    except AuthConfigError as exc:
+        print(f"steward proxy: {exc}; refusing to start", file=sys.stderr)
+        return 2
+    if auth.warning:
+        log.warning("%s", auth.warning)
     bundle = None
     if args.bundle:
         try:
@@ -298,6 +408,17 @@ def run(args: argparse.Namespace) -> int:
             for error in exc.errors:
                 print(f"  {error}", file=sys.stderr)
             return 2
+    hash_key = None
+    if args.hash_key_file:
+        try:
+            with open(args.hash_key_file, "rb") as key_file:
+                hash_key = key_file.read().strip()
+        except OSError as exc:
+            print(f"steward proxy: cannot read --hash-key-file: {exc}", file=sys.stderr)
+            return 2
+        if not hash_key:
+            print("steward proxy: --hash-key-file is empty", file=sys.stderr)
+            return 2
     settings = ProxySettings(
         listen_host=args.listen[0],
         listen_port=args.listen[1],
@@ -319,15 +440,25 @@ def run(args: argparse.Namespace) -> int:
         analysis_workers=args.analysis_workers,
         analysis_timeout=args.analysis_timeout,
         analysis_memory=args.analysis_memory << 20,
+        hash_key=hash_key,
+        catalog_ttl=args.catalog_ttl,
+        authenticator=auth.authenticator,
+        key_source=auth.keys,
+        tls_client_ca=args.tls_client_ca,
+        readiness_interval=args.readiness_interval,
     )
     raise_open_file_limit(settings)
     try:
         audit = AuditWriter(args.audit_log, fsync=args.audit_fsync, max_bytes=args.audit_max_bytes)
-    except Exception as exc:
-        print(f"steward proxy: cannot open audit log {args.audit_log}: {exc}", file=sys.stderr)
+    except Exception as exc:  # the writer's message names the file and the problem
+        print(
+            f"steward proxy: {exc}; refusing to start (fix the file or its directory, "
+            "or point --audit-log elsewhere)",
+            file=sys.stderr,
+        )
         return 2
     metrics = ProxyMetrics()
-    server = ProxyServer(settings, policies, audit, metrics)
+    server = ProxyServer(settings, policies, MeteredAudit(audit, metrics), metrics)
     review_store_path = args.review_store or str(Path(args.audit_log).parent / STORE_NAME)
     try:
         review_store = SQLiteReviewStore(review_store_path)
@@ -369,12 +500,21 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         await server.start()
+        log.info(
+            "%s",
+            startup_line(
+                listen=f"{settings.listen_host}:{settings.listen_port}",
+                admin=f"{admin.address[0]}:{admin.address[1]}" if admin else None,
+                upstream=target.redacted(),
+                authentication=server.authenticator.describe(),
+                policies=server.policies,
+            ),
+        )
         background = [asyncio.create_task(_sync_audit(audit, server.audit_failure))]
         if updater is not None:
             background.append(
                 asyncio.create_task(updater.watch(Path(args.bundle), args.bundle_poll))
             )
-        if updater is not None:
             _on_sighup(server, lambda: updater.offer_file(Path(args.bundle)))
         if files is not None:
             _on_sighup(server, lambda: files.reload("SIGHUP"))

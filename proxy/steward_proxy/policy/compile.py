@@ -138,6 +138,7 @@ def compile_policy(name: str, namespace: str, spec: Mapping[str, Any]) -> Policy
         guardrails=guardrails,
         masking_rule_names=tuple(masking.get("rules", ())),
         detect=bool(masking.get("detect", False)),
+        masking_predicates=masking.get("predicates", "deny"),
         exempt_subjects=_subjects(masking.get("exemptSubjects", ()), namespace),
         approvers=_subjects(approval.get("approvers", ()), namespace),
         approval_ttl_seconds=parse_duration(approval.get("ttl", DEFAULT_TTL)),

@@ -283,6 +283,7 @@ class Policy:
     guardrails: tuple[Guardrail, ...] = ()
     masking_rule_names: tuple[str, ...] = ()
     detect: bool = False
+    masking_predicates: Literal["allow", "deny"] = "deny"
     exempt_subjects: tuple[Subject, ...] = ()
     approvers: tuple[Subject, ...] = ()
     approval_ttl_seconds: int = 900

@@ -44,6 +44,14 @@ asked, for each request that returns rows, with its note, its columns (None
 when the client never had them described) and their formats, and returns a
 :data:`RowFilter` (or None to pass the rows untouched). The filter gets each
 DataRow message whole and returns the DataRow to send instead.
+
+Errors and notices can be rewritten too (masking: PostgreSQL quotes values
+in them): a ``screen_messages`` callback gets the note of the request at the
+head of the queue (None if none) and each ErrorResponse or NoticeResponse
+whole, and returns the message to send instead (a refusal's swapped error
+excepted: it is the proxy's own). A ``plan_copy`` callback is asked, when a
+COPY out starts, with the request's note and the CopyOutResponse (whole), and
+returns a filter for each CopyData message of it (or None).
 """
 
 from __future__ import annotations
@@ -64,8 +72,10 @@ __all__ = [
     "ANSWERS",
     "STAND_IN_SQL",
     "Answer",
+    "CopyPlanner",
     "Desync",
     "Finished",
+    "MessageScreen",
     "ParameterChanged",
     "Request",
     "RowFilter",
@@ -148,6 +158,8 @@ _ASYNC = frozenset(b"NAS")
     _R_REFUSAL,
 ) = (int(r) for r in Request)
 _RUNS = (_R_STATEMENT, _R_EXECUTE)
+# The simple acknowledgements (each DONE in ANSWERS), read ahead of the table.
+_COMPLETIONS = {b"1"[0]: _R_PARSE, b"2"[0]: _R_BIND, b"3"[0]: _R_CLOSE}
 _ENDS = (_R_SYNC, _R_QUERY_END)
 _ANSWER: dict[tuple[int, int], Answer] = {(int(k), t[0]): a for (k, t), a in ANSWERS.items()}
 
@@ -214,6 +226,10 @@ TrackerEvent = Finished | ParameterChanged | RowLayout
 
 RowFilter = Callable[[bytes], bytes]
 """A DataRow message in, the DataRow message to send in its place out."""
+CopyPlanner = Callable[[Any, bytes], "RowFilter | None"]
+"""``(note, CopyOutResponse) -> a filter for its CopyData messages, or None``."""
+MessageScreen = Callable[[Any, bytes], bytes]
+"""``(note or None, ErrorResponse or NoticeResponse) -> the message to send``."""
 RowPlanner = Callable[
     [Any, "tuple[m.FieldDescription, ...] | None", tuple[int, ...]], "RowFilter | None"
 ]
@@ -232,6 +248,7 @@ class _Pending:
     settles: bool = False  # SYNC, QUERY_END: ends a run of executed requests
     target: tuple[str, int] | None = None  # DESCRIBE: ("S"|"P", generation)
     filter: RowFilter | None = None  # STATEMENT, EXECUTE: rewrites each row
+    copy_filter: RowFilter | None = None  # rewrites each CopyData of a COPY out
     # EXECUTE whose layout is not known yet: its portal's and statement's
     # generations, and the result formats.
     unplanned: tuple[int, int, tuple[int, ...]] | None = None
@@ -264,10 +281,14 @@ class Tracker:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         track_layouts: bool = False,
         plan_rows: RowPlanner | None = None,
+        screen_messages: MessageScreen | None = None,
+        plan_copy: CopyPlanner | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.plan_rows = plan_rows
+        self.screen_messages = screen_messages
+        self.plan_copy = plan_copy
         self.track_layouts = track_layouts or plan_rows is not None
         """Emit :class:`RowLayout` events (masking needs them; they cost a decode)."""
         self.txn_status = "I"
@@ -298,6 +319,7 @@ class Tracker:
         self._cut = 0
         self._out: list[bytes] = []
         self._current: Statement | None = None
+        self._now = 0.0  # when the client bytes being read arrived
 
     # -- state -------------------------------------------------------------------
 
@@ -342,8 +364,13 @@ class Tracker:
 
     # -- client -> server --------------------------------------------------------
 
-    def receive_client(self, data: bytes) -> None:
-        """Bytes from the client; ``b""`` marks the end of the stream."""
+    def receive_client(self, data: bytes, now: float | None = None) -> None:
+        """Bytes from the client; ``b""`` marks the end of the stream.
+
+        ``now`` is when they arrived (the tracker's clock when not given): it
+        stamps the requests they hold.
+        """
+        self._now = self.clock() if now is None else now
         self._from_client.feed(data)
 
     def next_statement(self) -> Statement | _Sentinel:
@@ -489,11 +516,11 @@ class Tracker:
             if self.track_layouts:
                 bind = cast(m.Bind, decode_frontend(Frame(b"B", chunk[start:end])))
                 formats = bind.result_formats
-            _remember(
-                self._portals,
-                portal,
-                (note, formats, statement_generation, next(self._generations)),
-            )
+            portals = self._portals
+            portals.pop(portal, None)  # (re)made: the newest last, for the bound below
+            portals[portal] = (note, formats, statement_generation, next(self._generations))
+            if len(portals) > _MAX_NAMED:
+                del portals[next(iter(portals))]
             self._dirty = True  # a parameter's input function may run code
             self._queue.append(_Pending(_R_BIND))
         elif kind == _EXECUTE:
@@ -502,7 +529,7 @@ class Tracker:
                 portal, (None, (), 0, 0)
             )
             self._dirty = True
-            pending = _Pending(_R_EXECUTE, note, self.clock())
+            pending = _Pending(_R_EXECUTE, note, self._now)
             self._queue.append(pending)
             if self.track_layouts:
                 pending.unplanned = (portal_generation, statement_generation, formats)
@@ -582,6 +609,11 @@ class Tracker:
                 rows = int(count) if count.isdigit() else head.rows
                 self.events.append(Finished(head.note, rows, None, tag, head.started))
                 continue
+            if kind == _ROW_DESCRIPTION and queue and queue[0].kind == _R_STATEMENT:
+                # The layout of a simple-Query statement's rows (LAYOUT in ANSWERS).
+                if self.track_layouts:
+                    self._layout(queue[0], chunk, start, end)
+                continue
             if kind == _READY_FOR_QUERY:
                 if end - start != 6 or chunk[start + 5] not in b"ITE":
                     decode_backend(Frame(b"Z", chunk[start:end]))  # raises
@@ -599,12 +631,19 @@ class Tracker:
                     cut = end
                     self._skip(_ENDS, "SQLSTATE 42501 (refused)")
                 else:
+                    if self.screen_messages is not None:
+                        pieces, cut = self._screen(chunk, start, end, pieces, cut)
                     self._failed(error)
                 continue
             if kind in _ASYNC:
+                if kind == _NOTICE_RESPONSE and self.screen_messages is not None:
+                    pieces, cut = self._screen(chunk, start, end, pieces, cut)
                 if kind == _PARAMETER_STATUS:
                     status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
                     self.events.append(ParameterChanged(status.name, status.value))
+                continue
+            if kind in _COMPLETIONS and queue and queue[0].kind == _COMPLETIONS[kind]:
+                queue.popleft()  # ParseComplete, BindComplete, CloseComplete
                 continue
             head = queue[0] if queue else None
             answer = _ANSWER.get((head.kind, kind)) if head is not None else None
@@ -613,8 +652,19 @@ class Tracker:
                 raise Desync(_DESCRIBED.get(type_byte, f"a {type_byte!r} message"))
             if answer is A.COMPLETE:
                 queue.popleft()
-                rows_or_none = None if kind == _FUNCTION_RESULT else head.rows
-                self.events.append(Finished(head.note, rows_or_none, None, b"", head.started))
+                tag = chunk[start + 5 : end - 1] if kind == _COMMAND_COMPLETE else b""
+                count = tag.rpartition(b" ")[2]
+                rows = int(count) if count.isdigit() else head.rows
+                rows_or_none = None if kind == _FUNCTION_RESULT else rows
+                self.events.append(Finished(head.note, rows_or_none, None, tag, head.started))
+            elif answer is A.KEEP and self.plan_copy is not None:
+                if kind == _COPY_OUT:
+                    head.copy_filter = self.plan_copy(head.note, chunk[start:end])
+                elif kind == _COPY_DATA and head.copy_filter is not None:
+                    if pieces is None:
+                        pieces = []
+                    pieces += (chunk[cut:start], head.copy_filter(chunk[start:end]))
+                    cut = end
             elif answer is A.DONE:
                 queue.popleft()
                 if kind == _ROW_DESCRIPTION and self.track_layouts and head.target is not None:
@@ -623,16 +673,35 @@ class Tracker:
                         if later.unplanned is not None:
                             self._plan(later)
             elif answer is A.LAYOUT and self.track_layouts:
-                fields = _fields(chunk, start, end)
-                self.events.append(RowLayout(head.note, fields))
-                if self.plan_rows is not None:
-                    head.filter = self.plan_rows(head.note, fields, ())
+                self._layout(head, chunk, start, end)
         if reader.at_eof and reader.pending:
             raise RemoteProtocolError("upstream closed in the middle of a message")
         if pieces is None:
             return chunk
         pieces.append(chunk[cut:])
         return b"".join(pieces)
+
+    def _screen(
+        self, chunk: bytes, start: int, end: int, pieces: list[bytes] | None, cut: int
+    ) -> tuple[list[bytes] | None, int]:
+        """Ask ``screen_messages`` about one message; replace it in the output if it says so."""
+        assert self.screen_messages is not None
+        queue = self._queue
+        note = queue[0].note if queue else None
+        message = chunk[start:end]
+        replacement = self.screen_messages(note, message)
+        if replacement == message:
+            return pieces, cut
+        if pieces is None:
+            pieces = []
+        pieces += (chunk[cut:start], replacement)
+        return pieces, end
+
+    def _layout(self, head: _Pending, chunk: bytes, start: int, end: int) -> None:
+        fields = _fields(chunk, start, end)
+        self.events.append(RowLayout(head.note, fields))
+        if self.plan_rows is not None:
+            head.filter = self.plan_rows(head.note, fields, ())
 
     def _plan(self, pending: _Pending, *, final: bool = False) -> None:
         """Find an Execute's layout and ask ``plan_rows`` for its filter.
@@ -725,7 +794,8 @@ _QUERY, _PARSE, _BIND, _EXECUTE, _SYNC, _DESCRIBE, _CLOSE = b"QPBESDC"
 _FUNCTION_CALL, _TERMINATE, _FLUSH = b"FXH"
 _PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
 _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
-_PARAMETER_STATUS, _FUNCTION_RESULT = b"SV"
+_PARAMETER_STATUS, _FUNCTION_RESULT, _NOTICE_RESPONSE = b"SVN"
+_COPY_OUT, _COPY_DATA = b"Hd"
 _TYPE_BYTES = tuple(bytes([i]) for i in range(256))
 _DESCRIBED = {
     b"C": "a command completion",

@@ -1,0 +1,294 @@
+"""Rewriting what the server sends: DataRows by a :class:`~.plan.Plan`, errors and notices.
+
+:func:`row_filter` turns a plan into the tracker's row filter: it walks a
+DataRow's column lengths, hands each value of a masked column to its masker,
+and rebuilds the message only around the values it replaced.
+
+:func:`copy_filter` does the same for the rows of a text or CSV COPY out.
+
+:func:`screen_message` handles an ErrorResponse or NoticeResponse for a
+masked subject. PostgreSQL quotes values in messages (a failing cast prints
+the value, a constraint violation the failing row, ``RAISE NOTICE`` whatever
+it is given): when the statement read masked columns, or its text fields
+hold a detected datum, the message keeps its severity, SQLSTATE and position
+and its text becomes a generic one.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from steward_proxy.masking.detect import find
+from steward_proxy.masking.lineage import CopyOut
+from steward_proxy.masking.plan import Plan
+from steward_proxy.masking.strategies import NULL_MASKER, REDACT_MASKER, REDACTED
+
+__all__ = ["WITHHELD", "copy_filter", "row_filter", "screen_message"]
+
+_LENGTH = struct.Struct("!i")
+_NULL = b"\xff\xff\xff\xff"
+
+WITHHELD = (
+    "message withheld by Steward: it may quote a masked value "
+    "(the SQLSTATE and position are the server's)"
+)
+# Fields that may quote values; the others name things or say where.
+_FREE_TEXT = frozenset("MDHWqp")
+_KEPT = frozenset("SVCPLFRcdnst")
+
+
+def row_filter(plan: Plan) -> Callable[[bytes], bytes]:
+    """The filter that masks each DataRow message (whole, type byte included) by ``plan``."""
+    maskers = plan.maskers
+    every = plan.every
+    width = len(maskers)
+    # For each masked column: how many columns to step over before it, and its
+    # masker, or the encoded field itself when the masker gives a constant.
+    steps: list[tuple[int, Callable[[bytes], bytes | None] | None, bytes | None]] = []
+    previous = -1
+    for index, masker in enumerate(maskers):
+        if masker is not None:
+            constant = _constant(masker)
+            steps.append((index - previous - 1, None if constant else masker, constant))
+            previous = index
+    unpack = _LENGTH.unpack_from
+    pack = _LENGTH.pack
+
+    def rewrite(message: bytes) -> bytes:
+        if every is not None or ((message[5] << 8) | message[6]) != width:
+            # Never described, or not the layout planned (then NULL everything).
+            fill = every if every is not None else _null
+            return _rewrite_all(message, (message[5] << 8) | message[6], fill)
+        parts: list[bytes] = [b"D", b""]
+        pos = 7
+        cut = 5  # the column count stays
+        grown = 0
+        for skip, masker, constant in steps:
+            while skip:
+                size = unpack(message, pos)[0]
+                pos += 4 + size if size > 0 else 4
+                skip -= 1
+            size = unpack(message, pos)[0]
+            if size < 0:
+                pos += 4
+                continue
+            end = pos + 4 + size
+            if constant is not None:
+                parts += (message[cut:pos], constant)
+                grown += len(constant) - 4 - size
+                cut = end
+            else:
+                value = message[pos + 4 : end]
+                new = masker(value)  # type: ignore[misc]
+                if new is None:
+                    parts += (message[cut:pos], _NULL)
+                    grown -= size
+                    cut = end
+                elif new is not value:
+                    parts += (message[cut:pos], pack(len(new)), new)
+                    grown += len(new) - size
+                    cut = end
+            pos = end
+        if cut == 5:
+            return message
+        parts.append(message[cut:])
+        parts[1] = pack(len(message) - 1 + grown)
+        return b"".join(parts)
+
+    return rewrite
+
+
+def _constant(masker: Callable[[bytes], bytes | None]) -> bytes | None:
+    """The encoded field (length and value) a masker always gives, if it is one of those."""
+    if masker is REDACT_MASKER:
+        return _LENGTH.pack(len(REDACTED)) + REDACTED
+    if masker is NULL_MASKER:
+        return _NULL
+    return None
+
+
+def _rewrite_all(message: bytes, count: int, masker: Callable[[bytes], bytes | None]) -> bytes:
+    parts = [message[5:7]]
+    pos = 7
+    for _ in range(count):
+        size = _LENGTH.unpack_from(message, pos)[0]
+        if size < 0:
+            parts.append(_NULL)
+            pos += 4
+            continue
+        new = masker(message[pos + 4 : pos + 4 + size])
+        parts.append(_NULL if new is None else _LENGTH.pack(len(new)) + new)
+        pos += 4 + size
+    body = b"".join(parts)
+    return b"D" + _LENGTH.pack(len(body) + 4) + body
+
+
+def _null(value: bytes) -> None:
+    return None
+
+
+def screen_message(message: bytes, *, tainted: bool, detect: bool) -> bytes:
+    """An ErrorResponse or NoticeResponse (whole) as the client may see it."""
+    fields = _fields(message)
+    if fields is None:
+        return message
+    quoting = tainted
+    if not quoting and detect:
+        quoting = any(find(value) for code, value in fields if chr(code) in _FREE_TEXT and value)
+    if not quoting:
+        return message
+    kept = [(code, value) for code, value in fields if chr(code) in _KEPT]
+    kept.append((ord("M"), WITHHELD.encode()))
+    body = b"".join(bytes((code,)) + value + b"\0" for code, value in kept) + b"\0"
+    return message[:1] + _LENGTH.pack(len(body) + 4) + body
+
+
+def _fields(message: bytes) -> list[tuple[int, bytes]] | None:
+    fields = []
+    pos = 5
+    end = len(message)
+    while pos < end and message[pos] != 0:
+        nul = message.find(b"\0", pos + 1)
+        if nul < 0:
+            return None
+        fields.append((message[pos], message[pos + 1 : nul]))
+        pos = nul + 1
+    return fields
+
+
+# -- COPY out ------------------------------------------------------------------------
+
+
+def copy_filter(plan: Plan, copy: CopyOut) -> Callable[[bytes], bytes]:
+    """The filter that masks each CopyData message (one row) of a text or CSV COPY out.
+
+    Only masked fields are decoded and written again; the others keep their
+    bytes. A row that does not split into the planned columns has every
+    field written as NULL.
+    """
+    delimiter = copy.delimiter.encode()
+    null = copy.null.encode()
+    csv = copy.format == "csv"
+    quote = copy.quote.encode()
+    escape = copy.escape.encode()
+    maskers = plan.maskers
+    header = [copy.header]
+
+    def rewrite(message: bytes) -> bytes:
+        if header[0]:
+            header[0] = False
+            return message
+        row = message[5:]
+        end = b"\r\n" if row.endswith(b"\r\n") else b"\n" if row.endswith(b"\n") else b""
+        line = row[: len(row) - len(end)]
+        fields = _csv_fields(line, delimiter, quote, escape) if csv else line.split(delimiter)
+        if plan.every is not None or len(fields) != len(maskers):
+            masked_fields = [null] * len(fields)
+        else:
+            masked_fields = []
+            for field, masker in zip(fields, maskers, strict=True):
+                if masker is None or field == null:
+                    masked_fields.append(field)
+                    continue
+                value = _csv_value(field, quote, escape) if csv else _text_value(field)
+                new = masker(value)
+                if new is None:
+                    masked_fields.append(null)
+                elif new is value:
+                    masked_fields.append(field)
+                elif csv:
+                    masked_fields.append(quote + new.replace(quote, escape + quote) + quote)
+                else:
+                    masked_fields.append(_text_field(new, delimiter))
+        body = delimiter.join(masked_fields) + end
+        return b"d" + _LENGTH.pack(len(body) + 4) + body
+
+    return rewrite
+
+
+_TEXT_ESCAPES = {
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("v"): b"\v",
+}
+
+
+def _text_value(field: bytes) -> bytes:
+    """A COPY text field's value (backslash escapes undone)."""
+    if b"\\" not in field:
+        return field
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        c = field[i]
+        if c != 0x5C or i + 1 == len(field):
+            out.append(c)
+            i += 1
+            continue
+        n = field[i + 1]
+        if n in _TEXT_ESCAPES:
+            out += _TEXT_ESCAPES[n]
+            i += 2
+        elif 0x30 <= n <= 0x37:
+            j = i + 1
+            while j < min(i + 4, len(field)) and 0x30 <= field[j] <= 0x37:
+                j += 1
+            out.append(int(field[i + 1 : j], 8) & 0xFF)
+            i = j
+        elif n == ord("x") and i + 2 < len(field):
+            j = i + 2
+            while j < min(i + 4, len(field)) and chr(field[j]) in "0123456789abcdefABCDEF":
+                j += 1
+            out.append(int(field[i + 2 : j], 16) if j > i + 2 else ord("x"))
+            i = j
+        else:
+            out.append(n)
+            i += 2
+    return bytes(out)
+
+
+def _text_field(value: bytes, delimiter: bytes) -> bytes:
+    """A value written as a COPY text field."""
+    value = value.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return value.replace(delimiter, b"\\" + delimiter)
+
+
+def _csv_fields(line: bytes, delimiter: bytes, quote: bytes, escape: bytes) -> list[bytes]:
+    """A CSV line split into raw fields (quotes kept), honouring quoted delimiters."""
+    fields = []
+    start = 0
+    i = 0
+    quoted = False
+    d, q, e = delimiter[0], quote[0], escape[0]
+    size = len(line)
+    while i < size:
+        c = line[i]
+        if quoted:
+            if c == e and e != q and i + 1 < size:
+                i += 2
+                continue
+            if c == q:
+                if e == q and i + 1 < size and line[i + 1] == q:
+                    i += 2
+                    continue
+                quoted = False
+        elif c == q:
+            quoted = True
+        elif c == d:
+            fields.append(line[start:i])
+            start = i + 1
+        i += 1
+    fields.append(line[start:])
+    return fields
+
+
+def _csv_value(field: bytes, quote: bytes, escape: bytes) -> bytes:
+    if len(field) >= 2 and field[:1] == quote and field[-1:] == quote:
+        return field[1:-1].replace(escape + quote, quote)
+    return field

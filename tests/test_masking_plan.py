@@ -1,0 +1,272 @@
+"""Lineage and the planner against a catalog given as rows: what is masked, what is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from steward_proxy import wire
+from steward_proxy.masking.catalog import Catalog
+from steward_proxy.masking.lineage import analyze
+from steward_proxy.masking.plan import Masker, MaskingConfig
+from steward_proxy.masking.strategies import Strategies
+from steward_proxy.policy.compile import compile_masking_rule
+
+USERS, ORDERS, VIEW = 100, 200, 300
+CATALOG = Catalog.from_rows(
+    [(USERS, "public", "users", "r"), (ORDERS, "shop", "orders", "r"), (VIEW, "public", "v", "v")],
+    [
+        (USERS, 1, "id", 23),
+        (USERS, 2, "name", 25),
+        (USERS, 3, "email", 25),
+        (USERS, 4, "ssn", 25),
+        (ORDERS, 1, "id", 23),
+        (ORDERS, 2, "user_id", 23),
+        (ORDERS, 3, "email", 25),
+        (VIEW, 1, "id", 23),
+        (VIEW, 2, "r", 25),
+        (VIEW, 3, "email", 25),
+    ],
+    [(VIEW, "SELECT users.id, reverse(users.ssn) AS r, users.email FROM users")],
+)
+RULES = compile_masking_rule(
+    "pii",
+    "default",
+    {
+        "rules": [
+            {"columns": ["public.users.email"], "strategy": "email"},
+            {"columns": ["public.users.ssn"], "strategy": "redact"},
+            {"dataClasses": ["US_SSN"], "strategy": "partial", "keepLast": 4},
+        ]
+    },
+)
+
+
+def masker(**config: object) -> Masker:
+    return Masker(MaskingConfig((RULES,), **config), Strategies(b"k"), CATALOG)  # type: ignore[arg-type]
+
+
+def field(name: str, table: int = 0, column: int = 0, type_oid: int = 25) -> wire.FieldDescription:
+    return wire.FieldDescription(name, table, column, type_oid)
+
+
+def labels(sql: str, *fields: wire.FieldDescription) -> list[str]:
+    plan = masker().plan(analyze(sql)[0], fields)
+    return sorted(plan.labels) if plan else []
+
+
+MASKED = [
+    (
+        "a bare column by its RowDescription origin",
+        "SELECT email FROM users",
+        [field("email", USERS, 3)],
+        ["public.users.email:email"],
+    ),
+    (
+        "an expression feeds redact",
+        "SELECT upper(ssn) FROM users",
+        [field("upper")],
+        ["public.users.ssn:redact"],
+    ),
+    (
+        "a whole-row reference",
+        "SELECT row_to_json(u) FROM users u",
+        [field("row_to_json", type_oid=114)],
+        ["public.users.email:redact", "public.users.ssn:redact"],
+    ),
+    (
+        "a CTE's derived column",
+        "WITH c AS (SELECT ssn || '' s FROM users) SELECT s FROM c",
+        [field("s")],
+        ["public.users.ssn:redact"],
+    ),
+    (
+        "a UNION branch",
+        "SELECT name FROM users UNION SELECT email FROM users",
+        [field("name")],
+        ["public.users.email:redact"],
+    ),
+    (
+        "a view column derived in the view",
+        "SELECT r FROM v",
+        [field("r", VIEW, 2)],
+        ["public.users.ssn:redact"],
+    ),
+    (
+        "a view column that is a masked column",
+        "SELECT email FROM v",
+        [field("email", VIEW, 3)],
+        ["public.users.email:email"],
+    ),
+    (
+        "a relation the catalog does not know",
+        "SELECT x FROM newtable",
+        [field("x", 999, 1)],
+        ["unresolved:redact"],
+    ),
+    (
+        "a star over an unqualified table",
+        "SELECT * FROM users",
+        [field("id"), field("name"), field("email"), field("ssn")],
+        ["public.users.email:email", "public.users.ssn:redact"],
+    ),
+    (
+        "a dynamic SQL function",
+        "SELECT query_to_xml('select 1', true, false, '')",
+        [field("q", type_oid=142)],
+        ["unresolved:redact"],
+    ),
+]
+
+UNMASKED = [
+    ("a column no rule covers", "SELECT name FROM users", [field("name", USERS, 2)]),
+    (
+        "another table's column of the same name",
+        "SELECT email FROM shop.orders",
+        [field("email", ORDERS, 3)],
+    ),
+    ("a derived value of unmasked columns", "SELECT upper(name) FROM users", [field("upper")]),
+    ("a constant", "SELECT 1", [field("?column?", type_oid=23)]),
+]
+
+
+@pytest.mark.parametrize(("case", "sql", "fields", "expected"), MASKED, ids=[c[0] for c in MASKED])
+def test_masked(
+    case: str, sql: str, fields: list[wire.FieldDescription], expected: list[str]
+) -> None:
+    assert labels(sql, *fields) == expected
+
+
+@pytest.mark.parametrize(("case", "sql", "fields"), UNMASKED, ids=[c[0] for c in UNMASKED])
+def test_not_masked(case: str, sql: str, fields: list[wire.FieldDescription]) -> None:
+    assert masker().plan(analyze(sql)[0], fields) is None
+
+
+REFUSED = [
+    ("WHERE on a masked column", "SELECT id FROM users WHERE ssn LIKE '1%'"),
+    ("ORDER BY a masked column", "SELECT id FROM users ORDER BY email"),
+    ("ORDER BY the position of a masked column", "SELECT ssn, id FROM users ORDER BY 1"),
+    ("GROUP BY", "SELECT count(*) FROM users GROUP BY ssn"),
+    ("JOIN ON", "SELECT 1 FROM users a JOIN users b ON a.ssn = b.ssn"),
+    ("JOIN USING", "SELECT 1 FROM users JOIN shop.orders o USING (email)"),
+    (
+        "a correlated subquery's WHERE",
+        "SELECT id FROM users u WHERE EXISTS (SELECT 1 WHERE u.ssn > '5')",
+    ),
+    ("an aggregate FILTER", "SELECT count(*) FILTER (WHERE ssn > '5') FROM users"),
+    ("a CASE condition", "SELECT CASE WHEN ssn > '5' THEN 1 END FROM users"),
+    ("a simple CASE on a masked column", "SELECT CASE email WHEN 'a@b.c' THEN 1 END FROM users"),
+    ("a view filter when it is created", "CREATE VIEW w AS SELECT id FROM users WHERE ssn > '5'"),
+    ("INSERT ... SELECT", "INSERT INTO t SELECT ssn FROM users"),
+    ("CREATE TABLE AS", "CREATE TABLE t AS SELECT * FROM users"),
+    ("SELECT INTO", "SELECT email INTO t FROM users"),
+    (
+        "UPDATE SET from a subquery",
+        "UPDATE shop.orders SET email = (SELECT email FROM users LIMIT 1)",
+    ),
+    ("COPY to a program", "COPY users TO PROGRAM 'cat'"),
+    ("binary COPY out", "COPY (SELECT ssn FROM users) TO STDOUT WITH (FORMAT binary)"),
+    ("EXPLAIN ANALYZE of a probe", "EXPLAIN ANALYZE SELECT 1 FROM users WHERE ssn = '1'"),
+    ("a DO block", "DO $$ BEGIN PERFORM 1; END $$"),
+    ("a setting that stores a masked value", "SELECT set_config('x.y', ssn, false) FROM users"),
+    ("a function definition", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
+    ("renaming a masked column", "ALTER TABLE users RENAME COLUMN ssn TO x"),
+    ("altering a table with masked columns", "ALTER TABLE users ADD COLUMN z int"),
+]
+
+ALLOWED = [
+    ("a plain select", "SELECT email, ssn FROM users"),
+    ("a filter on an unmasked column", "SELECT ssn FROM users WHERE id = 1 ORDER BY name"),
+    ("ORDER BY the position of an unmasked column", "SELECT id, ssn FROM users ORDER BY 1"),
+    ("an update of a masked column with a constant", "UPDATE users SET ssn = '000' WHERE id = 1"),
+    ("an insert of values", "INSERT INTO users (id, email) VALUES (1, 'a@b.c')"),
+    ("a copy of unmasked columns", "COPY shop.orders TO STDOUT"),
+    ("altering a table without masked columns", "ALTER TABLE shop.orders ADD COLUMN z int"),
+    ("a text COPY out of masked columns (masked as it goes)", "COPY users TO STDOUT"),
+]
+
+
+@pytest.mark.parametrize(("case", "sql"), REFUSED, ids=[c[0] for c in REFUSED])
+def test_refused(case: str, sql: str) -> None:
+    assert masker().refusal(analyze(sql)[0]) is not None
+
+
+@pytest.mark.parametrize(("case", "sql"), ALLOWED, ids=[c[0] for c in ALLOWED])
+def test_allowed(case: str, sql: str) -> None:
+    assert masker().refusal(analyze(sql)[0]) is None
+
+
+def test_predicates_allow_lets_filters_through_but_not_data_movement() -> None:
+    m = masker(predicates="allow")
+    assert m.refusal(analyze("SELECT id FROM users WHERE ssn LIKE '1%'")[0]) is None
+    assert m.refusal(analyze("INSERT INTO t SELECT ssn FROM users")[0]) is not None
+
+
+def test_an_exempt_subject_has_nothing_masked_or_refused() -> None:
+    m = masker(exempt=True)
+    assert m.refusal(analyze("SELECT id FROM users ORDER BY ssn")[0]) is None
+    assert m.plan(analyze("SELECT ssn FROM users")[0], [field("ssn", USERS, 4)]) is None
+
+
+def test_detection_masks_spans_of_columns_no_rule_covers() -> None:
+    m = masker(detect=True)
+    plan = m.plan(analyze("SELECT name FROM users")[0], [field("name", USERS, 2)])
+    assert plan is not None and plan.maskers[0] is not None
+    assert plan.maskers[0](b"id 536-22-8714 ok") == b"id ****8714 ok"
+    assert plan.labels == {"US_SSN:partial"}
+
+
+def test_unaligned_columns_are_masked_when_the_statement_reads_masked_ones() -> None:
+    sql = "SELECT * FROM users JOIN shop.orders USING (id)"
+    plan = masker().plan(analyze(sql)[0], [field("id"), field("name"), field("x")])
+    assert plan is not None and all(m is not None for m in plan.maskers)
+
+
+def test_rows_never_described_are_nulled_when_masked_columns_feed_them() -> None:
+    plan = masker().plan(analyze("SELECT ssn FROM users")[0], None)
+    assert plan is not None and plan.every is not None and plan.every(b"x") is None
+    assert masker().plan(analyze("SELECT name FROM users")[0], None) is None
+
+
+def test_a_statement_too_large_to_trace_is_judged_by_its_tables() -> None:
+    m = masker()
+    assert m.refusal(m.untraced(("public.users",), writes=False)) is not None
+    assert m.refusal(m.untraced(("pg_catalog.pg_type", "public.pg_class"), writes=False)) is None
+
+
+LINEAGE = [
+    ("a cursor declares its rows", "DECLARE c CURSOR FOR SELECT ssn FROM users", "declares", "c"),
+    ("FETCH names its cursor", "FETCH 5 FROM c", "fetches", "c"),
+    ("EXECUTE names its statement", "EXECUTE p(1)", "executes", "p"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "sql", "attribute", "value"), LINEAGE, ids=[c[0] for c in LINEAGE]
+)
+def test_lineage_of_statement_forms(case: str, sql: str, attribute: str, value: str) -> None:
+    assert getattr(analyze(sql)[0], attribute) == value
+
+
+def test_prepare_traces_the_prepared_query() -> None:
+    (lineage,) = analyze("PREPARE p AS SELECT upper(ssn) FROM users")
+    assert lineage.outputs is not None
+    assert lineage.outputs[0].sources == {("col", "", "users", "ssn")}  # type: ignore[union-attr]
+
+
+def test_copy_rows_are_masked_field_by_field() -> None:
+    from steward_proxy.masking.rows import copy_filter
+
+    (lineage,) = analyze("COPY users TO STDOUT WITH (FORMAT csv)")
+    plan = masker().plan_copy(lineage, 4)
+    assert plan is not None and lineage.copy is not None
+    rewrite = copy_filter(plan, lineage.copy)
+    row = b'1,"Ann, Lee",ann@x.org,123-45-6789\n'
+    out = rewrite(b"d" + (len(row) + 4).to_bytes(4, "big") + row)
+    assert out[5:] == b'1,"Ann, Lee","a***@x.org","****"\n'
+    (text,) = analyze("COPY users TO STDOUT")
+    assert text.copy is not None
+    rewrite = copy_filter(masker().plan_copy(text, 4), text.copy)  # type: ignore[arg-type]
+    row = b"2\tB\\t\ta\\tb@x.org\t\\N\n"
+    assert rewrite(b"d" + (len(row) + 4).to_bytes(4, "big") + row)[5:] == (
+        b"2\tB\\t\ta***@x.org\t\\N\n"
+    )

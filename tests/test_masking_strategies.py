@@ -1,0 +1,104 @@
+"""Strategies on text and binary values, and the row filter that applies them."""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import pytest
+
+from steward_proxy import wire
+from steward_proxy.masking.plan import Plan
+from steward_proxy.masking.rows import WITHHELD, row_filter, screen_message
+from steward_proxy.masking.strategies import Strategies, Strategy
+
+S = Strategies(b"test-key")
+TEXT, VARCHAR, INT4, INT8, DATE, JSONB = 25, 1043, 23, 20, 1082, 3802
+
+CASES = [
+    ("redact hides a text value", Strategy("redact"), TEXT, b"536-22-8714", b"****"),
+    (
+        "partial keeps the last characters",
+        Strategy("partial", 4),
+        VARCHAR,
+        b"4539 1488",
+        b"****1488",
+    ),
+    ("partial of a short value shows nothing", Strategy("partial", 4), TEXT, b"1234", b"****"),
+    (
+        "email keeps the first letter and domain",
+        Strategy("email"),
+        TEXT,
+        b"jane@ex.org",
+        b"j***@ex.org",
+    ),
+    ("email of a non-address redacts", Strategy("email"), TEXT, b"no address", b"****"),
+    ("null gives NULL", Strategy("null"), TEXT, b"x", None),
+    ("redact on a date gives NULL", Strategy("redact"), DATE, b"2020-01-01", None),
+    ("hash on JSON gives NULL", Strategy("hash"), JSONB, b'{"a": 1}', None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "strategy", "type_oid", "value", "masked"), CASES, ids=[c[0] for c in CASES]
+)
+def test_strategy(
+    case: str, strategy: Strategy, type_oid: int, value: bytes, masked: bytes | None
+) -> None:
+    assert S.masker(strategy, type_oid, False, frozenset())(value) == masked
+
+
+def test_hash_is_a_stable_keyed_pseudonym() -> None:
+    mask = S.masker(Strategy("hash"), TEXT, False, frozenset())
+    assert mask(b"Maria") == mask(b"Maria") != mask(b"Dmitri")
+    assert re.fullmatch(rb"h_[0-9a-f]{16}", mask(b"Maria") or b"")
+    other = Strategies(b"another key").masker(Strategy("hash"), TEXT, False, frozenset())
+    assert other(b"Maria") != mask(b"Maria")
+
+
+def test_hash_on_integers_is_the_same_in_text_and_binary() -> None:
+    text = S.masker(Strategy("hash"), INT8, False, frozenset())(b"9876543210123")
+    binary = S.masker(Strategy("hash"), INT8, True, frozenset())(struct.pack("!q", 9876543210123))
+    assert text is not None and binary is not None
+    assert int(text) == struct.unpack("!q", binary)[0] != 9876543210123
+    four = S.masker(Strategy("hash"), INT4, True, frozenset())(struct.pack("!i", 7))
+    assert four is not None and len(four) == 4
+
+
+def test_a_catalog_text_type_keeps_its_value_masked() -> None:
+    citext = 16400
+    assert S.masker(Strategy("redact"), citext, False, frozenset({citext}))(b"x") == b"****"
+
+
+def data_row(*values: bytes | None) -> bytes:
+    return wire.encode(wire.DataRow(values))
+
+
+def test_row_filter_rewrites_only_masked_columns() -> None:
+    redact = S.masker(Strategy("redact"), TEXT, False, frozenset())
+    rewrite = row_filter(Plan([None, redact, None]))
+    out = rewrite(data_row(b"1", b"secret", None))
+    assert out == data_row(b"1", b"****", None)
+    assert rewrite(data_row(b"1", None, b"x")) == data_row(b"1", None, b"x")
+
+
+def test_row_filter_without_a_layout_masks_every_value() -> None:
+    rewrite = row_filter(Plan([], every=lambda value: None))
+    assert rewrite(data_row(b"1", b"2")) == data_row(None, None)
+
+
+def test_a_row_of_another_width_is_nulled() -> None:
+    redact = S.masker(Strategy("redact"), TEXT, False, frozenset())
+    assert row_filter(Plan([redact]))(data_row(b"a", b"b")) == data_row(None, None)
+
+
+def test_screen_message_withholds_quoted_values() -> None:
+    error = wire.encode(
+        wire.ErrorResponse.build("22P02", 'invalid input syntax for type integer: "Maria"')
+    )
+    screened = screen_message(error, tainted=True, detect=False)
+    fields = dict(wire.decode_backend(wire.Frame(b"E", screened)).fields)  # type: ignore[attr-defined]
+    assert fields["C"] == "22P02" and fields["M"] == WITHHELD
+    assert screen_message(error, tainted=False, detect=True) == error
+    notice = wire.encode(wire.NoticeResponse((("S", "NOTICE"), ("M", "v=536-22-8714"))))
+    assert b"536-22-8714" not in screen_message(notice, tainted=False, detect=True)
