@@ -8,7 +8,9 @@ and groups are what the request says.
 - ``GET /reviews`` (``?state=pending``...): a JSON list of reviews, oldest first;
 - ``GET /reviews/ID``: one review (404 if unknown);
 - ``POST /reviews/ID/approve`` and ``/deny`` with ``{"subject": ...,
-  "groups": [...], "reason": ...}``: 200 and the review; 403 when the
+  "groups": [...], "reason": ...}``, or with ``{"id_token": ...}`` instead of
+  subject and groups on a proxy that signs people in with OIDC (the
+  approver is then who the verified token says): 200 and the review; 403 when the
   approver may not decide it (not in ``approval.approvers``, or the
   requester), 404 unknown, 409 not pending (decided, used, or expired);
 - ``PUT /policy`` with YAML documents, when the proxy runs ``--policy``
@@ -24,6 +26,8 @@ import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
+from steward_proxy.auth.base import AuthFailed
+from steward_proxy.auth.oidc import OidcAuthenticator, UnknownKey, verify_token
 from steward_proxy.policy import Identity, PolicyError, is_valid_subject
 from steward_proxy.review import STATES, ReviewRefused
 from steward_proxy.reviewdesk import ReviewStoreError
@@ -104,11 +108,14 @@ class AdminApi:
             return 400, {"error": "the body must be JSON"}
         if not isinstance(request, dict):
             return 400, {"error": "the body must be a JSON object"}
-        subject, groups, reason = (
-            request.get("subject"),
-            request.get("groups", []),
-            request.get("reason"),
-        )
+        reason = request.get("reason")
+        if "id_token" in request:
+            proven = self._approver_from_token(request["id_token"])
+            if isinstance(proven, tuple):
+                return proven
+            subject, groups = proven.subject, list(proven.groups)
+        else:
+            subject, groups = request.get("subject"), request.get("groups", [])
         if not isinstance(subject, str) or not is_valid_subject(subject):
             return 400, {
                 "error": "subject must be user:NAME or system:serviceaccount:NAMESPACE:NAME"
@@ -133,6 +140,21 @@ class AdminApi:
         except ReviewStoreError:
             return 500, {"error": "the review store cannot be written; nothing was decided"}
         return 200, review.as_json()
+
+    def _approver_from_token(self, token: Any) -> Identity | Answer:
+        """The identity an OIDC ID token proves, checked as a sign-in would be."""
+        authenticator = self.proxy.authenticator
+        if not isinstance(authenticator, OidcAuthenticator):
+            return 400, {"error": "this proxy has no OIDC settings: name the approver instead"}
+        keys = authenticator.cache.keys
+        if not isinstance(token, str) or keys is None:
+            return 403, {"error": "the ID token cannot be checked", "problem": "approver"}
+        try:
+            return verify_token(token.strip(), keys, authenticator.settings)
+        except (AuthFailed, UnknownKey) as exc:
+            # Never the token itself: only why it is not accepted.
+            why = exc.message if isinstance(exc, AuthFailed) else "it names an unknown key"
+            return 403, {"error": f"the ID token is not accepted: {why}", "problem": "approver"}
 
     def _put_policy(self, body: bytes, client: str) -> Answer:
         assert self.files is not None

@@ -2,8 +2,10 @@
 
 Each sub-command talks to ``--admin URL`` (the proxy's ``--admin`` address)
 with the bearer token in ``--token-file``. ``approve`` and ``deny`` name the
-approver with ``--as SUBJECT`` and ``--group NAME``; the proxy checks them
-against the policy's ``approval.approvers`` and refuses the requester.
+approver with ``--as SUBJECT`` and ``--group NAME``, or with the approver's
+OIDC ID token (``--id-token-file``), which a proxy that signs people in with
+OIDC verifies; the proxy checks the approver against the policy's
+``approval.approvers`` and refuses the requester.
 
 Exit codes: 0 done, 1 the proxy refused (the reason is printed), 2 the
 request could not be made (bad arguments, no token, proxy unreachable).
@@ -83,12 +85,18 @@ def register(subparsers: Any) -> None:
         )
         common(sub)
         sub.add_argument("review_id", metavar="ID")
-        sub.add_argument(
+        who = sub.add_mutually_exclusive_group(required=True)
+        who.add_argument(
             "--as",
             dest="subject",
-            required=True,
             metavar="SUBJECT",
             help="the approver: user:NAME or system:serviceaccount:NAMESPACE:NAME",
+        )
+        who.add_argument(
+            "--id-token-file",
+            metavar="FILE",
+            help="the approver's OIDC ID token; the proxy verifies it as a sign-in and "
+            "takes the approver and groups from it (proxies with --oidc-issuer only)",
         )
         sub.add_argument(
             "--group",
@@ -120,7 +128,18 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_decide(args: argparse.Namespace) -> int:
-    body = {"subject": args.subject, "groups": args.groups}
+    body: dict[str, Any]
+    if args.id_token_file:
+        if args.groups:
+            print("steward review: --group goes with --as; the token names the groups")
+            return EXIT_ERROR
+        try:
+            body = {"id_token": Path(args.id_token_file).read_text().strip()}
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"steward review: cannot read the ID token file: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+    else:
+        body = {"subject": args.subject, "groups": args.groups}
     if args.reason:
         body["reason"] = args.reason
     verb = "approve" if args.approve else "deny"
