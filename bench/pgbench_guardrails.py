@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pgbench_proxy import pgbench, tps
+from pgbench_proxy import init_tables, pgbench, tps
 
 from steward_testing.postgres import LocalPostgres, LocalProxy
 
@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="steward-bench-") as tmp,
         LocalPostgres(fast=True) as pg,
     ):
-        su, su_pw = LocalPostgres.SUPERUSER, pg.passwords[LocalPostgres.SUPERUSER]
-        print(f"initialising pgbench tables (scale {args.scale}) ...", flush=True)
-        pgbench(pg, ["-i", "-q", "-s", str(args.scale)], port=pg.port, user=su, password=su_pw)
-        pg.execute("VACUUM ANALYZE;")
+        init_tables(pg, args.scale)
 
         workdir = Path(tmp)
         proxies: dict[str, LocalProxy] = {}

@@ -51,6 +51,14 @@ def pgbench(
     return result
 
 
+def init_tables(pg: LocalPostgres, scale: int) -> None:
+    """pgbench's tables at ``scale``, vacuumed and analysed."""
+    su, su_pw = LocalPostgres.SUPERUSER, pg.passwords[LocalPostgres.SUPERUSER]
+    print(f"initialising pgbench tables (scale {scale}) ...", flush=True)
+    pgbench(pg, ["-i", "-q", "-s", str(scale)], port=pg.port, user=su, password=su_pw)
+    pg.execute("VACUUM ANALYZE;")
+
+
 def tps(output: str) -> float:
     match = re.search(r"^tps = ([\d.]+)", output, re.MULTILINE)
     if not match:
@@ -83,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="steward-bench-") as tmp,
         LocalPostgres(fast=True) as pg,
     ):
-        su, su_pw = LocalPostgres.SUPERUSER, pg.passwords[LocalPostgres.SUPERUSER]
-        print(f"initialising pgbench tables (scale {args.scale}) ...", flush=True)
-        pgbench(pg, ["-i", "-q", "-s", str(args.scale)], port=pg.port, user=su, password=su_pw)
-        pg.execute("VACUUM ANALYZE;")
+        init_tables(pg, args.scale)
 
         workdir = Path(tmp)
         (workdir / "policy.yaml").write_text(POLICY)

@@ -17,6 +17,7 @@ from steward_proxy.masking.catalog import Catalog
 from steward_proxy.masking.plan import Masker, MaskingConfig
 from steward_proxy.masking.strategies import Strategies
 from steward_proxy.policy import compile_documents
+from steward_proxy.session import SessionEnded
 from tests.sessionkit import IDENTITY, AuditLog, KitSession, enc, frames
 
 POLICY = """\
@@ -135,3 +136,27 @@ def test_a_function_call_message_is_refused() -> None:
     session = make_masked_session(audit)
     session.feed_client(enc(wire.FunctionCall(1234, (), (), 0)))
     assert audit.statements()[-1]["rule"] == "masking"
+
+
+def test_a_session_whose_masking_a_policy_changes_ends_at_its_next_statement() -> None:
+    """A reload that adds masking must reach open sessions: their row hooks are fixed."""
+    policy_set = compile_documents(list(yaml.safe_load_all(POLICY)))
+    policies = policy_set.policies_for(IDENTITY)
+    config = MaskingConfig.for_identity(policy_set, policies, IDENTITY)
+
+    class Reloaded(Judge):
+        generation = 0
+
+    judge = Reloaded(policies)  # no masking yet
+    session = KitSession(
+        audit=AuditLog(), session_id="s1", identity=IDENTITY, database="app",
+        client="127.0.0.1:5555", judge=judge,
+    )  # fmt: skip
+    session.feed_client(enc(wire.Query("SELECT 1")))
+    judge.generation += 1  # a reload that leaves the masking as it was
+    session.feed_client(enc(wire.Query("SELECT 2")))
+    judge.masker = Masker(config, Strategies(b"k"), CATALOG)
+    judge.generation += 1
+    with pytest.raises(SessionEnded) as ended:
+        session.feed_client(enc(wire.Query("SELECT ssn FROM users")))
+    assert ended.value.kind == "policy_changed"

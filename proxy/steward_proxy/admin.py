@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from steward_proxy.adminapi import MAX_DECISION_BYTES, AdminApi
+from steward_proxy.escape import escape
 from steward_proxy.policy.bundle import MAX_BUNDLE_BYTES, BundleError
 
 if TYPE_CHECKING:
@@ -131,15 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.updater is None:
             self._json(403, {"error": "policy push is not enabled: this proxy runs no --bundle"})
             return
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
-            self._json(411, {"error": "Content-Length is required"})
+        data = self._body(MAX_BUNDLE_BYTES)
+        if data is None:
             return
-        if int(length) > MAX_BUNDLE_BYTES:
-            self.close_connection = True
-            self._json(413, {"error": f"a bundle has at most {MAX_BUNDLE_BYTES} bytes"})
-            return
-        data = self.rfile.read(int(length))
         try:
             outcome = self.updater.offer_threadsafe(data, f"push from {self.client_address[0]}")
         except BundleError as exc:
@@ -149,6 +144,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(500, {"error": "the bundle was not loaded; the running policy stays"})
             return
         self._json(200, outcome.as_json())
+
+    def _body(self, limit: int) -> bytes | None:
+        """The request body, read only when its declared length is at most ``limit``.
+
+        None when it is refused (the answer is sent).
+        """
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            self._json(411, {"error": "Content-Length is required"})
+            return None
+        if int(length) > limit:
+            self.close_connection = True
+            self._json(413, {"error": f"the body has at most {limit} bytes"})
+            return None
+        return self.rfile.read(int(length))
 
     def _api(self, method: str, max_body: int) -> None:
         """A request for :class:`AdminApi`: the admin token first, then a bounded body."""
@@ -162,21 +172,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
-        data = b""
+        data: bytes | None = b""
         if max_body:
-            length = self.headers.get("Content-Length", "")
-            if not length.isdigit():
-                self._json(411, {"error": "Content-Length is required"})
+            data = self._body(max_body)
+            if data is None:
                 return
-            if int(length) > max_body:
-                self.close_connection = True
-                self._json(413, {"error": f"the body has at most {max_body} bytes"})
-                return
-            data = self.rfile.read(int(length))
         try:
             status, answer = self.api.handle(method, self.path, data, self.client_address[0])
         except Exception:
-            log.exception("admin %s %s failed", method, self.path.split("?", 1)[0])
+            log.exception("admin %s %s failed", method, escape(self.path.split("?", 1)[0]))
             status, answer = 500, {"error": "internal error in the proxy"}
         self._json(status, answer)
 

@@ -93,12 +93,7 @@ class ClientProtocol(asyncio.Protocol):
             except Exception as exc:
                 self._relay_failed(exc, "client")
                 return
-            if not self._apply(session):
-                return
-            if to_upstream:
-                self.upstream.transport.write(to_upstream)  # type: ignore[union-attr]
-            if session.stalled:
-                self._stalled(session)
+            self._to_upstream(session, to_upstream)
             return
         if self._login is not None:
             self.conn.receive_data(data)  # held until sign-in completes
@@ -498,13 +493,17 @@ class ClientProtocol(asyncio.Protocol):
         except Exception as exc:
             self._relay_failed(exc, "client")
             return
+        self._to_upstream(session, to_upstream)
+
+    def _to_upstream(self, session: Session, data: bytes) -> None:
+        """Record, then forward what the session let through; follow its hold on input."""
         if not self._apply(session):
             return
-        if to_upstream:
-            self.upstream.transport.write(to_upstream)  # type: ignore[union-attr]
+        if data:
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
         if session.stalled:
             self._stalled(session)
-        else:
+        elif self._held:
             self._held = False
             self._update_reading()
 

@@ -133,6 +133,8 @@ class Session:
         self.last_activity = self.started
         masker = judge.masker
         self._masker = masker if masker is not None and masker.config.active else None
+        # What masking this session was set up for (its tracker's hooks are fixed).
+        self._masking = masker.config if masker is not None else None
         self._exempt = masker is not None and masker.config.exempt
         self._cursors: dict[str, StatementLineage | None] = {}  # DECLAREd cursors' rows
         self.tracker = wire.Tracker(
@@ -276,10 +278,19 @@ class Session:
 
         A session signed in read-write that a policy now makes read-only ends,
         and so does one holding a prepared statement the new policy refuses
-        (its Bind and Execute are not judged again).
+        (its Bind and Execute are not judged again), and one whose subject now
+        gets other masking (its row hooks are set up at sign-in).
         """
         judge = self.judge
         self._generation = judge.generation
+        masker = judge.masker
+        if (masker.config if masker is not None else None) != self._masking:
+            raise SessionEnded(
+                "terminating connection: the masking this subject gets has changed; sign in again",
+                reason="a policy changed the masking of the subject",
+                kind="policy_changed",
+                sqlstate=INSUFFICIENT_PRIVILEGE,
+            )
         if judge.read_only and not self.read_only:
             raise SessionEnded(
                 "terminating connection: a policy now makes this subject read-only; sign in again",
