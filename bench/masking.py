@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psycopg
 
-from steward_proxy.localpg import LocalPostgres, LocalProxy
+from steward_testing.postgres import LocalPostgres, LocalProxy
 
 POLICY = """\
 apiVersion: steward.dev/v1alpha1
