@@ -139,7 +139,37 @@ BAD_POLICIES = [
         "approvers",
         id="a review guardrail without approvers (a CEL rule)",
     ),
+    pytest.param(
+        policy_with(masking={"hashKeySecretRef": {"name": "keys", "key": "../key"}}),
+        "hashKeySecretRef.key",
+        id="a hash key that climbs out of its directory",
+    ),
+    pytest.param(
+        policy_with(masking={"hashKeySecretRef": {"name": "Team_Keys", "key": "k"}}),
+        "hashKeySecretRef.name",
+        id="a hash key Secret name that is not a DNS name",
+    ),
+    pytest.param(
+        policy_with(masking={"hashKeySecretRef": {"name": "keys"}}),
+        "hashKeySecretRef.key",
+        id="a hash key reference without its key",
+    ),
 ]
+
+
+def test_a_hash_key_secret_reference_is_stored_as_given(
+    api_client: client.ApiClient, steward_crds: list[str], namespace: str
+) -> None:
+    doc = policy_with(
+        masking={"rules": [], "hashKeySecretRef": {"name": "orders.masking", "key": ".hmac_1"}}
+    )
+    doc["metadata"]["name"] = "hashing"
+    assert validate(doc) == []
+    created = create(api_client, namespace, doc)
+    assert created["spec"]["masking"]["hashKeySecretRef"] == {
+        "name": "orders.masking",
+        "key": ".hmac_1",
+    }
 
 
 @pytest.mark.parametrize(("doc", "field"), BAD_POLICIES)

@@ -296,6 +296,52 @@ def test_the_bundle_configmap_is_mounted_read_only() -> None:
     }
 
 
+HASHING = policy_with(masking={"hashKeySecretRef": {"name": "orders-masking", "key": "hmac"}})
+
+
+def test_the_hash_key_secret_is_mounted_read_only_into_the_sidecar_only() -> None:
+    pod = injected(
+        pod_with(
+            initContainers=[
+                {
+                    "name": "migrate",
+                    "image": "orders:1",
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            volumes=[{"name": "data", "emptyDir": {}}],
+        ),
+        HASHING,
+    )
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["steward-hash-key"] == {
+        "name": "steward-hash-key",
+        "secret": {
+            "secretName": "orders-masking",
+            "items": [{"key": "hmac", "path": "hmac"}],
+            "optional": True,
+        },
+    }
+    sidecar, migrate = pod["spec"]["initContainers"]
+    assert {m["name"]: m for m in sidecar["volumeMounts"]}["steward-hash-key"] == {
+        "name": "steward-hash-key",
+        "mountPath": "/etc/steward/hash-keys/orders-masking",
+        "readOnly": True,
+    }
+    # The proxy finds it as --hash-key-dir/NAME/KEY; the key is never in args or env.
+    assert sidecar["args"][-2:] == ["--hash-key-dir", "/etc/steward/hash-keys"]
+    assert "orders-masking" not in str(sidecar["env"])
+    others = [migrate, *pod["spec"]["containers"]]
+    assert all(m["name"] != "steward-hash-key" for c in others for m in c.get("volumeMounts", ()))
+    assert not any("orders-masking" in str(c) for c in others)
+
+
+def test_a_policy_without_a_hash_key_secret_mounts_none() -> None:
+    pod = injected(POD, policy_with(masking={"rules": ["pii"]}))
+    assert "steward-hash-key" not in {v["name"] for v in pod["spec"]["volumes"]}
+    assert "--hash-key-dir" not in sidecar_of(pod)["args"]
+
+
 def test_app_containers_point_at_the_sidecar() -> None:
     pod = injected(pod_with(annotations={INJECT: "true", DATABASE_URL_ENV: "DATABASE_URL"}))
     app, metrics = pod["spec"]["containers"]

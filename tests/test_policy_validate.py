@@ -121,6 +121,10 @@ DELETE = object()
             edited(POLICY, "spec.guardrails.0.match", {"languages": ["plpython3u", "pl*u"]}),
             id="language globs are valid",
         ),
+        pytest.param(
+            edited(POLICY, "spec.masking", {"hashKeySecretRef": {"name": "keys", "key": ".k_1"}}),
+            id="a hash key Secret reference is valid",
+        ),
     ],
 )
 def test_valid_documents_have_no_errors(doc: dict[str, Any]) -> None:
@@ -179,6 +183,15 @@ BAD = [
      "spec.guardrails[1].action: a guardrail with action review needs spec.approval.approvers"),
     ("port out of range", edited(POLICY, "spec.database", {"host": "h", "name": "d", "port": 0}),
      "spec.database.port: 0 is less than the minimum of 1"),
+    ("a hash key reference without its key",
+     edited(POLICY, "spec.masking", {"hashKeySecretRef": {"name": "keys"}}),
+     "spec.masking.hashKeySecretRef.key: required field is missing"),
+    ("a hash key that climbs out of its directory",
+     edited(POLICY, "spec.masking", {"hashKeySecretRef": {"name": "keys", "key": "../key"}}),
+     "spec.masking.hashKeySecretRef.key: '../key' is not valid: expected a key of the Secret"),
+    ("a hash key Secret name that is not a DNS name",
+     edited(POLICY, "spec.masking", {"hashKeySecretRef": {"name": "a/b", "key": "k"}}),
+     "spec.masking.hashKeySecretRef.name: 'a/b' is not valid: expected the name of a Secret"),
     ("negative keepLast", edited(MASKING, "spec.rules.1.keepLast", -1),
      "spec.rules[1].keepLast: -1 is less than the minimum of 0"),
     ("unknown masking strategy", edited(MASKING, "spec.rules.0.strategy", "scramble"),

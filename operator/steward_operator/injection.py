@@ -16,6 +16,11 @@ reason), the workload identity from the pod's ServiceAccount, the bundle
 ConfigMap read-only, and the operator's public key as a value (a key in a
 ConfigMap of the workload's namespace could be replaced by anyone who can
 write the bundle ConfigMap there, which is exactly what the signature guards).
+When the policy names ``spec.masking.hashKeySecretRef``, that Secret's one key
+is mounted read-only into the sidecar container alone (the app containers
+never see it), under ``HASH_KEY_DIR/NAME/KEY``, where the proxy reads it; the
+volume is optional, so a missing Secret is the proxy's to report (it refuses
+the sign-ins its masking needs the key for).
 
 Pure: no API calls.
 """
@@ -47,7 +52,9 @@ CONTAINER = "steward-proxy"
 BUNDLE_VOLUME = "steward-bundle"
 STATE_VOLUME = "steward-state"
 TMP_VOLUME = "steward-tmp"
+HASH_KEY_VOLUME = "steward-hash-key"
 BUNDLE_DIR = "/etc/steward/bundle"
+HASH_KEY_DIR = "/etc/steward/hash-keys"
 STATE_DIR = "/var/lib/steward"
 DEFAULT_PORT = 5432
 DEFAULT_ADMIN_PORT = 9187
@@ -290,9 +297,36 @@ def sidecar_container(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    hash_key = hash_key_ref(policy)
+    if hash_key is not None:
+        container["args"] += ["--hash-key-dir", HASH_KEY_DIR]
+        container["volumeMounts"].append(
+            {
+                "name": HASH_KEY_VOLUME,
+                "mountPath": f"{HASH_KEY_DIR}/{hash_key['name']}",
+                "readOnly": True,
+            }
+        )
     if settings.resources:
         container["resources"] = dict(settings.resources)
     return container
+
+
+def hash_key_ref(policy: Mapping[str, Any]) -> Mapping[str, str] | None:
+    """The policy's ``spec.masking.hashKeySecretRef`` (``name``, ``key``), if it names one."""
+    return ((policy.get("spec") or {}).get("masking") or {}).get("hashKeySecretRef")
+
+
+def hash_key_volume(ref: Mapping[str, str]) -> dict[str, Any]:
+    """The Secret volume with the one key ``ref`` names (optional: the proxy reports it)."""
+    return {
+        "name": HASH_KEY_VOLUME,
+        "secret": {
+            "secretName": ref["name"],
+            "items": [{"key": ref["key"], "path": ref["key"]}],
+            "optional": True,
+        },
+    }
 
 
 def _secret_env(name: str, secret: str, key: str | None) -> dict[str, Any]:
@@ -356,6 +390,9 @@ def patch(
         {"name": STATE_VOLUME, "emptyDir": {}},
         {"name": TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]
+    hash_key = hash_key_ref(policy)
+    if hash_key is not None:
+        volumes.append(hash_key_volume(hash_key))
     if spec.get("volumes"):
         ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes)
     else:

@@ -44,8 +44,8 @@ from steward_proxy.catalog_fetch import CatalogKeeper
 from steward_proxy.client import ClientProtocol
 from steward_proxy.engine import Analysis, Judge, Verdict
 from steward_proxy.escape import escape, has_controls
+from steward_proxy.hashkeys import DEFAULT_HASH_KEY_DIR, HashKeys
 from steward_proxy.masking.plan import Masker, MaskingConfig
-from steward_proxy.masking.strategies import Strategies
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, Policy, PolicySet
 from steward_proxy.readiness import UpstreamCheck
@@ -101,6 +101,8 @@ class ProxySettings:
     """Bytes of address space an analysis worker may use."""
     hash_key: bytes | None = field(default=None, repr=False)
     """Key of the ``hash`` masking strategy; None: a random key per process."""
+    hash_key_dir: str = DEFAULT_HASH_KEY_DIR
+    """Where the Secret keys policies name for ``hash`` are mounted (``DIR/NAME/KEY``)."""
     catalog_ttl: float = 300.0
     """Seconds between reloads of the catalog masking resolves columns with."""
     # -- client authentication (steward_proxy.auth) --
@@ -219,11 +221,8 @@ class ProxyServer:
             memory_bytes=settings.analysis_memory,
             max_statements=settings.analysis_limits.max_statements,
         )
-        if settings.hash_key is None and any(
-            r.strategy == "hash" for m in policies.masking_rules for r in m.rules
-        ):
-            log.warning("no --hash-key-file: hash pseudonyms change when the proxy restarts")
-        self.strategies = Strategies(settings.hash_key or secrets.token_bytes(32))
+        self.hash_keys = HashKeys(settings.hash_key, settings.hash_key_dir)
+        self.hash_keys.check(policies)
         self.catalog = CatalogKeeper(
             settings.upstream, ttl=settings.catalog_ttl, timeout=settings.connect_timeout
         )
@@ -402,11 +401,15 @@ class ProxyServer:
 
     def judge_for(self, identity: Identity) -> Judge:
         """The judge a session of ``identity`` keeps; refuses a subject no policy covers."""
-        if not self.current_judge(identity).policies:
+        judge = self.current_judge(identity)
+        if not judge.policies:
             raise Refusal(
                 INVALID_AUTHORIZATION,
                 f"no Steward policy covers subject {identity.subject}: access refused",
             )
+        if judge.masker is not None and judge.masker.unavailable is not None:
+            self.judges.pop(identity, None)  # the next sign-in reads the key file again
+            raise Refusal(CONNECTION_REJECTED, judge.masker.unavailable)
         return LiveJudge(self, identity)
 
     def current_judge(self, identity: Identity) -> Judge:
@@ -467,6 +470,7 @@ class ProxyServer:
         self.policies = policies
         self.judges = {}
         self.policy_swaps += 1
+        self.hash_keys.check(policies)
         self.policy_source = source
         self.policy_generation = generation
         self.bundle_hash = bundle_hash
@@ -502,7 +506,8 @@ class ProxyServer:
         if not any(p.masking_rule_names or p.detect for p in self.policies.policies):
             return None
         config = MaskingConfig.for_identity(self.policies, policies, identity)
-        masker = Masker(config, self.strategies, self.catalog.catalog)
+        strategies, unavailable = self.hash_keys.for_config(config)
+        masker = Masker(config, strategies, self.catalog.catalog, unavailable=unavailable)
         self.catalog.attach(masker)
         return masker
 

@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from steward_proxy import wire
 from steward_proxy.auth import setup as auth_setup
+from steward_proxy.hashkeys import DEFAULT_HASH_KEY_DIR
 
 log = logging.getLogger("steward.proxy")
 
@@ -159,8 +160,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--hash-key-file",
         metavar="FILE",
-        help="key of the hash masking strategy (HMAC-SHA256); without it a random key "
-        "per process, so pseudonyms change on restart (default: none)",
+        help="key of the hash masking strategy (HMAC-SHA256) for policies that name no "
+        "spec.masking.hashKeySecretRef; without it a random key per process, so pseudonyms "
+        "change on restart (default: none)",
+    )
+    p.add_argument(
+        "--hash-key-dir",
+        default=DEFAULT_HASH_KEY_DIR,
+        metavar="DIR",
+        help="where the Secret keys policies name in spec.masking.hashKeySecretRef are "
+        "found, as DIR/SECRET/KEY (default: %(default)s)",
     )
     p.add_argument(
         "--catalog-ttl",
@@ -338,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
     from steward_proxy.adminapi import AdminApi, read_token
     from steward_proxy.audit import AuditWriteError, AuditWriter
     from steward_proxy.auth import AuthConfigError
+    from steward_proxy.hashkeys import HashKeyError, read_key
     from steward_proxy.metrics import MeteredAudit, ProxyMetrics
     from steward_proxy.policy import PolicyError, load_policy_set
     from steward_proxy.policy.bundle import BundleError, load_public_key, verify
@@ -411,13 +421,9 @@ def run(args: argparse.Namespace) -> int:
     hash_key = None
     if args.hash_key_file:
         try:
-            with open(args.hash_key_file, "rb") as key_file:
-                hash_key = key_file.read().strip()
-        except OSError as exc:
-            print(f"steward proxy: cannot read --hash-key-file: {exc}", file=sys.stderr)
-            return 2
-        if not hash_key:
-            print("steward proxy: --hash-key-file is empty", file=sys.stderr)
+            hash_key = read_key(args.hash_key_file)
+        except HashKeyError as exc:
+            print(f"steward proxy: --hash-key-file: {exc}", file=sys.stderr)
             return 2
     settings = ProxySettings(
         listen_host=args.listen[0],
@@ -441,6 +447,7 @@ def run(args: argparse.Namespace) -> int:
         analysis_timeout=args.analysis_timeout,
         analysis_memory=args.analysis_memory << 20,
         hash_key=hash_key,
+        hash_key_dir=args.hash_key_dir,
         catalog_ttl=args.catalog_ttl,
         authenticator=auth.authenticator,
         key_source=auth.keys,

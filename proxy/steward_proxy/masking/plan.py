@@ -42,6 +42,7 @@ from steward_proxy.masking.strategies import (
     ValueMasker,
 )
 from steward_proxy.policy.model import (
+    HashKeySecretRef,
     Identity,
     MaskingColumnRule,
     MaskingRuleSet,
@@ -69,6 +70,9 @@ class MaskingConfig:
     detect: bool = False
     predicates: str = "deny"
     exempt: bool = False
+    hashing: tuple[tuple[str, HashKeySecretRef | None], ...] = ()
+    """Each policy of the subject that masks with ``hash`` and the Secret key it names
+    (None: the proxy's own key). One key is used for the subject; see :attr:`hash_keys`."""
 
     @property
     def column_rules(self) -> bool:
@@ -78,6 +82,14 @@ class MaskingConfig:
     def active(self) -> bool:
         """Whether anything is masked for this subject."""
         return not self.exempt and (self.column_rules or self.detect)
+
+    @property
+    def hash_keys(self) -> tuple[HashKeySecretRef | None, ...]:
+        """The distinct keys ``hash`` would use for this subject: none when nothing is
+        hashed, one normally; more than one is a conflict (the subject may not sign in)."""
+        if not self.active:
+            return ()
+        return tuple(dict.fromkeys(ref for _, ref in self.hashing))
 
     def column_rule(self, qualified: str) -> MaskingColumnRule | None:
         for rule_set in self.rule_sets:
@@ -102,7 +114,8 @@ class MaskingConfig:
         Rules of every covering policy apply (in policy order); detection is on
         if any policy turns it on; predicates are denied unless every policy
         allows them; the subject is exempt only if every policy that masks
-        anything exempts it.
+        anything exempts it. ``hashing`` lists the policies whose MaskingRules
+        use ``hash``, each with the Secret key it names for it.
         """
         rule_sets: list[MaskingRuleSet] = []
         masking = [p for p in policies if p.masking_rule_names or p.detect]
@@ -115,6 +128,7 @@ class MaskingConfig:
             if masking and all(p.masking_predicates == "allow" for p in masking)
             else "deny",
             exempt=bool(masking) and all(p.is_exempt_from_masking(identity) for p in masking),
+            hashing=tuple((p.key, p.hash_key_secret_ref) for p in masking if policy_set.hashes(p)),
         )
 
 
@@ -133,11 +147,25 @@ class Plan:
 
 
 class Masker:
-    """Masking for one subject: config, hash key and the current catalog."""
+    """Masking for one subject: config, hash key and the current catalog.
 
-    def __init__(self, config: MaskingConfig, strategies: Strategies, catalog: Catalog) -> None:
+    ``unavailable`` says why this subject's masking cannot run (its hash key
+    is missing, or its policies name different keys): :meth:`refusal` then
+    refuses every statement with it, so no row is ever masked with a key
+    other than the one the policy names.
+    """
+
+    def __init__(
+        self,
+        config: MaskingConfig,
+        strategies: Strategies,
+        catalog: Catalog,
+        *,
+        unavailable: str | None = None,
+    ) -> None:
         self.config = config
         self.strategies = strategies
+        self.unavailable = unavailable
         self._catalog = catalog
         self._resolved: dict[Source, tuple[frozenset[str], bool]] = {}
         self._views: dict[int, list[Output] | None] = {}
@@ -297,7 +325,11 @@ class Masker:
     def refusal(self, lineage: StatementLineage) -> str | None:
         """Why a statement must not run for this subject, or None."""
         config = self.config
-        if not config.active or not config.column_rules:
+        if not config.active:
+            return None
+        if self.unavailable is not None:
+            return f"statement refused: {self.unavailable}"
+        if not config.column_rules:
             return None
         if lineage.defines_code:
             return (

@@ -20,6 +20,7 @@ from steward_proxy.policy.model import (
     CredentialsSecretRef,
     DatabaseRef,
     Guardrail,
+    HashKeySecretRef,
     LabelSelector,
     LabelSelectorRequirement,
     MaskingColumnRule,
@@ -145,7 +146,12 @@ def compile_policy(name: str, namespace: str, spec: Mapping[str, Any]) -> Policy
         database=_database(spec.get("database")),
         pod_selector=_selector(spec.get("podSelector")),
         read_only=bool(spec.get("readOnly", False)),
+        hash_key_secret_ref=_hash_key_ref(masking.get("hashKeySecretRef")),
     )
+
+
+def _hash_key_ref(spec: Mapping[str, Any] | None) -> HashKeySecretRef | None:
+    return None if spec is None else HashKeySecretRef(name=spec["name"], key=spec["key"])
 
 
 def _database(spec: Mapping[str, Any] | None) -> DatabaseRef | None:

@@ -152,6 +152,18 @@ class CredentialsSecretRef:
 
 
 @dataclass(frozen=True, slots=True)
+class HashKeySecretRef:
+    """``spec.masking.hashKeySecretRef``: where the key of the ``hash`` strategy is kept.
+
+    Only the reference: the key itself is read by the sidecar from the Secret
+    the operator mounts into it, never carried in a bundle.
+    """
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseRef:
     host: str
     name: str
@@ -291,6 +303,8 @@ class Policy:
     pod_selector: LabelSelector | None = None
     read_only: bool = False
     """``spec.readOnly``: PostgreSQL enforces read-only for the subjects it covers."""
+    hash_key_secret_ref: HashKeySecretRef | None = None
+    """Whose key ``hash`` uses for this policy's subjects; None: the proxy's own."""
 
     @property
     def key(self) -> str:
@@ -406,6 +420,10 @@ class PolicySet:
     def policies_for(self, identity: Identity) -> tuple[Policy, ...]:
         """The policies whose subjects cover ``identity``; empty means no access."""
         return tuple(p for p in self.policies if p.covers(identity))
+
+    def hashes(self, policy: Policy) -> bool:
+        """Whether a MaskingRule ``policy`` names masks something with ``hash``."""
+        return any(r.strategy == "hash" for s in self.masking_for(policy) for r in s.rules)
 
     def masking_for(self, policy: Policy) -> tuple[MaskingRuleSet, ...]:
         """The MaskingRules a policy names, in the order it names them."""
