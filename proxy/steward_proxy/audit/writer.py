@@ -305,14 +305,15 @@ class AuditWriter:
         seq, prev, size = self._seq, self._prev, self._size
         written: list[dict[str, Any]] = []
         lines: list[bytes] = []
+        now = self._now()  # one write: one moment
         for type, fields in records:
             if not _SETTABLE.issuperset(fields):
                 unknown = sorted(set(fields) - _SETTABLE)
                 raise TypeError(f"unknown audit record field(s): {', '.join(unknown)}")
             check_finite(fields)
-            record: dict[str, Any] = {"seq": seq + 1, "time": self._now(), "type": type}
-            record.update(_TEMPLATE)
-            record.update(fields)
+            record: dict[str, Any] = {
+                "seq": seq + 1, "time": now, "type": type, **_TEMPLATE, **fields
+            }  # fmt: skip
             if record["groups"] is None:
                 record["groups"] = []
             if record["masked"] is None:

@@ -359,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
         ProxySettings,
         install_uvloop,
         raise_open_file_limit,
+        settle_heap,
     )
     from steward_proxy.session import AnalysisLimits
     from steward_proxy.summary import startup_line
@@ -507,6 +508,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         await server.start()
+        settle_heap()
         log.info(
             "%s",
             startup_line(
