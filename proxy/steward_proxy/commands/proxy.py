@@ -507,6 +507,11 @@ def run(args: argparse.Namespace) -> int:
         admin.start()
 
     async def main() -> None:
+        # Handlers first: a SIGHUP sent as soon as the port listens must reload, not kill.
+        if updater is not None:
+            _on_sighup(server, lambda: updater.offer_file(Path(args.bundle)))
+        if files is not None:
+            _on_sighup(server, lambda: files.reload("SIGHUP"))
         await server.start()
         settle_heap()
         log.info(
@@ -524,11 +529,8 @@ def run(args: argparse.Namespace) -> int:
             background.append(
                 asyncio.create_task(updater.watch(Path(args.bundle), args.bundle_poll))
             )
-            _on_sighup(server, lambda: updater.offer_file(Path(args.bundle)))
-        if files is not None:
-            _on_sighup(server, lambda: files.reload("SIGHUP"))
-            if args.policy_poll > 0:
-                background.append(asyncio.create_task(files.watch()))
+        if files is not None and args.policy_poll > 0:
+            background.append(asyncio.create_task(files.watch()))
         try:
             await server.serve()
         finally:
