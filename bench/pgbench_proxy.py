@@ -8,7 +8,9 @@ byte-forwarding relay (``bench/forwarder.py``, same asyncio shell, no
 governance) runs in the same pass as a second baseline, so the cost of
 governance shows apart from the cost of any Python hop. With ``--baseline-ref
 REF`` the proxy as it was at git commit REF runs in the same pass too (checked
-out into a temporary directory), to measure a change. Nothing is asserted:
+out into a temporary directory), to measure a change. Each hop's own CPU time
+per transaction is printed too (from /proc): it depends less on what else runs
+on the machine than TPS does. Nothing is asserted:
 numbers depend on the machine. Usage::
 
     .venv/bin/python bench/pgbench_proxy.py [--seconds 15] [--clients 8] [--jobs 2]
@@ -64,6 +66,33 @@ def tps(output: str) -> float:
     if not match:
         raise RuntimeError(f"no tps in pgbench output:\n{output}")
     return float(match.group(1))
+
+
+def transactions(output: str) -> int:
+    match = re.search(r"^number of transactions actually processed: (\d+)", output, re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"no transaction count in pgbench output:\n{output}")
+    return int(match.group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def through(
+    pg: LocalPostgres, args: list[str], *, port: int, user: str, password: str, pid: int
+) -> tuple[float, float]:
+    """TPS through the hop listening on ``port``, and the hop's CPU µs per transaction.
+
+    CPU per transaction does not depend on how busy the machine is as much as
+    TPS does: it is the cost of the hop itself.
+    """
+    before = cpu_seconds(pid)
+    output = pgbench(pg, args, port=port, user=user, password=password).stdout
+    spent = cpu_seconds(pid) - before
+    return tps(output), spent / max(transactions(output), 1) * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,21 +175,28 @@ def main(argv: list[str] | None = None) -> int:
                     ).stdout
                 )
                 print(f"pgbench -M {mode}: through the byte-forwarding relay ...", flush=True)
-                relayed = tps(
-                    pgbench(
-                        pg, mode_args, port=relay_port, user=user, password=pg.passwords[user]
-                    ).stdout
+                relayed = through(
+                    pg,
+                    mode_args,
+                    port=relay_port,
+                    user=user,
+                    password=pg.passwords[user],
+                    pid=relay.pid,
                 )
                 print(f"pgbench -M {mode}: through steward proxy ...", flush=True)
-                proxied = tps(
-                    pgbench(pg, mode_args, port=proxy.port, user="pgbench", password="").stdout
-                )
+                assert proxy.process is not None
+                proxied = through(
+                    pg, mode_args, port=proxy.port, user="pgbench", password="",
+                    pid=proxy.process.pid,
+                )  # fmt: skip
                 baseline = None
                 if old is not None:
                     print(f"pgbench -M {mode}: through {args.baseline_ref}'s proxy ...", flush=True)
-                    baseline = tps(
-                        pgbench(pg, mode_args, port=old.port, user="pgbench", password="").stdout
-                    )
+                    assert old.process is not None
+                    baseline = through(
+                        pg, mode_args, port=old.port, user="pgbench", password="",
+                        pid=old.process.pid,
+                    )  # fmt: skip
                 rows.append((mode, direct, relayed, proxied, baseline))
         except BaseException:
             print(proxy.log(), file=sys.stderr)
@@ -180,19 +216,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'mode':<10} {'direct TPS':>11} {'relay TPS':>10} {'proxy TPS':>10} "
-        f"{'relay/direct':>13} {'proxy/direct':>13} {'proxy/relay':>12}"
+        f"{'relay/direct':>13} {'proxy/direct':>13} {'proxy/relay':>12} "
+        f"{'relay CPU':>10} {'proxy CPU':>10}"
     )
-    for mode, direct, relayed, proxied, baseline in rows:
+    for mode, direct, (relayed, relay_cpu), (proxied, proxy_cpu), baseline in rows:
         print(
             f"{mode:<10} {direct:>11.0f} {relayed:>10.0f} {proxied:>10.0f} "
-            f"{relayed / direct:>13.2f} {proxied / direct:>13.2f} {proxied / relayed:>12.2f}"
+            f"{relayed / direct:>13.2f} {proxied / direct:>13.2f} {proxied / relayed:>12.2f} "
+            f"{relay_cpu:>7.1f} us {proxy_cpu:>7.1f} us"
         )
         if baseline is not None:
+            old_tps, old_cpu = baseline
             print(
-                f"{'':<10} {args.baseline_ref[:10]:>11} {'':>10} {baseline:>10.0f} "
-                f"{'':>13} {baseline / direct:>13.2f} {baseline / relayed:>12.2f}"
-                f"   (this proxy / {args.baseline_ref[:10]}: {proxied / baseline:.2f})"
+                f"{'':<10} {args.baseline_ref[:10]:>11} {'':>10} {old_tps:>10.0f} "
+                f"{'':>13} {old_tps / direct:>13.2f} {old_tps / relayed:>12.2f} "
+                f"{'':>10} {old_cpu:>7.1f} us"
+                f"   (this proxy / {args.baseline_ref[:10]}: TPS {proxied / old_tps:.2f},"
+                f" CPU per transaction {proxy_cpu / old_cpu:.2f})"
             )
+    print("CPU: the hop's own user+system CPU time per transaction (from /proc)")
     return 0
 
 
