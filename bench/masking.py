@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         seed(pg, args.rows)
         workdir = Path(tmp)
         (workdir / "policy.yaml").write_text(POLICY)
-        (workdir / "hash.key").write_text("bench-key\n")
+        (workdir / "hash.key").write_text("bench-key-of-32-bytes-0123456789\n")
         with LocalProxy(
             pg,
             policy=workdir / "policy.yaml",

@@ -989,6 +989,33 @@ def test_a_forged_or_older_pushed_bundle_is_refused_and_the_policy_stays(
         assert not deletes_everything(conn)
 
 
+def test_a_pod_without_the_hash_key_its_policy_now_names_is_outdated(
+    api_client: client.ApiClient,
+    app_namespace: str,
+    governed: tuple[Sidecar, dict[str, Any]],
+) -> None:
+    sidecar, stored = governed
+    assert "steward.dev/hash-key" not in stored["metadata"]["annotations"]
+
+    def outdated_pods() -> int | None:
+        return get(api_client, app_namespace, DAPS, "live")["status"].get("outdatedPods")
+
+    wait_until(lambda: outdated_pods() == 0, "no outdated pods")
+    before = get(api_client, app_namespace, DAPS, "live")["spec"]
+    spec = copy.deepcopy(before)
+    ref = {"name": "live-masking", "key": "hash-key"}
+    spec["masking"] = {**spec.get("masking", {}), "hashKeySecretRef": ref}
+    replace_spec(api_client, app_namespace, DAPS, "live", spec)
+    try:
+        # The sidecar takes the new bundle, but a push cannot add the Secret's mount:
+        # the pod stays outdated until it is restarted.
+        wait_until(lambda: outdated_pods() == 1, "the pod to count as outdated")
+        assert sidecar.process.poll() is None
+    finally:
+        replace_spec(api_client, app_namespace, DAPS, "live", before)
+    wait_until(lambda: outdated_pods() == 0, "the pod to be current again")
+
+
 def test_a_sidecar_whose_secret_is_missing_says_so_and_refuses_sign_in(
     api_client: client.ApiClient,
     app_namespace: str,

@@ -154,6 +154,19 @@ BAD_POLICIES = [
         "hashKeySecretRef.key",
         id="a hash key reference without its key",
     ),
+    pytest.param(
+        policy_with(masking={"hashKeySecretRef": {"name": "keys\n", "key": "k"}}),
+        "hashKeySecretRef.name",
+        id="a hash key Secret name ending in a newline",
+    ),
+    pytest.param(
+        policy_with(
+            database={"host": "h", "name": "d", "credentialsSecretRef": {"name": "orders-db"}},
+            masking={"hashKeySecretRef": {"name": "orders-db", "key": "hmac"}},
+        ),
+        "the hash key needs a Secret of its own",
+        id="a hash key in the credentials Secret (a CEL rule)",
+    ),
 ]
 
 
@@ -161,7 +174,8 @@ def test_a_hash_key_secret_reference_is_stored_as_given(
     api_client: client.ApiClient, steward_crds: list[str], namespace: str
 ) -> None:
     doc = policy_with(
-        masking={"rules": [], "hashKeySecretRef": {"name": "orders.masking", "key": ".hmac_1"}}
+        masking={"rules": [], "hashKeySecretRef": {"name": "orders.masking", "key": ".hmac_1"}},
+        database={"host": "h", "name": "d", "credentialsSecretRef": {"name": "orders-db"}},
     )
     doc["metadata"]["name"] = "hashing"
     assert validate(doc) == []

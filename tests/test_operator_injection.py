@@ -18,6 +18,7 @@ from steward_operator.injection import (
     BUNDLE_GENERATION,
     CONTAINER,
     DATABASE_URL_ENV,
+    HASH_KEY,
     INJECT,
     INJECTED,
     PORT,
@@ -178,6 +179,41 @@ REFUSED = [
         "must name an environment variable",
         id="a URL variable name that is not one is refused",
     ),
+    pytest.param(
+        pod_with(
+            containers=[
+                {
+                    "name": "app",
+                    "image": "orders:1",
+                    "volumeMounts": [{"name": "steward-hash-key", "mountPath": "/keys"}],
+                }
+            ]
+        ),
+        [policy_with(masking={"hashKeySecretRef": {"name": "orders-masking", "key": "hmac"}})],
+        "container 'app' mounts volume 'steward-hash-key': volume names starting with steward- "
+        "are reserved for the Steward sidecar",
+        id="an app container that mounts the sidecar's hash key volume is refused",
+    ),
+    pytest.param(
+        pod_with(
+            initContainers=[
+                {
+                    "name": "copy",
+                    "image": "busybox",
+                    "volumeMounts": [{"name": "steward-state", "mountPath": "/audit"}],
+                }
+            ]
+        ),
+        [POLICY],
+        "container 'copy' mounts volume 'steward-state'",
+        id="an init container that mounts the sidecar's audit trail volume is refused",
+    ),
+    pytest.param(
+        pod_with(volumes=[{"name": "steward-hash-key", "secret": {"secretName": "other"}}]),
+        [POLICY],
+        "the pod declares volume 'steward-hash-key'",
+        id="a pod that declares a reserved volume name is refused",
+    ),
 ]
 
 
@@ -325,10 +361,12 @@ def test_the_hash_key_secret_is_mounted_read_only_into_the_sidecar_only() -> Non
     sidecar, migrate = pod["spec"]["initContainers"]
     assert {m["name"]: m for m in sidecar["volumeMounts"]}["steward-hash-key"] == {
         "name": "steward-hash-key",
-        "mountPath": "/etc/steward/hash-keys/orders-masking",
+        "mountPath": "/etc/steward/hash-keys/shop/orders-masking",
         "readOnly": True,
     }
-    # The proxy finds it as --hash-key-dir/NAME/KEY; the key is never in args or env.
+    # The pod records which key it mounts: a policy that names another later finds it outdated.
+    assert pod["metadata"]["annotations"][HASH_KEY] == "orders-masking/hmac"
+    # The proxy finds it as --hash-key-dir/NAMESPACE/NAME/KEY; the key is never in args or env.
     assert sidecar["args"][-2:] == ["--hash-key-dir", "/etc/steward/hash-keys"]
     assert "orders-masking" not in str(sidecar["env"])
     others = [migrate, *pod["spec"]["containers"]]
@@ -340,6 +378,7 @@ def test_a_policy_without_a_hash_key_secret_mounts_none() -> None:
     pod = injected(POD, policy_with(masking={"rules": ["pii"]}))
     assert "steward-hash-key" not in {v["name"] for v in pod["spec"]["volumes"]}
     assert "--hash-key-dir" not in sidecar_of(pod)["args"]
+    assert HASH_KEY not in pod["metadata"]["annotations"]
 
 
 def test_app_containers_point_at_the_sidecar() -> None:

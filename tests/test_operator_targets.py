@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from steward_operator.push import Sidecar, outdated
 from steward_operator.targets import (
     Condition,
     admission_problems,
@@ -142,3 +143,16 @@ def test_conditions_keep_their_transition_time_while_their_status_holds() -> Non
     assert same[0]["observedGeneration"] == 2
     flipped = conditions(same, [Condition("Ready", "False", "Invalid", "c")], 3, "T3")
     assert flipped[0]["lastTransitionTime"] == "T3"
+
+
+def sidecar(uid: str, hash_key: str = "") -> Sidecar:
+    return Sidecar("shop", f"orders-{uid}", uid, "10.0.0.1", 9187, True, hash_key)
+
+
+def test_pods_behind_their_policy_are_outdated() -> None:
+    pods = [sidecar("a"), sidecar("b"), sidecar("c", "orders-masking/hmac"), sidecar("d")]
+    running = {"a": 7, "b": 6, "c": 7}  # d did not answer
+    assert outdated(pods, running, 7, "") == 2  # b runs an older bundle; c mounts a key
+    # The policy now names a key: a push cannot add the mount, so pods without it are behind.
+    assert outdated(pods, running, 7, "orders-masking/hmac") == 3
+    assert outdated(pods, running, 7, "orders-masking/other") == 4

@@ -61,6 +61,29 @@ def test_check_prints_one_line_per_error(
     ]
 
 
+def test_check_refuses_a_hash_key_in_the_credentials_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(
+        "apiVersion: steward.dev/v1alpha1\n"
+        "kind: DatabaseAccessPolicy\n"
+        "metadata: {name: x, namespace: shop}\n"
+        "spec:\n"
+        "  subjects: [{kind: User, name: alice}]\n"
+        "  defaultAction: allow\n"
+        "  database: {host: h, name: d, credentialsSecretRef: {name: orders-db}}\n"
+        "  masking: {hashKeySecretRef: {name: orders-db, key: hmac}}\n"
+    )
+    code, out, err = run(capsys, "policy", "check", str(shared))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"{shared}: document 1 (DatabaseAccessPolicy shop/x): spec.masking.hashKeySecretRef.name: "
+        "the hash key needs a Secret of its own, not the database credentials Secret "
+        "(spec.database.credentialsSecretRef)\n"
+    )
+
+
 def test_check_of_a_missing_path_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "policy", "check", str(tmp_path / "missing.yaml"))
     assert code != 0

@@ -125,6 +125,14 @@ DELETE = object()
             edited(POLICY, "spec.masking", {"hashKeySecretRef": {"name": "keys", "key": ".k_1"}}),
             id="a hash key Secret reference is valid",
         ),
+        pytest.param(
+            edited(
+                edited(POLICY, "spec.masking", {"hashKeySecretRef": {"name": "keys", "key": "k"}}),
+                "spec.database",
+                {"host": "h", "name": "d", "credentialsSecretRef": {"name": "orders-db"}},
+            ),
+            id="a hash key in a Secret of its own beside the credentials Secret is valid",
+        ),
     ],
 )
 def test_valid_documents_have_no_errors(doc: dict[str, Any]) -> None:
@@ -192,6 +200,22 @@ BAD = [
     ("a hash key Secret name that is not a DNS name",
      edited(POLICY, "spec.masking", {"hashKeySecretRef": {"name": "a/b", "key": "k"}}),
      "spec.masking.hashKeySecretRef.name: 'a/b' is not valid: expected the name of a Secret"),
+    ("a hash key Secret name ending in a newline",
+     edited(POLICY, "spec.masking", {"hashKeySecretRef": {"name": "orders\n", "key": "k"}}),
+     "spec.masking.hashKeySecretRef.name: 'orders\\n' is not valid: expected the name of a"),
+    ("a ttl ending in a newline", edited(POLICY, "spec.approval.ttl", "15m\n"),
+     "spec.approval.ttl: '15m\\n' is not valid: expected a duration"),
+    ("a masked column ending in a newline",
+     edited(MASKING, "spec.rules.0.columns", ["public.users.email\n"]),
+     "spec.rules[0].columns[0]: 'public.users.email\\n' is not valid"),
+    ("a metadata.name ending in a newline", edited(POLICY, "metadata.name", "orders\n"),
+     "metadata.name: 'orders\\n' is not a valid name"),
+    ("the hash key in the credentials Secret",
+     edited(POLICY, "spec", {**POLICY["spec"],
+            "database": {"host": "h", "name": "d", "credentialsSecretRef": {"name": "orders-db"}},
+            "masking": {"hashKeySecretRef": {"name": "orders-db", "key": "hmac"}}}),
+     "spec.masking.hashKeySecretRef.name: the hash key needs a Secret of its own, not the "
+     "database credentials Secret (spec.database.credentialsSecretRef)"),
     ("negative keepLast", edited(MASKING, "spec.rules.1.keepLast", -1),
      "spec.rules[1].keepLast: -1 is less than the minimum of 0"),
     ("unknown masking strategy", edited(MASKING, "spec.rules.0.strategy", "scramble"),

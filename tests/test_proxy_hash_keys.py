@@ -1,13 +1,15 @@
 """The ``hash`` strategy's key per policy, through the live proxy.
 
 A policy names a Secret key (``spec.masking.hashKeySecretRef``); the proxy
-reads it from ``--hash-key-dir/NAME/KEY`` (where the operator mounts the
-Secret in a sidecar). The same key gives the same pseudonym, whichever proxy
-and whether it came from a Secret or ``--hash-key-file``; another key gives
-another. A key that cannot be read fails closed for the subjects of its policy
-only (their sign-ins are refused with 08004 and the reason), and so do
-policies that would hash one subject's values under different keys. The key
-never appears in the log or the audit trail.
+reads it from ``--hash-key-dir/NAMESPACE/NAME/KEY`` (where the operator mounts
+the Secret in a sidecar; these policy files have no namespace: ``default``).
+The same key gives the same pseudonym, whichever proxy and whether it came
+from a Secret or ``--hash-key-file``; another key gives another. A key that
+cannot be read fails closed for the subjects of its policy only (their
+sign-ins are refused with 08004 and the reason, and ``/readyz`` names them,
+failing when that is every policy the proxy runs), and so do policies that
+would hash one subject's values under different keys. The key never appears
+in the log or the audit trail (its fingerprint does).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from steward_proxy.hashkeys import fingerprint
 from tests.conftest import (
     LocalPostgres,
     Proxy,
@@ -86,11 +89,11 @@ def pseudonym(key: bytes, value: str) -> str:
 
 
 def key_dir(root: Path, keys: dict[str, bytes]) -> Path:
-    """A directory laid out as the operator mounts Secrets: ``DIR/NAME/KEY``."""
-    root.mkdir()
+    """A directory laid out as the operator mounts Secrets: ``DIR/NAMESPACE/NAME/KEY``."""
+    (root / "default").mkdir(parents=True)
     for secret, key in keys.items():
-        (root / secret).mkdir()
-        (root / secret / "hash-key").write_bytes(key)
+        (root / "default" / secret).mkdir()
+        (root / "default" / secret / "hash-key").write_bytes(key)
     return root
 
 
@@ -174,9 +177,15 @@ def test_two_proxies_agree_on_a_shared_key_and_differ_on_another(
 def test_a_missing_or_empty_key_fails_closed_for_its_policy_only(
     seeded: LocalPostgres, start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
-    proxy = keyed_proxy(start_proxy, tmp_path / "keys", {"team-a": KEY_A})
-    missing = tmp_path / "keys" / "team-b" / "hash-key"
-    assert "policy default/team-b (Secret team-b, key hash-key)" in proxy.log()
+    proxy = keyed_proxy(
+        start_proxy, tmp_path / "keys", {"team-a": KEY_A}, "--readiness-interval", "0"
+    )
+    missing = tmp_path / "keys" / "default" / "team-b" / "hash-key"
+    assert "policy default/team-b (Secret default/team-b, key hash-key)" in proxy.log()
+    # Other policies keep serving: ready, and the one held up is named.
+    status_code, ready = proxy.http_get("/readyz")
+    assert status_code == 200 and ready.startswith("ready; "), ready
+    assert "the hash masking key of policy default/team-b" in ready
 
     error = sign_in_error(proxy, "bob")
     assert error is not None and error["C"] == "08004", error
@@ -185,20 +194,22 @@ def test_a_missing_or_empty_key_fails_closed_for_its_policy_only(
     assert names(proxy, "alice")[0] == pseudonym(KEY_A, "Maria Gonzalez")
 
     missing.parent.mkdir()
-    missing.write_bytes(b" \n")
-    error = sign_in_error(proxy, "bob")
-    assert error is not None and error["C"] == "08004" and "is empty" in error["M"], error
+    for content, problem in ((b" \n", "is empty"), (b"short\n", "holds 5 bytes")):
+        missing.write_bytes(content)
+        error = sign_in_error(proxy, "bob")
+        assert error is not None and error["C"] == "08004" and problem in error["M"], error
 
     # The Secret arrives (kubelet fills an optional Secret volume): the next sign-in reads it.
     missing.write_bytes(KEY_B)
     assert names(proxy, "bob")[0] == pseudonym(KEY_B, "Maria Gonzalez")
+    assert proxy.http_get("/readyz") == (200, "ready\n")
 
     refused = [
         r
         for r in proxy.audit_records()
         if r["type"] == "session.start" and r["identity"] == "user:bob" and r["error"]
     ]
-    assert len(refused) == 2 and all(r["decision"] == "deny" for r in refused), refused
+    assert len(refused) == 3 and all(r["decision"] == "deny" for r in refused), refused
     status_code, metrics = proxy.http_get("/metrics")
     assert status_code == 200
     assert_key_never_written(proxy, KEY_A, KEY_B)
@@ -213,12 +224,12 @@ def test_policies_that_hash_one_subject_under_different_keys_refuse_it(
     error = sign_in_error(proxy, "erin")
     assert error is not None and error["C"] == "08004", error
     assert "different keys" in error["M"]
-    assert "default/team-a (Secret team-a, key hash-key)" in error["M"]
-    assert "default/team-b (Secret team-b, key hash-key)" in error["M"]
+    assert "default/team-a (Secret default/team-a, key hash-key)" in error["M"]
+    assert "default/team-b (Secret default/team-b, key hash-key)" in error["M"]
     assert sign_in_error(proxy, "alice") is None
 
 
-def test_a_policy_change_to_a_missing_key_ends_open_sessions_and_refuses_new_ones(
+def test_a_policy_change_to_a_missing_key_ends_open_sessions_until_the_key_appears(
     seeded: LocalPostgres, start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
     proxy = keyed_proxy(start_proxy, tmp_path / "keys", {"team-a": KEY_A}, "--policy-poll", "0.1")
@@ -240,9 +251,14 @@ def test_a_policy_change_to_a_missing_key_ends_open_sessions_and_refuses_new_one
         with pytest.raises(psycopg.Error, match="masking this subject gets has changed") as ended:
             conn.execute("SELECT full_name FROM hk.people WHERE id = 1")
         assert ended.value.sqlstate == "42501"
-    assert "policy default/team-a (Secret team-z, key hash-key)" in proxy.log()
-    error = sign_in_error(proxy, "alice")
-    assert error is not None and error["C"] == "08004" and "team-z" in error["M"], error
+    assert "policy default/team-a (Secret default/team-z, key hash-key)" in proxy.log()
+    # The Secret arrives: the very next sign-in reads it (the session that met its
+    # absence left no judge without a key behind).
+    new_key = tmp_path / "keys" / "default" / "team-z" / "hash-key"
+    new_key.parent.mkdir()
+    new_key.write_bytes(KEY_C)
+    assert sign_in_error(proxy, "alice") is None
+    assert names(proxy, "alice")[0] == pseudonym(KEY_C, "Maria Gonzalez")
 
 
 def test_the_proxy_refuses_to_start_with_an_empty_hash_key_file(
@@ -254,3 +270,30 @@ def test_the_proxy_refuses_to_start_with_an_empty_hash_key_file(
     assert proxy.process.wait(timeout=60) == 2
     assert f"--hash-key-file: {empty} is empty" in proxy.log()
     start_proxy.proxies.remove(proxy)
+
+
+def test_a_sidecar_whose_one_policy_lacks_its_key_is_not_ready_until_the_key_appears(
+    seeded: LocalPostgres, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    # A sidecar runs one policy: without its key no subject that gets hash may sign in.
+    root = tmp_path / "keys"
+    (root / "default").mkdir(parents=True)
+    proxy = start_proxy(
+        RULE + policy("team-a", ["alice"], "team-a"),
+        "--hash-key-dir",
+        str(root),
+        "--readiness-interval",
+        "0.1",
+    )
+    status_code, reason = proxy.http_get("/readyz")
+    assert status_code == 503, reason
+    assert "the hash masking key of policy default/team-a (Secret default/team-a" in reason
+    # The kubelet fills the optional Secret volume in: read again without any sign-in.
+    (root / "default" / "team-a").mkdir()
+    (root / "default" / "team-a" / "hash-key").write_bytes(KEY_A)
+    wait_for(lambda: proxy.http_get("/readyz") == (200, "ready\n"), "/readyz to turn ready")
+    assert f"Secret default/team-a, key hash-key loaded: fingerprint {fingerprint(KEY_A)}" in (
+        proxy.log()
+    )
+    assert names(proxy, "alice")[0] == pseudonym(KEY_A, "Maria Gonzalez")
+    assert_key_never_written(proxy, KEY_A)

@@ -6,6 +6,7 @@ Sessions keep the judge they got at sign-in; it must follow every swap.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,13 +45,14 @@ class Trail:
         return record
 
 
-def server(trail: Trail | None = None) -> ProxyServer:
-    settings = ProxySettings(
+def server(trail: Trail | None = None, **settings: Any) -> ProxyServer:
+    proxy_settings = ProxySettings(
         listen_host="127.0.0.1",
         listen_port=0,
         upstream=UpstreamTarget.from_url("postgresql://steward@127.0.0.1:5432/db"),
+        **settings,
     )
-    return ProxyServer(settings, policies(), trail or Trail())
+    return ProxyServer(proxy_settings, policies(), trail or Trail())
 
 
 def test_a_held_judge_follows_a_swap() -> None:
@@ -116,3 +118,40 @@ def test_an_unwritable_trail_keeps_the_old_set_and_fails_closed() -> None:
         proxy.replace_policies(policies("deny"), source="test", generation=1, bundle_hash="h")
     assert proxy.policies is before
     assert proxy.audit_failed
+
+
+HASHING = [
+    {
+        "apiVersion": "steward.dev/v1alpha1",
+        "kind": "MaskingRule",
+        "metadata": {"name": "names"},
+        "spec": {"rules": [{"columns": ["public.users.name"], "strategy": "hash"}]},
+    },
+    {
+        "apiVersion": "steward.dev/v1alpha1",
+        "kind": "DatabaseAccessPolicy",
+        "metadata": {"name": "p"},
+        "spec": {
+            "subjects": [{"kind": "User", "name": "alice"}],
+            "defaultAction": "allow",
+            "masking": {"rules": ["names"], "hashKeySecretRef": {"name": "k", "key": "hmac"}},
+        },
+    },
+]
+
+
+def test_a_judge_without_its_hash_key_is_not_kept_for_the_next_sign_in(tmp_path: Path) -> None:
+    proxy = server(hash_key_dir=str(tmp_path))
+    proxy.replace_policies(compile_documents(HASHING), source="test")
+    # A session in flight meets the missing key (its LiveJudge asks for the current judge).
+    assert proxy.current_judge(ALICE).masker.unavailable is not None
+    assert ALICE not in proxy.judges
+    with pytest.raises(Refusal, match="is not available"):
+        proxy.judge_for(ALICE)
+    key = tmp_path / "default" / "k" / "hmac"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(b"a key of thirty-two bytes, or so")
+    # The first sign-in after the key appears reads it; no stale refusal.
+    assert isinstance(proxy.judge_for(ALICE), LiveJudge)
+    assert proxy.current_judge(ALICE).masker.unavailable is None
+    assert ALICE in proxy.judges

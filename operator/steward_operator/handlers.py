@@ -57,6 +57,7 @@ def sidecar(body: kopf.Body) -> Sidecar:
         ip=status.get("podIP"),
         admin_port=int(port) if port.isdigit() else injection.DEFAULT_ADMIN_PORT,
         running=status.get("phase") == "Running" and not body.metadata.get("deletionTimestamp"),
+        hash_key=annotations.get(injection.HASH_KEY, ""),
     )
 
 

@@ -18,9 +18,13 @@ ConfigMap of the workload's namespace could be replaced by anyone who can
 write the bundle ConfigMap there, which is exactly what the signature guards).
 When the policy names ``spec.masking.hashKeySecretRef``, that Secret's one key
 is mounted read-only into the sidecar container alone (the app containers
-never see it), under ``HASH_KEY_DIR/NAME/KEY``, where the proxy reads it; the
-volume is optional, so a missing Secret is the proxy's to report (it refuses
-the sign-ins its masking needs the key for).
+never see it), under ``HASH_KEY_DIR/NAMESPACE/NAME/KEY``, where the proxy reads
+it; the volume is optional, so a missing Secret is the proxy's to report (it
+refuses the sign-ins its masking needs the key for). The pod is annotated with
+the reference it mounts (``steward.dev/hash-key``), so a pod whose policy names
+another since counts as outdated. A pod whose own containers mount a volume
+name the injection reserves (``steward-*``), or that declares one, is refused:
+its app container would otherwise mount the sidecar's key or audit trail.
 
 Pure: no API calls.
 """
@@ -46,6 +50,7 @@ BUNDLE_GENERATION = "steward.dev/bundle-generation"
 PORT = "steward.dev/port"
 ADMIN_PORT = "steward.dev/admin-port"
 DATABASE_URL_ENV = "steward.dev/database-url-env"
+HASH_KEY = "steward.dev/hash-key"
 NAMESPACE_LABEL = "steward.dev/injection"
 
 CONTAINER = "steward-proxy"
@@ -53,6 +58,7 @@ BUNDLE_VOLUME = "steward-bundle"
 STATE_VOLUME = "steward-state"
 TMP_VOLUME = "steward-tmp"
 HASH_KEY_VOLUME = "steward-hash-key"
+RESERVED_VOLUME_PREFIX = "steward-"
 BUNDLE_DIR = "/etc/steward/bundle"
 HASH_KEY_DIR = "/etc/steward/hash-keys"
 STATE_DIR = "/var/lib/steward"
@@ -145,6 +151,13 @@ def decide(
         return Decision("skip", f"the pod does not ask for injection ({INJECT}: {wanted!r})")
     if already_injected(pod):
         return Decision("skip", "the pod already has the Steward sidecar")
+    reserved = _reserved_volume_use(pod)
+    if reserved:
+        return Decision(
+            "refuse",
+            f"{reserved}: volume names starting with {RESERVED_VOLUME_PREFIX} are reserved for "
+            "the Steward sidecar (its hash key and audit trail); rename the volume",
+        )
     for problem in (
         _port(pod, PORT, settings.default_port),
         _port(pod, ADMIN_PORT, settings.default_admin_port),
@@ -205,6 +218,23 @@ def decide(
             "will be refused"
         )
     return Decision("inject", policy=policy, warnings=tuple(warnings))
+
+
+def _reserved_volume_use(pod: Mapping[str, Any]) -> str | None:
+    """Where the pod itself declares or mounts a volume name the injection reserves."""
+    spec = pod.get("spec") or {}
+    for volume in spec.get("volumes") or ():
+        if str(volume.get("name", "")).startswith(RESERVED_VOLUME_PREFIX):
+            return f"the pod declares volume {str(volume['name'])[:64]!r}"
+    for kind in ("initContainers", "containers"):
+        for container in spec.get(kind) or ():
+            for mount in container.get("volumeMounts") or ():
+                if str(mount.get("name", "")).startswith(RESERVED_VOLUME_PREFIX):
+                    return (
+                        f"container {str(container.get('name'))[:64]!r} mounts volume "
+                        f"{str(mount['name'])[:64]!r}"
+                    )
+    return None
 
 
 def _covers(policy: Mapping[str, Any], namespace: str, account: str) -> bool:
@@ -303,7 +333,7 @@ def sidecar_container(
         container["volumeMounts"].append(
             {
                 "name": HASH_KEY_VOLUME,
-                "mountPath": f"{HASH_KEY_DIR}/{hash_key['name']}",
+                "mountPath": f"{HASH_KEY_DIR}/{namespace}/{hash_key['name']}",
                 "readOnly": True,
             }
         )
@@ -315,6 +345,12 @@ def sidecar_container(
 def hash_key_ref(policy: Mapping[str, Any]) -> Mapping[str, str] | None:
     """The policy's ``spec.masking.hashKeySecretRef`` (``name``, ``key``), if it names one."""
     return ((policy.get("spec") or {}).get("masking") or {}).get("hashKeySecretRef")
+
+
+def hash_key_annotation(policy: Mapping[str, Any]) -> str:
+    """What the pod records of the hash key it mounts: ``NAME/KEY``, empty for none."""
+    ref = hash_key_ref(policy)
+    return "" if ref is None else f"{ref['name']}/{ref['key']}"
 
 
 def hash_key_volume(ref: Mapping[str, str]) -> dict[str, Any]:
@@ -405,6 +441,8 @@ def patch(
         BUNDLE_GENERATION: str(published.generation),
         ADMIN_PORT: str(admin_port),
     }
+    if hash_key is not None:
+        added[HASH_KEY] = hash_key_annotation(policy)
     annotations = _annotations(pod)
     if not (pod.get("metadata") or {}).get("annotations"):
         ops.append({"op": "add", "path": "/metadata/annotations", "value": added})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -31,6 +31,8 @@ class Sidecar:
     ip: str | None
     admin_port: int
     running: bool  # phase Running, not being deleted
+    hash_key: str = ""
+    """The hash key reference the pod mounts (its ``steward.dev/hash-key``), empty for none."""
 
     @property
     def url(self) -> str:
@@ -96,3 +98,21 @@ async def bring_up_to_date(
         else:
             PUSHES.labels("current" if result >= generation else "refused").inc()
     return {s.uid: r for s, r in zip(reachable, results, strict=True)}
+
+
+def outdated(
+    sidecars: Iterable[Sidecar], running: Mapping[str, int | None], generation: int, hash_key: str
+) -> int:
+    """How many pods are behind their policy.
+
+    A pod is behind when its sidecar runs a bundle older than ``generation``
+    (``running``: what :func:`bring_up_to_date` found, by uid), or when it
+    mounts another hash key than the policy names now (``hash_key``, as
+    :func:`~steward_operator.injection.hash_key_annotation` writes it): a push
+    cannot change a mount, only a restart gives it the new one.
+    """
+    return sum(
+        1
+        for s in sidecars
+        if (s.uid in running and (running[s.uid] or 0) < generation) or s.hash_key != hash_key
+    )

@@ -32,10 +32,10 @@ import kopf
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes.client.rest import ApiException
 
-from steward_operator.injection import Published
+from steward_operator.injection import Published, hash_key_annotation
 from steward_operator.kube import Kube
 from steward_operator.metrics import BUNDLES_PUBLISHED, INVALID
-from steward_operator.push import Sidecar, bring_up_to_date
+from steward_operator.push import Sidecar, bring_up_to_date, outdated
 from steward_operator.targets import (
     ANNOTATION_GENERATION,
     BUNDLE_KEY,
@@ -123,10 +123,10 @@ class Reconciler:
                 await self._invalid(policy, list(exc.errors))
                 return
             current = await self._publish(policy, documents)
-            outdated = await self._bring_up_to_date(key, current)
+            behind = await self._bring_up_to_date(key, current, policy)
             configmap = configmap_name(name)
             message = f"bundle generation {current.generation} published in ConfigMap {configmap}"
-            await self._status(policy, ready(message), current, outdated)
+            await self._status(policy, ready(message), current, behind)
 
     async def _publish(self, policy: dict[str, Any], documents: list[dict[str, Any]]) -> Current:
         metadata = policy["metadata"]
@@ -177,12 +177,13 @@ class Reconciler:
         current = Current(bundle.hash, bundle.generation, bundle.compiled_hash, text.encode())
         return current, previous
 
-    async def _bring_up_to_date(self, key: str, current: Current) -> int:
-        """Push to the target's sidecars that are behind; how many still are."""
+    async def _bring_up_to_date(self, key: str, current: Current, policy: dict[str, Any]) -> int:
+        """Push to the target's sidecars that are behind; how many pods still are."""
+        sidecars = self.sidecars_of(key)
         running = await bring_up_to_date(
-            self.sidecars_of(key), current.data, current.generation, self.push_timeout
+            sidecars, current.data, current.generation, self.push_timeout
         )
-        return sum(1 for generation in running.values() if (generation or 0) < current.generation)
+        return outdated(sidecars, running, current.generation, hash_key_annotation(policy))
 
     async def _invalid(self, policy: dict[str, Any], errors: list[str]) -> None:
         INVALID.inc()
@@ -247,9 +248,9 @@ class Reconciler:
             known = self.published.get(key)
             stale = current is None or known is None or current.hash != known.hash
             if not stale and current is not None:
-                outdated = await self._bring_up_to_date(key, current)
+                behind = await self._bring_up_to_date(key, current, policy)
                 status = policy.get("status") or {}
-                counts = (len(self.sidecars.get(key, {})), outdated)
+                counts = (len(self.sidecars.get(key, {})), behind)
                 if (status.get("pods"), status.get("outdatedPods")) != counts:
                     patch = {"pods": counts[0], "outdatedPods": counts[1]}
                     await asyncio.to_thread(

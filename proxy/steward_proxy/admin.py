@@ -3,9 +3,10 @@
 Served by the standard library's threaded HTTP server on its own thread, so a
 slow scrape never stalls the relay loop. ``/readyz`` is 200 only while the
 proxy accepts sessions, its audit trail is writable, its configuration is
-complete (upstream credentials present) and its latest sign-in upstream
+complete (upstream credentials present), its latest sign-in upstream
 worked (:mod:`steward_proxy.readiness`: checked at start and on an interval,
-never per scrape).
+never per scrape) and not every policy it runs is held up by a hash masking key
+that cannot be read (fewer are named in its 200 answer).
 
 ``GET /policy`` describes the running policy as JSON. ``PUT /policy`` takes a
 signed bundle (see :mod:`steward_proxy.reload`) when the proxy runs one
@@ -93,10 +94,17 @@ class _Handler(BaseHTTPRequestHandler):
             keys = self.proxy.settings.key_source
             if keys is not None and keys.cache.keys is None:
                 problems.append("the OIDC key set has not been fetched (the log says why)")
+            # A hash key that cannot be read refuses the subjects of its policies: not
+            # ready when that is every policy served (a sidecar's one), else said only.
+            policies = self.proxy.policies
+            blocked = list(self.proxy.hash_keys.blocked(policies).values())
+            if blocked and len(blocked) == len(policies.policies):
+                problems.extend(blocked)
+                blocked = []
             if problems:
                 self._reply(503, ("; ".join(problems) + "\n").encode())
             else:
-                self._reply(200, b"ready\n")
+                self._reply(200, ("; ".join(["ready", *blocked]) + "\n").encode())
         elif path == "/metrics":
             self._reply(200, generate_latest(self.proxy.metrics.registry), CONTENT_TYPE_LATEST)
         elif path == "/policy":

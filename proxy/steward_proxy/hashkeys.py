@@ -2,19 +2,23 @@
 
 The proxy's own key comes from ``--hash-key-file`` (a random key per process
 without it, so pseudonyms change on restart). A DatabaseAccessPolicy may name
-a Secret key instead (``spec.masking.hashKeySecretRef: {name, key}``): the
-operator mounts that Secret into the sidecar container only, and the proxy
-reads the key from ``DIR/NAME/KEY``, ``DIR`` being ``--hash-key-dir``. Only the
-reference travels in a bundle; the key is never logged, audited or counted.
+a Secret key instead (``spec.masking.hashKeySecretRef: {name, key}``, the
+Secret in the policy's namespace): the operator mounts that Secret into the
+sidecar container only, and the proxy reads the key from
+``DIR/NAMESPACE/NAME/KEY``, ``DIR`` being ``--hash-key-dir``. Only the
+reference travels in a bundle; the key is never logged, audited or counted
+(a key's fingerprint, :func:`fingerprint`, is logged when it is loaded, so
+replicas with different keys can be told apart).
 
 A subject's pseudonyms use the key its policies name (see
 :attr:`~steward_proxy.masking.plan.MaskingConfig.hash_keys`). When that key
-cannot be read (the Secret is missing, the file is empty), or the policies
-that cover the subject name different keys, its masking is *unavailable*:
-its sign-ins are refused with the reason, and the masker refuses every
-statement, so a pseudonym is never made with a key other than the one named.
-A key read is kept for the life of the process, so pseudonyms stay stable;
-a key that could not be read is tried again at the next sign-in.
+cannot be read (the Secret is missing, the file is empty or shorter than
+:data:`MIN_KEY_BYTES`), or the policies that cover the subject name different
+keys, its masking is *unavailable*: there are no strategies to hash with, its
+sign-ins are refused with the reason, and the masker refuses every statement,
+so a pseudonym is never made with a key other than the one named. A key read
+is kept for the life of the process, so pseudonyms stay stable; a key that
+could not be read is tried again at the next sign-in and by :meth:`HashKeys.retry`.
 
 Policy and Secret names are validated by the compiler (DNS names, Secret
 key characters), so messages carry them as they are. Reads small local
@@ -23,6 +27,8 @@ files; no sockets.
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import logging
 import os
 import secrets
@@ -34,14 +40,24 @@ if TYPE_CHECKING:  # light at import: ``steward proxy --help`` shows the default
     from steward_proxy.masking.plan import MaskingConfig
     from steward_proxy.policy.model import HashKeySecretRef, PolicySet
 
-__all__ = ["DEFAULT_HASH_KEY_DIR", "MAX_KEY_BYTES", "HashKeyError", "HashKeys", "read_key"]
+__all__ = [
+    "DEFAULT_HASH_KEY_DIR",
+    "MAX_KEY_BYTES",
+    "MIN_KEY_BYTES",
+    "HashKeyError",
+    "HashKeys",
+    "fingerprint",
+    "read_key",
+]
 
 log = logging.getLogger("steward.proxy")
 
 DEFAULT_HASH_KEY_DIR = "/etc/steward/hash-keys"
-"""Where the operator mounts the Secret a policy names (``DIR/NAME/KEY``)."""
+"""Where the operator mounts the Secret a policy names (``DIR/NAMESPACE/NAME/KEY``)."""
 MAX_KEY_BYTES = 65536
 """A key file larger than this is refused (a path mistaken for a key file)."""
+MIN_KEY_BYTES = 16
+"""A shorter key is refused: it could be guessed, and with it every pseudonym reversed."""
 
 
 class HashKeyError(Exception):
@@ -62,7 +78,17 @@ def read_key(path: str) -> bytes:
     key = data.strip()
     if not key:
         raise HashKeyError(f"{path} is empty")
+    if len(key) < MIN_KEY_BYTES:
+        raise HashKeyError(
+            f"{path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES} "
+            "(e.g. openssl rand -hex 32)"
+        )
     return key
+
+
+def fingerprint(key: bytes) -> str:
+    """8 hex digits that tell keys apart in a log without revealing them."""
+    return hmac.digest(key, b"steward-key-id", "sha256").hex()[:8]
 
 
 class HashKeys:
@@ -72,30 +98,45 @@ class HashKeys:
         self.directory = directory
         self.default = Strategies(default or secrets.token_bytes(32))
         self._random = default is None
+        if default is not None:
+            log.info("the proxy's own hash masking key: fingerprint %s", fingerprint(default))
         self._named: dict[HashKeySecretRef, Strategies] = {}
+        self._missing: dict[HashKeySecretRef, str] = {}
+        """Keys the running policies name that could not be read when last tried, and why."""
 
     def path(self, ref: HashKeySecretRef) -> str:
         """Where the key ``ref`` names is mounted."""
-        return os.path.join(self.directory, ref.name, ref.key)
+        return os.path.join(self.directory, ref.namespace, ref.name, ref.key)
 
     def _load(self, ref: HashKeySecretRef) -> Strategies:
         strategies = self._named.get(ref)
-        if strategies is None:
-            if "/" in ref.name + ref.key or ref.name in (".", "..") or ref.key in (".", ".."):
-                raise HashKeyError(f"Secret {ref.name!r} key {ref.key!r} is not a file name")
-            strategies = self._named[ref] = Strategies(read_key(self.path(ref)))
+        if strategies is not None:
+            return strategies
+        try:
+            if any(
+                "/" in part or part in ("", ".", "..")
+                for part in (ref.namespace, ref.name, ref.key)
+            ):
+                raise HashKeyError(f"{_describe(ref)} is not a file name")
+            key = read_key(self.path(ref))
+        except HashKeyError as exc:
+            self._missing[ref] = str(exc)
+            raise
+        self._missing.pop(ref, None)
+        strategies = self._named[ref] = Strategies(key)
+        log.info("hash masking key %s loaded: fingerprint %s", _describe(ref), fingerprint(key))
         return strategies
 
-    def for_config(self, config: MaskingConfig) -> tuple[Strategies, str | None]:
-        """The strategies for a subject's masking, and why it cannot run (None: it can).
+    def for_config(self, config: MaskingConfig) -> tuple[Strategies | None, str | None]:
+        """The strategies for a subject's masking, or None and why it cannot run.
 
-        When it cannot, the strategies returned are the proxy's own; the
-        masker refuses every statement, so they are never used.
+        Masking that cannot run gets no strategies at all (never the proxy's
+        own key in their place): the caller refuses the subject.
         """
         keys = config.hash_keys
         if len(keys) > 1:
             named = ", ".join(f"{policy} ({_describe(ref)})" for policy, ref in config.hashing)
-            return self.default, (
+            return None, (
                 f"the policies that cover this subject hash values under different keys: "
                 f"{named}; give them one spec.masking.hashKeySecretRef"
             )
@@ -105,11 +146,7 @@ class HashKeys:
         try:
             return self._load(ref), None
         except HashKeyError as exc:
-            policies = ", ".join(p for p, r in config.hashing if r == ref)
-            return self.default, (
-                f"the hash masking key of policy {policies} ({_describe(ref)}) "
-                f"is not available: {exc}"
-            )
+            return None, _unavailable(", ".join(p for p, r in config.hashing if r == ref), ref, exc)
 
     def check(self, policies: PolicySet) -> None:
         """Log, when a policy set loads, the keys its masking needs and cannot have.
@@ -118,6 +155,7 @@ class HashKeys:
         start, not only at the first sign-in), and warns when a policy that
         hashes relies on a random key.
         """
+        self._missing = {}
         random_for = []
         for policy in policies.policies:
             if not policies.hashes(policy):
@@ -131,11 +169,8 @@ class HashKeys:
                 self._load(ref)
             except HashKeyError as exc:
                 log.error(
-                    "the hash masking key of policy %s (%s) is not available: %s; "
-                    "sign-ins of the subjects it masks are refused until it is",
-                    policy.key,
-                    _describe(ref),
-                    exc,
+                    "%s; sign-ins of the subjects it masks are refused until it is",
+                    _unavailable(policy.key, ref, exc),
                 )
         if random_for:
             log.warning(
@@ -143,8 +178,36 @@ class HashKeys:
                 ", ".join(random_for),
             )
 
+    def retry(self) -> None:
+        """Read again the keys that could not be read (a Secret volume fills in late)."""
+        for ref in list(self._missing):
+            with contextlib.suppress(HashKeyError):
+                self._load(ref)
+
+    def blocked(self, policies: PolicySet) -> dict[str, str]:
+        """The policies (by key) whose hash key could not be read when last tried, and why.
+
+        Their subjects that get ``hash`` cannot sign in. Only reads what the
+        last attempt found (safe from another thread: ``/readyz``).
+        """
+        blocked = {}
+        for policy in policies.policies:
+            ref = policy.hash_key_secret_ref
+            if ref is None or not policies.hashes(policy):
+                continue
+            problem = self._missing.get(ref)
+            if problem is not None:
+                blocked[policy.key] = _unavailable(policy.key, ref, problem)
+        return blocked
+
+
+def _unavailable(policies: str, ref: HashKeySecretRef, problem: object) -> str:
+    return (
+        f"the hash masking key of policy {policies} ({_describe(ref)}) is not available: {problem}"
+    )
+
 
 def _describe(ref: HashKeySecretRef | None) -> str:
     if ref is None:
         return "the proxy's own key"
-    return f"Secret {ref.name}, key {ref.key}"
+    return f"Secret {ref.namespace}/{ref.name}, key {ref.key}"

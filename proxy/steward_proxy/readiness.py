@@ -6,7 +6,9 @@ when the proxy starts (before it listens, waiting a few seconds at most) and
 then every ``readiness_interval`` seconds, and
 remembers the outcome. Sign-ins of real clients count too, so a recovered or
 broken upstream shows at once. The same loop fetches OIDC keys that are
-missing or stale. ``/readyz`` only reads the outcome: a scrape
+missing or stale, and reads again the hash masking keys policies name that
+could not be read (see :mod:`steward_proxy.hashkeys`). ``/readyz`` only reads
+the outcome: a scrape
 never opens a connection. A change is logged once; the reason (a wrong
 password, an unreachable host) is in the log line of the failed sign-in.
 """
@@ -128,6 +130,7 @@ class UpstreamCheck:
             await asyncio.sleep(interval)
             await self.check()
             await self._refresh_keys()
+            self.server.hash_keys.retry()  # a Secret volume the kubelet filled in late
 
     async def _refresh_keys(self) -> None:
         """Fetch OIDC keys missing or too old, so no sign-in has to wait for them."""

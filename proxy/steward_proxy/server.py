@@ -409,7 +409,6 @@ class ProxyServer:
                 f"no Steward policy covers subject {identity.subject}: access refused",
             )
         if judge.masker is not None and judge.masker.unavailable is not None:
-            self.judges.pop(identity, None)  # the next sign-in reads the key file again
             raise Refusal(CONNECTION_REJECTED, judge.masker.unavailable)
         return LiveJudge(self, identity)
 
@@ -418,17 +417,21 @@ class ProxyServer:
 
         A subject no policy covers gets a judge with no policies, which denies
         everything, and is not cached: that would let unknown names grow the cache.
+        Nor is a judge whose masking is unavailable (its hash key could not be
+        read): the next call reads the key again.
         """
         judge = self.judges.get(identity)
         if judge is None:
             policies = self.policies.policies_for(identity)
             if not policies:
                 return self._no_access
-            judge = self.judges[identity] = Judge(
+            judge = Judge(
                 policies,
                 max_statements=self.settings.analysis_limits.max_statements,
                 masker=self._masker_for(identity, policies),
             )
+            if judge.masker is None or judge.masker.unavailable is None:
+                self.judges[identity] = judge
         return judge
 
     def replace_policies(

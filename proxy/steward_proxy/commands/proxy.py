@@ -160,16 +160,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--hash-key-file",
         metavar="FILE",
-        help="key of the hash masking strategy (HMAC-SHA256) for policies that name no "
-        "spec.masking.hashKeySecretRef; without it a random key per process, so pseudonyms "
-        "change on restart (default: none)",
+        help="key of the hash masking strategy (HMAC-SHA256, at least 16 bytes) for policies "
+        "that name no spec.masking.hashKeySecretRef; without it a random key per process, so "
+        "pseudonyms change on restart (default: none)",
     )
     p.add_argument(
         "--hash-key-dir",
         default=DEFAULT_HASH_KEY_DIR,
         metavar="DIR",
         help="where the Secret keys policies name in spec.masking.hashKeySecretRef are "
-        "found, as DIR/SECRET/KEY (default: %(default)s)",
+        "found, as DIR/NAMESPACE/SECRET/KEY (a policy file without metadata.namespace is "
+        "in default) (default: %(default)s)",
     )
     p.add_argument(
         "--catalog-ttl",
@@ -271,8 +272,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="how often /readyz's upstream sign-in check runs (0: never; /readyz then "
-        "does not check the upstream)",
+        help="how often /readyz's upstream sign-in check runs and hash masking keys that "
+        "could not be read are read again (0: never; /readyz then does not check the "
+        "upstream)",
     )
     auth_setup.add_arguments(p)
     p.add_argument(

@@ -150,21 +150,24 @@ class Masker:
     """Masking for one subject: config, hash key and the current catalog.
 
     ``unavailable`` says why this subject's masking cannot run (its hash key
-    is missing, or its policies name different keys): :meth:`refusal` then
-    refuses every statement with it, so no row is ever masked with a key
-    other than the one the policy names.
+    is missing, or its policies name different keys): it then has no
+    ``strategies`` and :meth:`refusal` refuses every statement with the
+    reason, so no row is ever masked with a key other than the one the
+    policy names.
     """
 
     def __init__(
         self,
         config: MaskingConfig,
-        strategies: Strategies,
+        strategies: Strategies | None,
         catalog: Catalog,
         *,
         unavailable: str | None = None,
     ) -> None:
+        if strategies is None and unavailable is None:
+            raise ValueError("masking without strategies needs the reason it is unavailable")
         self.config = config
-        self.strategies = strategies
+        self._strategies = strategies
         self.unavailable = unavailable
         self._catalog = catalog
         self._resolved: dict[Source, tuple[frozenset[str], bool]] = {}
@@ -172,6 +175,13 @@ class Masker:
         self._rules: dict[str, Strategy | None] = {}
         self.invalidated: Callable[[], None] | None = None
         """Called when a statement may have changed the catalog (the shell refreshes it)."""
+
+    @property
+    def strategies(self) -> Strategies:
+        """The value maskers under the subject's key; none when masking is unavailable."""
+        if self._strategies is None:
+            raise RuntimeError(f"masking is unavailable: {self.unavailable}")
+        return self._strategies
 
     @property
     def catalog(self) -> Catalog:

@@ -146,12 +146,14 @@ def compile_policy(name: str, namespace: str, spec: Mapping[str, Any]) -> Policy
         database=_database(spec.get("database")),
         pod_selector=_selector(spec.get("podSelector")),
         read_only=bool(spec.get("readOnly", False)),
-        hash_key_secret_ref=_hash_key_ref(masking.get("hashKeySecretRef")),
+        hash_key_secret_ref=_hash_key_ref(masking.get("hashKeySecretRef"), namespace),
     )
 
 
-def _hash_key_ref(spec: Mapping[str, Any] | None) -> HashKeySecretRef | None:
-    return None if spec is None else HashKeySecretRef(name=spec["name"], key=spec["key"])
+def _hash_key_ref(spec: Mapping[str, Any] | None, namespace: str) -> HashKeySecretRef | None:
+    if spec is None:
+        return None
+    return HashKeySecretRef(namespace=namespace, name=spec["name"], key=spec["key"])
 
 
 def _database(spec: Mapping[str, Any] | None) -> DatabaseRef | None:

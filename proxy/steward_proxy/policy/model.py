@@ -156,9 +156,12 @@ class HashKeySecretRef:
     """``spec.masking.hashKeySecretRef``: where the key of the ``hash`` strategy is kept.
 
     Only the reference: the key itself is read by the sidecar from the Secret
-    the operator mounts into it, never carried in a bundle.
+    the operator mounts into it, never carried in a bundle. The Secret is in
+    the policy's namespace (the compiler fills it in): two namespaces that
+    name the same Secret name name two keys.
     """
 
+    namespace: str
     name: str
     key: str
 

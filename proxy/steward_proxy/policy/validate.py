@@ -9,13 +9,15 @@ from 1, kind and ``namespace/name``) and the JSON path of the bad field, e.g.::
 
 (on one line). Besides the schema, the checks that the API server makes with
 ``x-kubernetes-validations`` and list-map keys are repeated here so that a
-standalone file and ``kubectl apply`` accept the same documents.
+standalone file and ``kubectl apply`` accept the same documents; for the same
+reason a ``pattern`` is read as the API server reads it (a final ``$`` ends the
+text, never a line).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -43,7 +45,27 @@ class SourceDocument:
 def _validator(kind: str) -> jsonschema.protocols.Validator:
     schema = spec_schema(kind)
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema)
+    return jsonschema.validators.extend(cls, {"pattern": _pattern})(schema)
+
+
+def _pattern(
+    validator: jsonschema.protocols.Validator, pattern: str, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    """``pattern`` as the API server reads it (RE2): a final ``$`` ends the text.
+
+    Python's ``$`` also matches before a final newline, so ``"orders\\n"``
+    would pass ``^[a-z]+$`` here and be refused by the API server.
+    """
+    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
+def _regex(pattern: str) -> re.Pattern[str]:
+    body = pattern[:-1]
+    if pattern.endswith("$") and (len(body) - len(body.rstrip("\\"))) % 2 == 0:
+        pattern = body + r"\Z"
+    return re.compile(pattern)
 
 
 def location(doc: Any, file: str | None = None, index: int | None = None) -> str:
@@ -120,14 +142,14 @@ def _metadata_problems(metadata: Any) -> list[str]:
     name = metadata.get("name")
     if name is None or name == "":
         found.append("metadata.name: required field is missing")
-    elif not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+    elif not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
         found.append(
             f"metadata.name: {name!r} is not a valid name "
             "(lower-case letters, digits, '-' and '.', at most 253 characters)"
         )
     namespace = metadata.get("namespace")
     if namespace is not None and (
-        not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.match(namespace)
+        not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)
     ):
         found.append(f"metadata.namespace: {namespace!r} is not a valid namespace")
     return found
@@ -155,6 +177,13 @@ def _policy_rule_problems(spec: Mapping[str, Any]) -> list[str]:
                 "needs spec.approval.approvers"
             )
             break
+    ref = spec.get("masking", {}).get("hashKeySecretRef")
+    credentials = (spec.get("database") or {}).get("credentialsSecretRef")
+    if ref and credentials and ref["name"] == credentials["name"]:
+        found.append(
+            "spec.masking.hashKeySecretRef.name: the hash key needs a Secret of its own, "
+            "not the database credentials Secret (spec.database.credentialsSecretRef)"
+        )
     return found
 
 
