@@ -321,3 +321,34 @@ def test_errors_and_notices_are_screened_with_the_note_of_their_request() -> Non
     # Nothing pending: the note is None and the message passes as the screen says.
     assert tracker.receive_server(enc(notice)) == enc(notice)
     assert seen[-1] == (None, b"N")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"X" + b"s\x00",  # neither statement nor portal
+        b"S" + b"s",  # name not NUL-terminated
+        b"S" + b"s\x00junk",  # bytes after the name
+        b"",  # no kind at all
+        b"P",  # a kind and nothing else
+    ],
+)
+@pytest.mark.parametrize("type_byte", [b"D", b"C"])
+def test_a_malformed_describe_or_close_is_refused_as_the_codec_refuses_it(
+    type_byte: bytes, body: bytes
+) -> None:
+    message = type_byte + (len(body) + 4).to_bytes(4, "big") + body
+    with pytest.raises(wire.RemoteProtocolError):
+        wire.decode_frontend(wire.Frame(type_byte, message))
+    tracker = wire.Tracker()
+    tracker.receive_client(message)
+    with pytest.raises(wire.RemoteProtocolError):
+        tracker.next_statement()
+
+
+def test_describe_and_close_name_what_they_target() -> None:
+    tracker = wire.Tracker()
+    drive(tracker, CLIENT)
+    assert tracker.statement_note("s") == "n"
+    drive(tracker, enc(wire.Close("S", "s"), wire.Sync()))
+    assert tracker.statement_note("s") is None

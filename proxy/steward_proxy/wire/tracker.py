@@ -537,19 +537,15 @@ class Tracker:
         elif kind == _SYNC:
             self._end(_R_SYNC)
         elif kind in (_DESCRIBE, _CLOSE):
-            message = cast(m.Describe, decode_frontend(Frame(bytes((kind,)), chunk[start:end])))
+            of, name = _target(chunk, start, end)
             if kind == _DESCRIBE:
-                named = self._statements if message.kind == "S" else self._portals
-                found = named.get(message.name)
-                target = (message.kind, found[-1]) if found is not None else None
+                named = self._statements if of == "S" else self._portals
+                found = named.get(name)
                 describe = _Pending(_R_DESCRIBE)
-                describe.target = target
+                describe.target = (of, found[-1]) if found is not None else None
                 self._queue.append(describe)
             else:
-                if message.kind == "S":
-                    self._statements.pop(message.name, None)
-                else:
-                    self._portals.pop(message.name, None)
+                (self._statements if of == "S" else self._portals).pop(name, None)
                 self._queue.append(_Pending(_R_CLOSE))
         elif kind == _TERMINATE:
             self.terminated = True
@@ -833,6 +829,19 @@ def _names(chunk: bytes, start: int, end: int, count: int) -> list[str]:
         names.append(chunk[pos:nul].decode("utf-8", "surrogateescape"))
         pos = nul + 1
     return names
+
+
+def _target(chunk: bytes, start: int, end: int) -> tuple[str, str]:
+    """What the Describe or Close at ``chunk[start:end]`` names: ``("S"|"P", name)``.
+
+    A Describe comes with every execution on the prepared-statement path, so
+    it is read in place; malformed bodies are refused as the codec would.
+    """
+    of = chunk[start + 5] if end - start > 6 else 0
+    if of not in b"SP" or chunk.find(b"\0", start + 6, end) != end - 1:
+        decode_frontend(Frame(chunk[start : start + 1], chunk[start:end]))
+        raise RemoteProtocolError("malformed message: invalid target")
+    return chr(of), chunk[start + 6 : end - 1].decode("utf-8", "surrogateescape")
 
 
 def _fields(chunk: bytes, start: int, end: int) -> tuple[m.FieldDescription, ...]:
