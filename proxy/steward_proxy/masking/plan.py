@@ -32,7 +32,7 @@ from typing import Any
 
 from steward_proxy.masking import lineage as ln
 from steward_proxy.masking.catalog import SAMPLE_COLUMNS, Catalog, Relation
-from steward_proxy.masking.detect import DATA_CLASSES, find
+from steward_proxy.masking.detect import DATA_CLASSES, NEEDED, find
 from steward_proxy.masking.lineage import Output, Source, StarOf, StatementLineage
 from steward_proxy.masking.strategies import (
     REDACT,
@@ -505,18 +505,22 @@ class Masker:
 
     def detector(self, labels: set[str], *, spans: bool = True) -> ValueMasker:
         """A value masker that masks each detected datum (or the whole value if not ``spans``)."""
-        class_strategy = self.config.class_strategy
         text = self.strategies.text
+        needed = NEEDED
+        strategies = {c: self.config.class_strategy(c) for c in DATA_CLASSES}
+        found = {c: f"{c}:{strategy.label}" for c, strategy in strategies.items()}
 
         def detect(value: bytes) -> bytes | None:
+            if 0 not in value.translate(needed):
+                return value
             matches = find(value, DATA_CLASSES)
             if not matches:
                 return value
             pieces = []
             cut = 0
             for start, end, data_class in matches:
-                strategy = class_strategy(data_class)
-                labels.add(f"{data_class}:{strategy.label}")
+                strategy = strategies[data_class]
+                labels.add(found[data_class])
                 replacement = text(strategy, value[start:end])
                 if replacement is None or not spans:
                     return None
