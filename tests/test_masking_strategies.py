@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import struct
 
@@ -54,6 +56,17 @@ def test_hash_is_a_stable_keyed_pseudonym() -> None:
     assert re.fullmatch(rb"h_[0-9a-f]{16}", mask(b"Maria") or b"")
     other = Strategies(b"another key").masker(Strategy("hash"), TEXT, False, frozenset())
     assert other(b"Maria") != mask(b"Maria")
+
+
+def test_a_pseudonym_is_the_keyed_hmac_whether_remembered_or_not() -> None:
+    # Distinct values (remembering does not pay, so it rests a while), then repeated ones.
+    strategies = Strategies(b"test-key")
+    values = [b"user %d" % i for i in range(75_000)] + [b"Maria", b"Dmitri"] * 5_000
+    expected = {
+        v: b"h_" + hmac.new(b"test-key", v, hashlib.sha256).hexdigest()[:16].encode()
+        for v in set(values)
+    }
+    assert [strategies.pseudonym(v) for v in values] == [expected[v] for v in values]
 
 
 def test_hash_on_integers_is_the_same_in_text_and_binary() -> None:

@@ -174,6 +174,36 @@ def test_a_row_filter_rewrites_every_row_of_its_request_only() -> None:
     assert [r.values for r in rows] == [(b"****",), (b"****",), (b"1",)]
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(server_cuts=st.lists(st.integers(0, 10_000), max_size=8))
+def test_a_row_filter_gets_whole_rows_a_run_at_a_time_whatever_the_chunking(
+    server_cuts: list[int],
+) -> None:
+    runs: list[list[wire.Frame]] = []
+
+    def plan(note: Any, fields: Any, formats: tuple[int, ...]) -> wire.RowFilter:
+        def rewrite(chunk: bytes, start: int, end: int) -> bytes:
+            runs.append(frames_of(chunk[start:end]))
+            return chunk[start:end].replace(b"secret", b"******")
+
+        return rewrite
+
+    tracker = wire.Tracker(plan_rows=plan)
+    drive(tracker, enc(wire.Query("SELECT s FROM t")), note="q")
+    server = enc(
+        ROW,
+        *(wire.DataRow((b"secret %d" % i,)) for i in range(5)),
+        wire.ErrorResponse.build("57014", "canceling statement"),
+        wire.ReadyForQuery("I"),
+    )
+    out = b"".join(tracker.receive_server(piece) for piece in chunks(server, server_cuts))
+    assert out == server.replace(b"secret", b"******")
+    assert all(frame.type == b"D" for run in runs for frame in run)
+    assert sum(len(run) for run in runs) == 5
+    finished = [e for e in tracker.take_events() if isinstance(e, wire.Finished)]
+    assert [(e.rows, e.error) for e in finished] == [(5, "SQLSTATE 57014")]
+
+
 def each_row(rewrite: Callable[[bytes], bytes]) -> wire.RowFilter:
     """A row filter that rewrites each DataRow of a run by itself."""
 

@@ -57,13 +57,14 @@ def row_filter(plan: Plan) -> Callable[[bytes, int, int], bytes]:
     every = plan.every
     width = len(maskers)
     # For each masked column: how many columns to step over before it, and its
-    # masker, or the encoded field itself when the masker gives a constant.
-    steps: list[tuple[int, Callable[[bytes], bytes | None] | None, bytes | None]] = []
+    # masker, or the encoded field itself (and how much longer than a length it
+    # is) when the masker gives a constant.
+    steps: list[tuple[int, Callable[[bytes], bytes | None], bytes | None, int]] = []
     previous = -1
     for index, masker in enumerate(maskers):
         if masker is not None:
             constant = _constant(masker)
-            steps.append((index - previous - 1, None if constant else masker, constant))
+            steps.append((index - previous - 1, masker, constant, len(constant or b"") - 4))
             previous = index
     fill = every if every is not None else _null
     head = _HEAD.unpack_from
@@ -82,7 +83,7 @@ def row_filter(plan: Plan) -> Callable[[bytes, int, int], bytes]:
                 length, count = head(data, pos + 1)
                 row_end = pos + 1 + length
                 append(data[cut:pos])
-                if every is not None or count != width:
+                if count != width or every is not None:
                     # Never described, or not the layout planned (then NULL everything).
                     append(_rewrite_all(data[pos:row_end], count, fill))
                     cut = pos = row_end
@@ -91,8 +92,7 @@ def row_filter(plan: Plan) -> Callable[[bytes, int, int], bytes]:
                 append(None)  # the row's header, once its new length is known
                 cut = pos + 5  # the column count stays
                 p = pos + 7
-                grown = 0
-                for skip, masker, constant in steps:
+                for skip, masker, constant, longer in steps:
                     while skip:
                         size = unpack(data, p)[0]
                         p += 4 + size if size > 0 else 4
@@ -101,33 +101,29 @@ def row_filter(plan: Plan) -> Callable[[bytes, int, int], bytes]:
                     if size < 0:
                         p += 4
                         continue
-                    if constant is not None:
-                        if cut != p:
-                            append(data[cut:p])
-                        append(constant)
-                        grown += len(constant) - 4 - size
-                        p = cut = p + 4 + size
-                        continue
                     value_end = p + 4 + size
-                    value = data[p + 4 : value_end]
-                    new = masker(value)  # type: ignore[misc]
-                    if new is value:
-                        p = value_end
-                        continue
+                    if constant is None:
+                        value = data[p + 4 : value_end]
+                        new = masker(value)
+                        if new is value:  # unchanged: it stays in the next slice
+                            p = value_end
+                            continue
                     if cut != p:
                         append(data[cut:p])
-                    if new is None:
+                    if constant is not None:
+                        append(constant)
+                        length += longer - size
+                    elif new is None:
                         append(_NULL)
-                        grown -= size
+                        length -= size
                     else:
                         n = len(new)
                         append(prefixes[n] if n < 256 else pack(n))
                         append(new)
-                        grown += n - size
+                        length += n - size
                     p = cut = value_end
                 if p > row_end:
                     raise _overrun()
-                length += grown
                 parts[header] = headers[length] if length < 1024 else typed(_DATA_ROW, length)
                 pos = row_end
         except struct.error:
