@@ -58,6 +58,10 @@ UNRESOLVED = "unresolved"
 # and arrays of text in text form.
 _SPAN_SAFE_TEXT = frozenset({114, 3802, 1009, 1015, 1014, 199, 3807})
 _SPAN_SAFE_BINARY = frozenset({114, 3802})
+# Types whose text form is at most 11 characters of digits and a sign (or t/f):
+# no data class fits in one (a card number, the only class of digits alone,
+# has 13 or more), so detection skips them.
+_TOO_SHORT = frozenset({16, 21, 23, 26})  # bool, int2, int4, oid
 _MAX_DEPTH = 16  # views over views
 
 
@@ -497,6 +501,8 @@ class Masker:
         return None
 
     def _detector(self, type_oid: int, binary: bool, labels: set[str]) -> ValueMasker | None:
+        if type_oid in _TOO_SHORT:
+            return None
         text_like = type_oid in TEXT_LIKE_OIDS or type_oid in self._catalog.text_like
         spans = text_like or (type_oid in (_SPAN_SAFE_BINARY if binary else _SPAN_SAFE_TEXT))
         if binary and not spans:
