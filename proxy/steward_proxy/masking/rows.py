@@ -1,8 +1,11 @@
 """Rewriting what the server sends: DataRows by a :class:`~.plan.Plan`, errors and notices.
 
-:func:`row_filter` turns a plan into the tracker's row filter: it walks a
-DataRow's column lengths, hands each value of a masked column to its masker,
-and rebuilds the message only around the values it replaced.
+:func:`row_filter` turns a plan into the tracker's row filter: given a run
+of consecutive DataRows, it walks each row's column lengths up to its last
+masked column, hands each masked value to its masker, and rebuilds the run
+around the values it replaced (a new header per row, one join per run). A
+value that overruns its row is a protocol error, never read as the next
+row's.
 
 :func:`copy_filter` does the same for the rows of a text or CSV COPY out.
 
