@@ -6,6 +6,7 @@ import pytest
 
 from steward_proxy import wire
 from steward_proxy.masking.catalog import Catalog
+from steward_proxy.masking.detect import find
 from steward_proxy.masking.lineage import analyze
 from steward_proxy.masking.plan import Masker, MaskingConfig
 from steward_proxy.masking.strategies import Strategies
@@ -213,6 +214,19 @@ def test_detection_masks_spans_of_columns_no_rule_covers() -> None:
     assert plan is not None and plan.maskers[0] is not None
     assert plan.maskers[0](b"id 536-22-8714 ok") == b"id ****8714 ok"
     assert plan.labels == {"US_SSN:partial"}
+
+
+@pytest.mark.parametrize(
+    ("type_oid", "longest"), [(16, b"f"), (21, b"-32768"), (23, b"-2147483648")]
+)
+def test_detection_skips_types_too_short_for_any_data_class(type_oid: int, longest: bytes) -> None:
+    assert find(longest) == []
+    fields = [field("id", USERS, 1, type_oid=type_oid)]
+    assert masker(detect=True).plan(analyze("SELECT id FROM users")[0], fields) is None
+    int8 = [field("id", USERS, 1, type_oid=20)]  # 19 digits: a card number fits
+    plan = masker(detect=True).plan(analyze("SELECT id FROM users")[0], int8)
+    assert plan is not None and plan.maskers[0] is not None
+    assert plan.maskers[0](b"4222222222222") is None  # a card: the whole integer goes
 
 
 def test_unaligned_columns_are_masked_when_the_statement_reads_masked_ones() -> None:

@@ -237,6 +237,36 @@ def test_read_spans_splits_a_typed_stream_at_every_offset() -> None:
         assert reader.pending == 0
 
 
+def test_read_runs_gives_each_run_of_rows_as_one_span_whatever_the_chunking() -> None:
+    rows = [DataRow((b"x", None)), DataRow((b"y" * 300,)), DataRow(())]
+    messages = [Sync(), *rows, CommandComplete("SELECT 3"), *rows[:1], Sync()]
+    data = b"".join(encode(m) for m in messages)
+    expected = [Frame(m.TYPE, encode(m)) for m in messages]
+    for chunks in chunkings(data):
+        reader = MessageReader()
+        frames = []
+        for chunk in chunks:
+            reader.feed(chunk)
+            whole, spans = reader.read_runs(ord("D"))
+            assert whole == b"".join(whole[start:end] for _, start, end, _ in spans)
+            for kind, start, end, count in spans:
+                run = MessageReader()
+                run.feed(whole[start:end])
+                inside = list(iter(run.next_frame, None))
+                assert len(inside) == count and {f.type for f in inside} == {bytes([kind])}
+                assert count == 1 or kind == ord("D")
+                frames += inside
+        assert frames == expected
+        assert reader.pending == 0
+
+
+def test_read_runs_refuses_an_oversize_length_inside_a_run() -> None:
+    reader = MessageReader(max_message_size=100)
+    reader.feed(encode(DataRow((b"x",))) + b"D" + struct.pack("!I", 101))
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
+        reader.read_runs(ord("D"))
+
+
 def test_read_spans_refuses_an_oversize_length() -> None:
     reader = MessageReader(max_message_size=100)
     reader.feed(encode(Sync()) + b"D" + struct.pack("!I", 101))

@@ -10,6 +10,7 @@ same. The answers table gets one test per entry.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -153,7 +154,7 @@ def test_a_row_filter_rewrites_every_row_of_its_request_only() -> None:
     def plan(note: Any, fields: Any, formats: tuple[int, ...]) -> wire.RowFilter | None:
         if note != "secret0":
             return None
-        return lambda row: wire.encode(wire.DataRow((b"****",)))
+        return each_row(lambda row: wire.encode(wire.DataRow((b"****",))))
 
     tracker = wire.Tracker(plan_rows=plan)
     drive(tracker, enc(wire.Query("SELECT ssn FROM t; SELECT 1")), note="secret")
@@ -171,6 +172,45 @@ def test_a_row_filter_rewrites_every_row_of_its_request_only() -> None:
     )
     rows = [m for m in map(wire.decode_backend, frames_of(out)) if isinstance(m, wire.DataRow)]
     assert [r.values for r in rows] == [(b"****",), (b"****",), (b"1",)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(server_cuts=st.lists(st.integers(0, 10_000), max_size=8))
+def test_a_row_filter_gets_whole_rows_a_run_at_a_time_whatever_the_chunking(
+    server_cuts: list[int],
+) -> None:
+    runs: list[list[wire.Frame]] = []
+
+    def plan(note: Any, fields: Any, formats: tuple[int, ...]) -> wire.RowFilter:
+        def rewrite(chunk: bytes, start: int, end: int) -> bytes:
+            runs.append(frames_of(chunk[start:end]))
+            return chunk[start:end].replace(b"secret", b"******")
+
+        return rewrite
+
+    tracker = wire.Tracker(plan_rows=plan)
+    drive(tracker, enc(wire.Query("SELECT s FROM t")), note="q")
+    server = enc(
+        ROW,
+        *(wire.DataRow((b"secret %d" % i,)) for i in range(5)),
+        wire.ErrorResponse.build("57014", "canceling statement"),
+        wire.ReadyForQuery("I"),
+    )
+    out = b"".join(tracker.receive_server(piece) for piece in chunks(server, server_cuts))
+    assert out == server.replace(b"secret", b"******")
+    assert all(frame.type == b"D" for run in runs for frame in run)
+    assert sum(len(run) for run in runs) == 5
+    finished = [e for e in tracker.take_events() if isinstance(e, wire.Finished)]
+    assert [(e.rows, e.error) for e in finished] == [(5, "SQLSTATE 57014")]
+
+
+def each_row(rewrite: Callable[[bytes], bytes]) -> wire.RowFilter:
+    """A row filter that rewrites each DataRow of a run by itself."""
+
+    def run(chunk: bytes, start: int, end: int) -> bytes:
+        return b"".join(rewrite(frame.raw) for frame in frames_of(chunk[start:end]))
+
+    return run
 
 
 def frames_of(data: bytes) -> list[wire.Frame]:
@@ -262,7 +302,7 @@ def test_an_execute_pipelined_behind_its_describe_is_planned_when_the_layout_arr
 
     def plan(note: Any, fields: Any, formats: tuple[int, ...]) -> wire.RowFilter | None:
         seen.append((note, None if fields is None else tuple(f.name for f in fields)))
-        return lambda row: wire.encode(wire.DataRow((b"masked",)))
+        return each_row(lambda row: wire.encode(wire.DataRow((b"masked",))))
 
     tracker = wire.Tracker(plan_rows=plan)
     drive(

@@ -642,7 +642,7 @@ class Session:
         plan = self._masker.plan(lineage, fields, formats, labels=note.masked if known else None)
         return masking_rows.row_filter(plan) if plan is not None else None
 
-    def _plan_copy(self, note: Any, response: bytes) -> wire.RowFilter | None:
+    def _plan_copy(self, note: Any, response: bytes) -> wire.CopyFilter | None:
         assert self._masker is not None
         known = isinstance(note, Note)
         lineage = self._effective(note.lineage) if known else None

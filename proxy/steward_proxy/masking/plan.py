@@ -32,7 +32,7 @@ from typing import Any
 
 from steward_proxy.masking import lineage as ln
 from steward_proxy.masking.catalog import SAMPLE_COLUMNS, Catalog, Relation
-from steward_proxy.masking.detect import DATA_CLASSES, find
+from steward_proxy.masking.detect import DATA_CLASSES, NEEDED, find
 from steward_proxy.masking.lineage import Output, Source, StarOf, StatementLineage
 from steward_proxy.masking.strategies import (
     REDACT,
@@ -59,6 +59,10 @@ UNRESOLVED = "unresolved"
 # and arrays of text in text form.
 _SPAN_SAFE_TEXT = frozenset({114, 3802, 1009, 1015, 1014, 199, 3807})
 _SPAN_SAFE_BINARY = frozenset({114, 3802})
+# Types whose text form is at most 11 characters of digits and a sign (or t/f):
+# no data class fits in one (a card number, the only class of digits alone,
+# has 13 or more), so detection skips them.
+_TOO_SHORT = frozenset({16, 21, 23, 26})  # bool, int2, int4, oid
 _MAX_DEPTH = 16  # views over views
 
 
@@ -539,6 +543,8 @@ class Masker:
         return None
 
     def _detector(self, type_oid: int, binary: bool, labels: set[str]) -> ValueMasker | None:
+        if type_oid in _TOO_SHORT:
+            return None
         text_like = type_oid in TEXT_LIKE_OIDS or type_oid in self._catalog.text_like
         spans = text_like or (type_oid in (_SPAN_SAFE_BINARY if binary else _SPAN_SAFE_TEXT))
         if binary and not spans:
@@ -547,18 +553,22 @@ class Masker:
 
     def detector(self, labels: set[str], *, spans: bool = True) -> ValueMasker:
         """A value masker that masks each detected datum (or the whole value if not ``spans``)."""
-        class_strategy = self.config.class_strategy
         text = self.strategies.text
+        needed = NEEDED
+        strategies = {c: self.config.class_strategy(c) for c in DATA_CLASSES}
+        found = {c: f"{c}:{strategy.label}" for c, strategy in strategies.items()}
 
         def detect(value: bytes) -> bytes | None:
+            if 0 not in value.translate(needed):
+                return value
             matches = find(value, DATA_CLASSES)
             if not matches:
                 return value
             pieces = []
             cut = 0
             for start, end, data_class in matches:
-                strategy = class_strategy(data_class)
-                labels.add(f"{data_class}:{strategy.label}")
+                strategy = strategies[data_class]
+                labels.add(found[data_class])
                 replacement = text(strategy, value[start:end])
                 if replacement is None or not spans:
                     return None

@@ -1,8 +1,11 @@
 """Rewriting what the server sends: DataRows by a :class:`~.plan.Plan`, errors and notices.
 
-:func:`row_filter` turns a plan into the tracker's row filter: it walks a
-DataRow's column lengths, hands each value of a masked column to its masker,
-and rebuilds the message only around the values it replaced.
+:func:`row_filter` turns a plan into the tracker's row filter: given a run
+of consecutive DataRows, it walks each row's column lengths up to its last
+masked column, hands each masked value to its masker, and rebuilds the run
+around the values it replaced (a new header per row, one join per run). A
+value that overruns its row is a protocol error, never read as the next
+row's.
 
 :func:`copy_filter` does the same for the rows of a text or CSV COPY out.
 
@@ -25,10 +28,16 @@ from steward_proxy.masking.detect import find
 from steward_proxy.masking.lineage import CopyOut
 from steward_proxy.masking.plan import Plan
 from steward_proxy.masking.strategies import NULL_MASKER, REDACT_MASKER, REDACTED
+from steward_proxy.wire.errors import RemoteProtocolError
 
 __all__ = ["WITHHELD", "copy_filter", "row_filter", "screen_message"]
 
 _LENGTH = struct.Struct("!i")
+_HEAD = struct.Struct("!iH")  # a DataRow's length and column count, after its type byte
+_TYPED = struct.Struct("!Bi")  # a message's type byte and length
+_DATA_ROW = ord("D")
+_PREFIXES = tuple(_LENGTH.pack(n) for n in range(256))  # encoded lengths of short values
+_HEADERS = tuple(_TYPED.pack(_DATA_ROW, n) for n in range(1024))  # headers of short rows
 _NULL = b"\xff\xff\xff\xff"
 
 WITHHELD = (
@@ -40,65 +49,96 @@ _FREE_TEXT = frozenset("MDHWqp")
 _KEPT = frozenset("SVCPLFRcdnst")
 
 
-def row_filter(plan: Plan) -> Callable[[bytes], bytes]:
-    """The filter that masks each DataRow message (whole, type byte included) by ``plan``."""
+def row_filter(plan: Plan) -> Callable[[bytes, int, int], bytes]:
+    """The filter that masks a run of whole DataRow messages, ``data[start:end]``, by ``plan``.
+
+    A run is rewritten in one pass with one join: the bytes between masked
+    values are sliced out of ``data`` as they are, and each row gets its
+    header again with its new length.
+    """
     maskers = plan.maskers
     every = plan.every
     width = len(maskers)
     # For each masked column: how many columns to step over before it, and its
-    # masker, or the encoded field itself when the masker gives a constant.
-    steps: list[tuple[int, Callable[[bytes], bytes | None] | None, bytes | None]] = []
+    # masker, or the encoded field itself (and how much longer than a length it
+    # is) when the masker gives a constant.
+    steps: list[tuple[int, Callable[[bytes], bytes | None], bytes | None, int]] = []
     previous = -1
     for index, masker in enumerate(maskers):
         if masker is not None:
             constant = _constant(masker)
-            steps.append((index - previous - 1, None if constant else masker, constant))
+            steps.append((index - previous - 1, masker, constant, len(constant or b"") - 4))
             previous = index
+    fill = every if every is not None else _null
+    head = _HEAD.unpack_from
     unpack = _LENGTH.unpack_from
     pack = _LENGTH.pack
+    typed = _TYPED.pack
+    prefixes = _PREFIXES
+    headers = _HEADERS
 
-    def rewrite(message: bytes) -> bytes:
-        if every is not None or ((message[5] << 8) | message[6]) != width:
-            # Never described, or not the layout planned (then NULL everything).
-            fill = every if every is not None else _null
-            return _rewrite_all(message, (message[5] << 8) | message[6], fill)
-        parts: list[bytes] = [b"D", b""]
-        pos = 7
-        cut = 5  # the column count stays
-        grown = 0
-        for skip, masker, constant in steps:
-            while skip:
-                size = unpack(message, pos)[0]
-                pos += 4 + size if size > 0 else 4
-                skip -= 1
-            size = unpack(message, pos)[0]
-            if size < 0:
-                pos += 4
-                continue
-            end = pos + 4 + size
-            if constant is not None:
-                parts += (message[cut:pos], constant)
-                grown += len(constant) - 4 - size
-                cut = end
-            else:
-                value = message[pos + 4 : end]
-                new = masker(value)  # type: ignore[misc]
-                if new is None:
-                    parts += (message[cut:pos], _NULL)
-                    grown -= size
-                    cut = end
-                elif new is not value:
-                    parts += (message[cut:pos], pack(len(new)), new)
-                    grown += len(new) - size
-                    cut = end
-            pos = end
-        if cut == 5:
-            return message
-        parts.append(message[cut:])
-        parts[1] = pack(len(message) - 1 + grown)
-        return b"".join(parts)
+    def rewrite(data: bytes, start: int, end: int) -> bytes:
+        parts: list[bytes | None] = []
+        append = parts.append
+        cut = pos = start
+        try:
+            while pos < end:
+                length, count = head(data, pos + 1)
+                row_end = pos + 1 + length
+                append(data[cut:pos])
+                if count != width or every is not None:
+                    # Never described, or not the layout planned (then NULL everything).
+                    append(_rewrite_all(data[pos:row_end], count, fill))
+                    cut = pos = row_end
+                    continue
+                header = len(parts)
+                append(None)  # the row's header, once its new length is known
+                cut = pos + 5  # the column count stays
+                p = pos + 7
+                for skip, masker, constant, longer in steps:
+                    while skip:
+                        size = unpack(data, p)[0]
+                        p += 4 + size if size > 0 else 4
+                        skip -= 1
+                    size = unpack(data, p)[0]
+                    if size < 0:
+                        p += 4
+                        continue
+                    value_end = p + 4 + size
+                    if constant is None:
+                        value = data[p + 4 : value_end]
+                        new = masker(value)
+                        if new is value:  # unchanged: it stays in the next slice
+                            p = value_end
+                            continue
+                    if cut != p:
+                        append(data[cut:p])
+                    if constant is not None:
+                        append(constant)
+                        length += longer - size
+                    elif new is None:
+                        append(_NULL)
+                        length -= size
+                    else:
+                        n = len(new)
+                        append(prefixes[n] if n < 256 else pack(n))
+                        append(new)
+                        length += n - size
+                    p = cut = value_end
+                if p > row_end:
+                    raise _overrun()
+                parts[header] = headers[length] if length < 1024 else typed(_DATA_ROW, length)
+                pos = row_end
+        except struct.error:
+            raise _overrun() from None
+        append(data[cut:end])
+        return b"".join(parts)  # type: ignore[arg-type]
 
     return rewrite
+
+
+def _overrun() -> RemoteProtocolError:
+    return RemoteProtocolError("malformed DataRow: its values overrun the message")
 
 
 def _constant(masker: Callable[[bytes], bytes | None]) -> bytes | None:

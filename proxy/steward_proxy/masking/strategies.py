@@ -48,6 +48,8 @@ TEXT_LIKE_OIDS: Final = frozenset({25, 1043, 1042, 19, 705})
 """text, varchar, bpchar, name, unknown (a literal's type)."""
 INT_WIDTHS: Final = {21: 2, 23: 4, 20: 8}
 _REMEMBERED = 65536  # pseudonyms kept per key (repeated values are common)
+_TRIAL = 4096  # values looked up before judging whether remembering pays
+_REST = 65536  # values then computed without remembering, when it did not
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,29 +88,11 @@ class Strategies:
         if not key:
             raise ValueError("the hash key must not be empty")
         self._key = key
-        # HMAC-SHA256 as its two padded hashes, copied per value (faster than hmac.new).
-        block = key if len(key) <= 64 else hashlib.sha256(key).digest()
-        block = block.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
-        self._pseudonyms: dict[bytes, bytes] = {}
+        self.pseudonym: ValueMasker = _pseudonymizer(key)
+        """``h_`` and 16 hex digits: a stable, keyed stand-in for a value."""
 
     def digest(self, value: bytes) -> bytes:
         return hmac.digest(self._key, value, "sha256")
-
-    def pseudonym(self, value: bytes) -> bytes:
-        """``h_`` and 16 hex digits: a stable, keyed stand-in for ``value``."""
-        known = self._pseudonyms.get(value)
-        if known is None:
-            inner = self._inner.copy()
-            inner.update(value)
-            outer = self._outer.copy()
-            outer.update(inner.digest())
-            known = b"h_" + hexlify(outer.digest()[:8])
-            if len(self._pseudonyms) >= _REMEMBERED:
-                self._pseudonyms.clear()
-            self._pseudonyms[value] = known
-        return known
 
     def text(self, strategy: Strategy, value: bytes) -> bytes | None:
         """``strategy`` applied to a text value (UTF-8 bytes)."""
@@ -156,6 +140,51 @@ class Strategies:
         return mask
 
 
+def _pseudonymizer(key: bytes) -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 under ``key`` as a pseudonym function, remembering recent values.
+
+    The HMAC is its two padded hashes, copied per value: with OpenSSL 3 that
+    is faster than ``hmac.new`` or the one-shot ``hmac.digest``. Remembering
+    pays for repeated values (names, cities) and costs for distinct ones
+    (keys, addresses): when fewer than one lookup in nine found its value
+    over a trial, values are computed without it for a while.
+    """
+    block = key if len(key) <= 64 else hashlib.sha256(key).digest()
+    block = block.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block)).copy
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block)).copy
+    remembered: dict[bytes, bytes] = {}
+    recall = remembered.get
+    found = missed = resting = 0
+
+    def pseudonym(value: bytes) -> bytes:
+        nonlocal found, missed, resting
+        if not resting:
+            known = recall(value)
+            if known is not None:
+                found += 1
+                return known
+        first = inner()
+        first.update(value)
+        second = outer()
+        second.update(first.digest())
+        known = b"h_" + hexlify(second.digest()[:8])
+        if resting:
+            resting -= 1
+            return known
+        missed += 1
+        if missed == _TRIAL:
+            if found * 8 < missed:
+                resting = _REST
+            found = missed = 0
+        if len(remembered) >= _REMEMBERED:
+            remembered.clear()
+        remembered[value] = known
+        return known
+
+    return pseudonym
+
+
 def _partial(value: bytes, keep_last: int) -> bytes:
     text = value.decode("utf-8", "replace")
     if keep_last <= 0 or len(text) <= keep_last:
@@ -164,10 +193,9 @@ def _partial(value: bytes, keep_last: int) -> bytes:
 
 
 def _email(value: bytes) -> bytes:
-    at = value.rfind(b"@")
-    if at <= 0 or at == len(value) - 1:
+    local, _, domain = value.rpartition(b"@")
+    if not local or not domain:
         return REDACTED
     if value[0] < 0x80:
-        return value[:1] + b"***@" + value[at + 1 :]
-    first = value[:at].decode("utf-8", "replace")[0].encode()
-    return first + b"***@" + value[at + 1 :]
+        return value[:1] + b"***@" + domain
+    return local.decode("utf-8", "replace")[0].encode() + b"***@" + domain

@@ -126,6 +126,44 @@ class MessageReader:
         self._pos = pos
         return bytes(buf[start:pos]), spans
 
+    def read_runs(self, run: int) -> tuple[bytes, list[tuple[int, int, int, int]]]:
+        """As :meth:`read_spans`, with each run of consecutive frames of type ``run`` as one span.
+
+        Each span is a type byte, where it starts and ends, and how many frames
+        it holds (1 but for a run). A relay that counts result rows, or
+        rewrites them a run at a time, does nothing per row beyond finding
+        where each one ends.
+        """
+        buf = self._buf
+        start = pos = self._pos
+        size = len(buf)
+        limit = self.max_message_size
+        unpack = _I32.unpack_from
+        spans = []
+        while size - pos >= 5:
+            (length,) = unpack(buf, pos + 1)
+            if length < 4 or length > limit:
+                self._pos = pos
+                self.next_frame()  # raises the precise error
+            end = pos + 1 + length
+            if size < end:
+                break
+            kind = buf[pos]
+            first = pos
+            pos = end
+            count = 1
+            if kind == run:
+                while size - pos >= 5 and buf[pos] == run:
+                    (length,) = unpack(buf, pos + 1)
+                    end = pos + 1 + length
+                    if length < 4 or length > limit or size < end:
+                        break  # the outer loop raises, or waits for the rest
+                    pos = end
+                    count += 1
+            spans.append((kind, first - start, pos - start, count))
+        self._pos = pos
+        return bytes(buf[start:pos]), spans
+
     def unread(self, count: int) -> None:
         """Give back the last ``count`` bytes of what :meth:`read_spans` returned.
 

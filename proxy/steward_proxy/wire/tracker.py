@@ -43,7 +43,9 @@ Rows can be rewritten on their way (masking): a ``plan_rows`` callback is
 asked, for each request that returns rows, with its note, its columns (None
 when the client never had them described) and their formats, and returns a
 :data:`RowFilter` (or None to pass the rows untouched). The filter gets each
-DataRow message whole and returns the DataRow to send instead.
+run of consecutive DataRow messages of a received chunk at once (the chunk
+and where the run starts and ends: one call, not one per row) and returns
+the DataRows to send instead.
 
 Errors and notices can be rewritten too (masking: PostgreSQL quotes values
 in them): a ``screen_messages`` callback gets the note of the request at the
@@ -51,7 +53,7 @@ head of the queue (None if none) and each ErrorResponse or NoticeResponse
 whole, and returns the message to send instead (a refusal's swapped error
 excepted: it is the proxy's own). A ``plan_copy`` callback is asked, when a
 COPY out starts, with the request's note and the CopyOutResponse (whole), and
-returns a filter for each CopyData message of it (or None).
+returns a :data:`CopyFilter` for each CopyData message of it (or None).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ __all__ = [
     "ANSWERS",
     "STAND_IN_SQL",
     "Answer",
+    "CopyFilter",
     "CopyPlanner",
     "Desync",
     "Finished",
@@ -224,9 +227,12 @@ class RowLayout(NamedTuple):
 
 TrackerEvent = Finished | ParameterChanged | RowLayout
 
-RowFilter = Callable[[bytes], bytes]
-"""A DataRow message in, the DataRow message to send in its place out."""
-CopyPlanner = Callable[[Any, bytes], "RowFilter | None"]
+RowFilter = Callable[[bytes, int, int], bytes]
+"""``(chunk, start, end)``: whole DataRow messages ``chunk[start:end]`` in, the DataRows
+to send in their place out."""
+CopyFilter = Callable[[bytes], bytes]
+"""A CopyData message in, the CopyData message to send in its place out."""
+CopyPlanner = Callable[[Any, bytes], "CopyFilter | None"]
 """``(note, CopyOutResponse) -> a filter for its CopyData messages, or None``."""
 MessageScreen = Callable[[Any, bytes], bytes]
 """``(note or None, ErrorResponse or NoticeResponse) -> the message to send``."""
@@ -247,8 +253,8 @@ class _Pending:
     payload: bytes = b""  # REFUSAL: the ErrorResponse the client gets
     settles: bool = False  # SYNC, QUERY_END: ends a run of executed requests
     target: tuple[str, int] | None = None  # DESCRIBE: ("S"|"P", generation)
-    filter: RowFilter | None = None  # STATEMENT, EXECUTE: rewrites each row
-    copy_filter: RowFilter | None = None  # rewrites each CopyData of a COPY out
+    filter: RowFilter | None = None  # STATEMENT, EXECUTE: rewrites its rows
+    copy_filter: CopyFilter | None = None  # rewrites each CopyData of a COPY out
     # EXECUTE whose layout is not known yet: its portal's and statement's
     # generations, and the result formats.
     unplanned: tuple[int, int, tuple[int, ...]] | None = None
@@ -268,7 +274,7 @@ def _refusal(error: bytes) -> _Pending:
 _MAX_NAMED = 10_000  # prepared statements and portals remembered per session
 
 
-def _UNPLANNED(row: bytes) -> bytes:
+def _UNPLANNED(chunk: bytes, start: int, end: int) -> bytes:
     raise AssertionError("an unplanned row filter is never called")
 
 
@@ -577,23 +583,23 @@ class Tracker:
         """
         reader = self._from_server
         reader.feed(data)
-        chunk, spans = reader.read_spans()
+        chunk, spans = reader.read_runs(_DATA_ROW)
         queue = self._queue
         pieces: list[bytes] | None = None  # only when a message is replaced
         cut = 0
-        for kind, start, end in spans:
-            if kind == _DATA_ROW:
+        for kind, start, end, count in spans:
+            if kind == _DATA_ROW:  # a run of ``count`` rows
                 if not queue or queue[0].kind not in _RUNS:
                     raise Desync("a data row")
                 head = queue[0]
-                head.rows += 1
+                head.rows += count
                 if head.filter is not None:
                     if head.filter is _UNPLANNED:
                         self._plan(head, final=True)  # never described: no layout
                     if head.filter is not None:
                         if pieces is None:
                             pieces = []
-                        pieces += (chunk[cut:start], head.filter(chunk[start:end]))
+                        pieces += (chunk[cut:start], head.filter(chunk, start, end))
                         cut = end
                 continue
             if kind == _COMMAND_COMPLETE:  # the common answer, ahead of the table
