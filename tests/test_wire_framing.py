@@ -231,13 +231,14 @@ def test_read_spans_splits_a_typed_stream_at_every_offset() -> None:
         for chunk in chunks:
             reader.feed(chunk)
             whole, spans = reader.read_spans()
-            assert whole == b"".join(whole[start:end] for _, start, end in spans)
-            frames += [Frame(bytes([t]), whole[start:end]) for t, start, end in spans]
+            assert whole == b"".join(whole[start:end] for _, start, end, _ in spans)
+            assert all(count == 1 for *_, count in spans)
+            frames += [Frame(bytes([t]), whole[start:end]) for t, start, end, _ in spans]
         assert frames == expected
         assert reader.pending == 0
 
 
-def test_read_runs_gives_each_run_of_rows_as_one_span_whatever_the_chunking() -> None:
+def test_read_spans_gives_each_run_of_rows_as_one_span_whatever_the_chunking() -> None:
     rows = [DataRow((b"x", None)), DataRow((b"y" * 300,)), DataRow(())]
     messages = [Sync(), *rows, CommandComplete("SELECT 3"), *rows[:1], Sync()]
     data = b"".join(encode(m) for m in messages)
@@ -247,7 +248,7 @@ def test_read_runs_gives_each_run_of_rows_as_one_span_whatever_the_chunking() ->
         frames = []
         for chunk in chunks:
             reader.feed(chunk)
-            whole, spans = reader.read_runs(ord("D"))
+            whole, spans = reader.read_spans(ord("D"))
             assert whole == b"".join(whole[start:end] for _, start, end, _ in spans)
             for kind, start, end, count in spans:
                 run = MessageReader()
@@ -260,11 +261,11 @@ def test_read_runs_gives_each_run_of_rows_as_one_span_whatever_the_chunking() ->
         assert reader.pending == 0
 
 
-def test_read_runs_refuses_an_oversize_length_inside_a_run() -> None:
+def test_read_spans_refuses_a_run_with_an_oversize_length_inside_a_run() -> None:
     reader = MessageReader(max_message_size=100)
     reader.feed(encode(DataRow((b"x",))) + b"D" + struct.pack("!I", 101))
     with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
-        reader.read_runs(ord("D"))
+        reader.read_spans(ord("D"))
 
 
 def test_read_spans_refuses_an_oversize_length() -> None:

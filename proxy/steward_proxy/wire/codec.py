@@ -100,39 +100,15 @@ class MessageReader:
         self._pos = end
         return Frame(_TYPE_BYTES[buf[pos]], bytes(buf[pos:end]))
 
-    def read_spans(self) -> tuple[bytes, list[tuple[int, int, int]]]:
+    def read_spans(self, run: int = -1) -> tuple[bytes, list[tuple[int, int, int, int]]]:
         """Every complete typed frame buffered now, without a copy per frame.
 
         Returns the frames' bytes as one object and, for each frame, its type
-        byte (an int) and where it starts and ends in that object. A relay that
-        forwards most frames untouched passes the bytes on whole.
-        """
-        buf = self._buf
-        start = pos = self._pos
-        size = len(buf)
-        limit = self.max_message_size
-        unpack = _I32.unpack_from
-        spans = []
-        while size - pos >= 5:
-            (length,) = unpack(buf, pos + 1)
-            if length < 4 or length > limit:
-                self._pos = pos
-                self.next_frame()  # raises the precise error
-            end = pos + 1 + length
-            if size < end:
-                break
-            spans.append((buf[pos], pos - start, end - start))
-            pos = end
-        self._pos = pos
-        return bytes(buf[start:pos]), spans
-
-    def read_runs(self, run: int) -> tuple[bytes, list[tuple[int, int, int, int]]]:
-        """As :meth:`read_spans`, with each run of consecutive frames of type ``run`` as one span.
-
-        Each span is a type byte, where it starts and ends, and how many frames
-        it holds (1 but for a run). A relay that counts result rows, or
-        rewrites them a run at a time, does nothing per row beyond finding
-        where each one ends.
+        byte (an int), where it starts and ends in that object and how many
+        frames it holds: 1, but each run of consecutive frames of type ``run``
+        is one span. A relay that forwards most frames untouched passes the
+        bytes on whole; one that counts result rows, or rewrites them a run at
+        a time, does nothing per row beyond finding where each one ends.
         """
         buf = self._buf
         start = pos = self._pos

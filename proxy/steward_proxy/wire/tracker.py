@@ -320,7 +320,7 @@ class Tracker:
         # The client chunk being read: its bytes, frame spans, the next span,
         # and what goes upstream so far (runs of it, with replacements).
         self._chunk = b""
-        self._spans: list[tuple[int, int, int]] = []
+        self._spans: list[tuple[int, int, int, int]] = []
         self._index = 0
         self._cut = 0
         self._out: list[bytes] = []
@@ -402,7 +402,7 @@ class Tracker:
                     if reader.at_eof and reader.pending:
                         raise RemoteProtocolError("connection closed in the middle of a message")
                     return NEED_DATA
-            kind, start, end = spans[index]
+            kind, start, end, _ = spans[index]
             if kind == _QUERY and not self._skipping:  # the common case, inline
                 chunk = self._chunk
                 if chunk[end - 1] != 0:
@@ -445,7 +445,7 @@ class Tracker:
     def refuse(self, statement: Statement, error: bytes) -> None:
         """Refuse ``statement``: the client gets ``error`` (an encoded ErrorResponse)."""
         self._answered(statement)
-        _, start, end = self._spans[self._index - 1]
+        _, start, end, _ = self._spans[self._index - 1]
         self._queue.append(_refusal(error))
         if statement.kind == "P":
             if not statement.name:
@@ -583,7 +583,7 @@ class Tracker:
         """
         reader = self._from_server
         reader.feed(data)
-        chunk, spans = reader.read_runs(_DATA_ROW)
+        chunk, spans = reader.read_spans(_DATA_ROW)
         queue = self._queue
         pieces: list[bytes] | None = None  # only when a message is replaced
         cut = 0
