@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The proxy before the session split: `make bench` measures against it in the same run.
+BENCH_BASELINE ?= a2bd63b
 PYTEST_ARGS ?=
 # Go may be installed outside PATH (the official tarball lives in /usr/local/go).
 export PATH := $(PATH):/usr/local/go/bin
@@ -40,7 +42,7 @@ e2e: $(STAMP) controlplane
 	$(BIN)/python -m pytest e2e $(PYTEST_ARGS)
 
 bench: $(STAMP) system-deps
-	$(BIN)/python bench/pgbench_proxy.py
+	$(BIN)/python bench/pgbench_proxy.py --baseline-ref $(BENCH_BASELINE)
 	$(BIN)/python bench/pgbench_guardrails.py
 	$(BIN)/python bench/large_result.py
 	$(BIN)/python bench/costly_statements.py

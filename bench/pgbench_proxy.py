@@ -10,11 +10,13 @@ governance shows apart from the cost of any Python hop. With ``--baseline-ref
 REF`` the proxy as it was at git commit REF runs in the same pass too (checked
 out into a temporary directory), to measure a change. Each hop's own CPU time
 per transaction is printed too (from /proc): it depends less on what else runs
-on the machine than TPS does. Nothing is asserted:
-numbers depend on the machine. Usage::
+on the machine than TPS does. Every hop runs ``--rounds`` times, in an order
+rotated each round so that none always runs first (or last, after the others
+warmed or loaded the machine), and the medians are printed. Nothing is
+asserted: numbers depend on the machine. Usage::
 
-    .venv/bin/python bench/pgbench_proxy.py [--seconds 15] [--clients 8] [--jobs 2]
-        [--baseline-ref COMMIT]
+    .venv/bin/python bench/pgbench_proxy.py [--seconds 10] [--rounds 3] [--clients 8]
+        [--jobs 2] [--baseline-ref COMMIT]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,22 +85,33 @@ def cpu_seconds(pid: int) -> float:
 
 
 def through(
-    pg: LocalPostgres, args: list[str], *, port: int, user: str, password: str, pid: int
+    pg: LocalPostgres, args: list[str], *, port: int, user: str, password: str, pid: int | None
 ) -> tuple[float, float]:
     """TPS through the hop listening on ``port``, and the hop's CPU µs per transaction.
 
     CPU per transaction does not depend on how busy the machine is as much as
     TPS does: it is the cost of the hop itself.
     """
-    before = cpu_seconds(pid)
+    before = cpu_seconds(pid) if pid is not None else 0.0
     output = pgbench(pg, args, port=port, user=user, password=password).stdout
+    if pid is None:
+        return tps(output), float("nan")
     spent = cpu_seconds(pid) - before
     return tps(output), spent / max(transactions(output), 1) * 1e6
 
 
+def _median(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median TPS and median CPU per transaction of a hop's runs."""
+    return statistics.median(t for t, _ in runs), statistics.median(c for _, c in runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=15, help="duration of each run")
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each run")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="runs of each hop, in an order rotated every round; medians are printed",
+    )  # fmt: skip
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--scale", type=int, default=10)
@@ -165,39 +179,34 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_port("127.0.0.1", relay_port, process=relay)
             run = ["-S", "-n", "-c", str(args.clients), "-j", str(args.jobs)]
             run += ["-T", str(args.seconds)]
-            rows = []
-            for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-                mode_args = [*run, "-M", mode]
-                print(f"pgbench -M {mode}: direct ...", flush=True)
-                direct = tps(
-                    pgbench(
-                        pg, mode_args, port=pg.port, user=user, password=pg.passwords[user]
-                    ).stdout
-                )
-                print(f"pgbench -M {mode}: through the byte-forwarding relay ...", flush=True)
-                relayed = through(
-                    pg,
-                    mode_args,
-                    port=relay_port,
-                    user=user,
-                    password=pg.passwords[user],
-                    pid=relay.pid,
-                )
-                print(f"pgbench -M {mode}: through steward proxy ...", flush=True)
-                assert proxy.process is not None
-                proxied = through(
-                    pg, mode_args, port=proxy.port, user="pgbench", password="",
-                    pid=proxy.process.pid,
-                )  # fmt: skip
-                baseline = None
-                if old is not None:
-                    print(f"pgbench -M {mode}: through {args.baseline_ref}'s proxy ...", flush=True)
-                    assert old.process is not None
-                    baseline = through(
-                        pg, mode_args, port=old.port, user="pgbench", password="",
-                        pid=old.process.pid,
-                    )  # fmt: skip
-                rows.append((mode, direct, relayed, proxied, baseline))
+            assert proxy.process is not None
+            hops: dict[str, tuple[int, str, str, int | None]] = {
+                "direct": (pg.port, user, pg.passwords[user], None),
+                "relay": (relay_port, user, pg.passwords[user], relay.pid),
+                "proxy": (proxy.port, "pgbench", "", proxy.process.pid),
+            }
+            if old is not None:
+                assert old.process is not None
+                hops["baseline"] = (old.port, "pgbench", "", old.process.pid)
+            modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+            runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+            order = list(hops)
+            for round_ in range(args.rounds):
+                for mode in modes:
+                    for hop in order:
+                        port, login, password, pid = hops[hop]
+                        print(f"round {round_ + 1}, pgbench -M {mode}: {hop} ...", flush=True)
+                        runs.setdefault((mode, hop), []).append(
+                            through(
+                                pg, [*run, "-M", mode], port=port, user=login,
+                                password=password, pid=pid,
+                            )
+                        )  # fmt: skip
+                order = order[1:] + order[:1]  # no hop always runs first
+            rows = [
+                (mode, *(_median(runs[mode, hop]) if (mode, hop) in runs else None for hop in hops))
+                for mode in modes
+            ]
         except BaseException:
             print(proxy.log(), file=sys.stderr)
             raise
@@ -212,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"pgbench -S, {args.clients} clients, {args.jobs} threads, {args.seconds}s per run, "
+        f"median of {args.rounds} rounds, "
         f"scale {args.scale}; proxy exit code {exit_code}, {audit_lines} audit records"
     )
     print(
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'relay/direct':>13} {'proxy/direct':>13} {'proxy/relay':>12} "
         f"{'relay CPU':>10} {'proxy CPU':>10}"
     )
-    for mode, direct, (relayed, relay_cpu), (proxied, proxy_cpu), baseline in rows:
+    for mode, (direct, _), (relayed, relay_cpu), (proxied, proxy_cpu), baseline in rows:
         print(
             f"{mode:<10} {direct:>11.0f} {relayed:>10.0f} {proxied:>10.0f} "
             f"{relayed / direct:>13.2f} {proxied / direct:>13.2f} {proxied / relayed:>12.2f} "
