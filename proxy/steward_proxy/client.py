@@ -446,18 +446,21 @@ class ClientProtocol(asyncio.Protocol):
         False (and the session ended) when the records cannot be written: what
         was not recorded must not run, nor its answer be delivered.
         """
-        metrics = self.server.metrics
-        for command, decision, seconds in session.take_metrics():
-            metrics.statement(command, decision, seconds)
-        records = session.take_records()
-        if records:
-            try:
-                self.server.audit.write_many(records)
-            except AuditWriteError as exc:
-                self.server.audit_failure(exc)
-                self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
-                return False
-        if self.server.reviews.changed and not self.server.review_desk.save():
+        server = self.server
+        effects = session.take_effects()
+        if effects is not None:
+            records, events = effects
+            metrics = server.metrics
+            for command, decision, seconds in events:
+                metrics.statement(command, decision, seconds)
+            if records:
+                try:
+                    server.audit.write_many(records)
+                except AuditWriteError as exc:
+                    server.audit_failure(exc)
+                    self.terminate(CONNECTION_REJECTED, "the audit trail cannot be written")
+                    return False
+        if server.reviews.changed and not server.review_desk.save():
             # An approval used must be stored as used before its statement runs.
             self.terminate(CONNECTION_REJECTED, "the review store cannot be written")
             return False

@@ -221,7 +221,8 @@ class MeteredAudit:
             self.metrics.audit_write(((type, fields),), time.perf_counter() - start, ok)
 
     def write_many(self, records: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
-        records = list(records)
+        if not isinstance(records, list):
+            records = list(records)
         start = time.perf_counter()
         ok = False
         try:

@@ -23,8 +23,8 @@ statement's audit record (see docs/masking.md).
 
 Effects are data: :meth:`Session.feed_client` and :meth:`Session.feed_upstream`
 return the bytes for the other side, and the audit records and metric events
-wait in :meth:`Session.take_records` and :meth:`Session.take_metrics` for the
-shell, which writes the records before it forwards the bytes.
+wait in :meth:`Session.take_effects` for the shell, which writes the records
+before it forwards the bytes.
 """
 
 from __future__ import annotations
@@ -219,6 +219,18 @@ class Session:
     def who(self) -> dict[str, Any]:
         """The audit fields that name this session's subject and place."""
         return self._who
+
+    def take_effects(self) -> tuple[list[Record], list[MetricEvent]] | None:
+        """Audit records and metric events since the last call, or None when there are none.
+
+        One call for the shell's hot path; :meth:`take_records` and
+        :meth:`take_metrics` take each kind alone.
+        """
+        records, events = self._records, self._metrics
+        if not records and not events:
+            return None
+        self._records, self._metrics = [], []
+        return records, events
 
     def take_records(self) -> list[Record]:
         """Audit records made since the last call, in order: the shell writes them."""

@@ -89,7 +89,8 @@ ZERO_HASH = "0" * 64
 def check_finite(record: Mapping[str, Any]) -> None:
     """Refuse NaN and infinities, which JSON cannot hold."""
     for value in record.values():
-        if isinstance(value, float) and not math.isfinite(value):
+        # orjson refuses float subclasses, so only floats themselves can be NaN here.
+        if value.__class__ is float and not math.isfinite(value):
             raise ValueError(f"audit records cannot hold {value!r}")
 
 
