@@ -1,0 +1,145 @@
+"""The source of a row filter specialized to one plan's shape.
+
+A plan's shape is, per result column, what the filter does with it: ``keep``
+it, ``call`` its masker on the value, or write a ``constant`` field instead
+(``****``, NULL). :func:`source` writes a function that walks each DataRow of
+a run column by column in straight-line code for that shape: no loop over
+the plan per row, no test of what a column's step is. Per row it reads the
+lengths up to the last masked column, computes each masked column's new
+field, and adds the row to the output as one tuple: its new header, the kept
+bytes between masked fields, the new fields and the kept rest of the row.
+
+Only column numbers and the column count reach the source, and only as
+ints: maskers, constants and every byte of the rows stay values the caller
+binds by name (``masker_<i>``, ``constant_<i>``, ``longer_<i>``: how much
+longer than a length field the constant is). ``rows.row_filter`` compiles it
+and caches the result per shape.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["Kind", "source"]
+
+Kind = Literal["keep", "call", "constant"]
+
+_START = """\
+def make(maskers, constants, longers):
+{bind}
+    def rewrite(data, start, end):
+        parts = []
+        pos = start
+        try:
+            while pos < end:
+                length, count = head(data, pos + 1)
+                row_end = pos + 1 + length
+                if count != {width}:
+                    parts.append(blank(data[pos:row_end], count))
+                    pos = row_end
+                    continue
+                p = pos + 7
+"""
+_SKIP = """\
+                size = unpack(data, p)[0]
+                p += 4 + size if size > 0 else 4
+"""
+_SKIP_MANY = """\
+                for _ in range({count}):
+                    size = unpack(data, p)[0]
+                    p += 4 + size if size > 0 else 4
+"""
+_CALL = """\
+                size = unpack(data, p)[0]
+                if size >= 0:
+                    value_end = p + 4 + size
+                    new_{i} = masker_{i}(data[p + 4 : value_end])
+                    if new_{i} is None:
+                        prefix_{i} = NULL
+                        new_{i} = b""
+                        length -= size
+                    else:
+                        n = len(new_{i})
+                        prefix_{i} = prefixes[n] if n < 256 else pack(n)
+                        length += n - size
+                    p = value_end
+                else:
+                    prefix_{i} = NULL
+                    new_{i} = b""
+                    p += 4
+"""
+_CONSTANT = """\
+                size = unpack(data, p)[0]
+                if size >= 0:
+                    new_{i} = constant_{i}
+                    length += longer_{i} - size
+                    p += 4 + size
+                else:
+                    new_{i} = NULL
+                    p += 4
+"""
+_END = """\
+                if p > row_end:
+                    raise overrun()
+                parts += (
+                    headers[length] if length < 1024 else typed(68, length),
+{pieces}
+                    data[p:row_end],
+                )
+                pos = row_end
+        except struct_error:
+            raise overrun() from None
+        return b"".join(parts)
+
+    return rewrite
+"""
+
+
+def source(shape: tuple[Kind, ...]) -> str:
+    """The module source defining ``make(maskers, constants, longers) -> rewrite``.
+
+    ``rewrite(data, start, end)`` has the contract of ``rows.row_filter``'s
+    filters. The source refers to names the caller defines: ``head``,
+    ``unpack``, ``pack``, ``typed`` (struct functions), ``prefixes``,
+    ``headers``, ``NULL``, ``blank(message, count)``, ``overrun()`` and
+    ``struct_error``.
+    """
+    bind: list[str] = []
+    body: list[str] = []
+    pieces: list[str] = []
+    skip = 0
+    kept = "pos + 5"  # where the kept bytes before the next masked field start, if any
+    for i, kind in enumerate(shape):
+        if kind == "keep":
+            skip += 1
+            continue
+        if skip:
+            if kept is None:
+                body.append("                kept = p\n")
+                kept = "kept"
+            body.append(_SKIP * skip if skip <= 3 else _SKIP_MANY.format(count=int(skip)))
+            skip = 0
+        if kept is not None:
+            body.append(f"                gap_{int(i)} = data[{kept} : p]\n")
+            pieces.append(f"gap_{int(i)}")
+        if kind == "call":
+            bind.append(f"    masker_{int(i)} = maskers[{int(i)}]")
+            body.append(_CALL.format(i=int(i)))
+            pieces += (f"prefix_{int(i)}", f"new_{int(i)}")
+        elif kind == "constant":
+            bind += (
+                f"    constant_{int(i)} = constants[{int(i)}]",
+                f"    longer_{int(i)} = longers[{int(i)}]",
+            )
+            body.append(_CONSTANT.format(i=int(i)))
+            pieces.append(f"new_{int(i)}")
+        else:
+            raise ValueError(f"not a column kind: {kind!r}")
+        kept = None
+    if not pieces:
+        raise ValueError("a shape without a masked column needs no filter")
+    start = _START.format(width=len(shape), bind="\n".join(bind))
+    end = _END.format(pieces="".join(f"                    {piece},\n" for piece in pieces))
+    return start + "".join(body) + end
