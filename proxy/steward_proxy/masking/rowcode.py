@@ -5,9 +5,13 @@ it, ``call`` its masker on the value, or write a ``constant`` field instead
 (``****``, NULL). :func:`source` writes a function that walks each DataRow of
 a run column by column in straight-line code for that shape: no loop over
 the plan per row, no test of what a column's step is. Per row it reads the
-lengths up to the last masked column, computes each masked column's new
-field, and adds the row to the output as one tuple: its new header, the kept
-bytes between masked fields, the new fields and the kept rest of the row.
+lengths up to the last masked column (the first with the row's header),
+computes each masked column's new field, and adds the row to the output as
+one tuple: its new header, the kept bytes between masked fields, the new
+fields and the kept rest of the row. Where the lengths do not fit (a row too
+short to hold a first length, a value past the end of the data), the rest
+of the run goes to the general loop, which masks it or raises the precise
+error.
 
 Only column numbers and the column count reach the source, and only as
 ints: maskers, constants and every byte of the rows stay values the caller
@@ -27,14 +31,14 @@ __all__ = ["Kind", "source"]
 Kind = Literal["keep", "call", "constant"]
 
 _START = """\
-def make(maskers, constants, longers):
+def make(maskers, constants, longers, looped):
 {bind}
     def rewrite(data, start, end):
         parts = []
         pos = start
         try:
             while pos < end:
-                length, count = head(data, pos + 1)
+                length, count, size = head(data, pos + 1)  # and the first value's size
                 row_end = pos + 1 + length
                 if count != {width}:
                     parts.append(blank(data[pos:row_end], count))
@@ -42,17 +46,19 @@ def make(maskers, constants, longers):
                     continue
                 p = pos + 7
 """
-_SKIP = """\
+_READ = """\
                 size = unpack(data, p)[0]
+"""
+_ADVANCE = """\
                 p += 4 + size if size > 0 else 4
 """
+_SKIP = _READ + _ADVANCE
 _SKIP_MANY = """\
                 for _ in range({count}):
                     size = unpack(data, p)[0]
                     p += 4 + size if size > 0 else 4
 """
 _CALL = """\
-                size = unpack(data, p)[0]
                 if size >= 0:
                     value_end = p + 4 + size
                     new_{i} = masker_{i}(data[p + 4 : value_end])
@@ -71,7 +77,6 @@ _CALL = """\
                     p += 4
 """
 _CONSTANT = """\
-                size = unpack(data, p)[0]
                 if size >= 0:
                     new_{i} = constant_{i}
                     length += longer_{i} - size
@@ -89,8 +94,8 @@ _END = """\
                     data[p:row_end],
                 )
                 pos = row_end
-        except struct_error:
-            raise overrun() from None
+        except struct_error:  # a row too short for the first size, or one that overruns
+            parts.append(looped(data, pos, end))
         return b"".join(parts)
 
     return rewrite
@@ -98,13 +103,14 @@ _END = """\
 
 
 def source(shape: tuple[Kind, ...]) -> str:
-    """The module source defining ``make(maskers, constants, longers) -> rewrite``.
+    """The module source defining ``make(maskers, constants, longers, looped) -> rewrite``.
 
     ``rewrite(data, start, end)`` has the contract of ``rows.row_filter``'s
-    filters. The source refers to names the caller defines: ``head``,
-    ``unpack``, ``pack``, ``typed`` (struct functions), ``prefixes``,
-    ``headers``, ``NULL``, ``blank(message, count)``, ``overrun()`` and
-    ``struct_error``.
+    filters; ``looped`` is the general filter for the same plan. The source
+    refers to names the caller defines: ``head`` (a DataRow's length, column
+    count and first size), ``unpack``, ``pack``, ``typed`` (struct functions),
+    ``prefixes``, ``headers``, ``NULL``, ``blank(message, count)``,
+    ``overrun()`` and ``struct_error``.
     """
     bind: list[str] = []
     body: list[str] = []
@@ -112,8 +118,11 @@ def source(shape: tuple[Kind, ...]) -> str:
     skip = 0
     kept = "pos + 5"  # where the kept bytes before the next masked field start, if any
     for i, kind in enumerate(shape):
-        if kind == "keep":
+        if kind == "keep" and i == 0:
+            body.append(_ADVANCE)  # its size came with the row's header
+        elif kind == "keep":
             skip += 1
+        if kind == "keep":
             continue
         if skip:
             if kept is None:
@@ -124,6 +133,8 @@ def source(shape: tuple[Kind, ...]) -> str:
         if kept is not None:
             body.append(f"                gap_{int(i)} = data[{kept} : p]\n")
             pieces.append(f"gap_{int(i)}")
+        if i:
+            body.append(_READ)
         if kind == "call":
             bind.append(f"    masker_{int(i)} = maskers[{int(i)}]")
             body.append(_CALL.format(i=int(i)))

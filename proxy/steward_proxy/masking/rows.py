@@ -45,6 +45,7 @@ __all__ = [
 
 _LENGTH = struct.Struct("!i")
 _HEAD = struct.Struct("!iH")  # a DataRow's length and column count, after its type byte
+_HEAD_AND_SIZE = struct.Struct("!iHi")  # and its first value's size
 _TYPED = struct.Struct("!Bi")  # a message's type byte and length
 _DATA_ROW = ord("D")
 _PREFIXES = tuple(_LENGTH.pack(n) for n in range(256))  # encoded lengths of short values
@@ -88,13 +89,13 @@ def specialized_filter(plan: Plan) -> RowFilter:
         for m, c in zip(maskers, constants, strict=True)
     )
     longers = tuple(len(c) - 4 if c else 0 for c in constants)
-    return _compiled(shape)(maskers, constants, longers)
+    return _compiled(shape)(maskers, constants, longers, looped_filter(plan))
 
 
 @lru_cache(maxsize=256)
 def _compiled(shape: tuple[rowcode.Kind, ...]) -> Callable[..., RowFilter]:
     namespace = {
-        "head": _HEAD.unpack_from,
+        "head": _HEAD_AND_SIZE.unpack_from,
         "unpack": _LENGTH.unpack_from,
         "pack": _LENGTH.pack,
         "typed": _TYPED.pack,
