@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from steward_proxy import wire
 from steward_proxy.masking import rowcode
 from steward_proxy.masking.catalog import Catalog
+from steward_proxy.masking.detect import NEEDED
 from steward_proxy.masking.plan import Masker, MaskingConfig, Plan
 from steward_proxy.masking.rows import looped_filter, row_filter, specialized_filter
 from steward_proxy.masking.strategies import Strategies, Strategy, ValueMasker
@@ -71,7 +72,7 @@ def model(maskers: list[ValueMasker | None], row: bytes) -> bytes:
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> tuple[list[ValueMasker | None], list[bytes]]:
+def cases(draw: st.DrawFn) -> tuple[Plan, list[bytes]]:
     # Kept columns as often as masked ones, so that runs of them (a loop in the
     # specialized filter from four on) come up.
     column = st.none() | st.sampled_from(sorted(MASKERS))
@@ -87,7 +88,10 @@ def cases(draw: st.DrawFn) -> tuple[list[ValueMasker | None], list[bytes]]:
             max_size=8,
         )
     )
-    return maskers, [data_row(*values) for values in rows]
+    # Detection's screen, on some of its columns: the filter then calls it only on values
+    # the screen lets through.
+    screens = {i: NEEDED for i, n in enumerate(names) if n == "detect" and draw(st.booleans())}
+    return Plan(maskers, screens=screens), [data_row(*values) for values in rows]
 
 
 FILTERS = [
@@ -103,12 +107,13 @@ Build = Callable[[Plan], Callable[[bytes, int, int], bytes]]
 @given(case=cases(), cuts=st.lists(st.integers(1, 7), max_size=4), around=st.binary(max_size=6))
 def test_any_cut_into_runs_gives_the_rows_the_model_gives(
     build: Build,
-    case: tuple[list[ValueMasker | None], list[bytes]],
+    case: tuple[Plan, list[bytes]],
     cuts: list[int],
     around: bytes,
 ) -> None:
-    maskers, rows = case
-    rewrite = build(Plan(maskers))
+    plan, rows = case
+    maskers = plan.maskers
+    rewrite = build(plan)
     expected = b"".join(model(maskers, row) for row in rows)
     run = b"".join(rows)
     assert rewrite(run, 0, len(run)) == expected

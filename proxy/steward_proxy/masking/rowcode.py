@@ -1,23 +1,24 @@
 """The source of a row filter specialized to one plan's shape.
 
 A plan's shape is, per result column, what the filter does with it: ``keep``
-it, ``call`` its masker on the value, or write a ``constant`` field instead
-(``****``, NULL). :func:`source` writes a function that walks each DataRow of
-a run column by column in straight-line code for that shape: no loop over
-the plan per row, no test of what a column's step is. Per row it reads the
-lengths up to the last masked column (the first with the row's header),
-computes each masked column's new field, and adds the row to the output as
-one tuple: its new header, the kept bytes between masked fields, the new
-fields and the kept rest of the row. Where the lengths do not fit (a row too
-short to hold a first length, a value past the end of the data), the rest
-of the run goes to the general loop, which masks it or raises the precise
-error.
+it, ``call`` its masker on the value, call it only when the value passes a
+screen (``screened``: detection, whose masker gives most values back as they
+are) or write a ``constant`` field instead (``****``, NULL). :func:`source`
+writes a function that walks each DataRow of a run column by column in
+straight-line code for that shape: no loop over the plan per row, no test of
+what a column's step is. Per row it reads the lengths up to the last masked
+column (the first with the row's header), computes each masked column's new
+field, and adds the row to the output as one tuple: its new header, the kept
+bytes between masked fields, the new fields and the kept rest of the row.
+Where the lengths do not fit (a row too short to hold a first length, a
+value past the end of the data), the rest of the run goes to the general
+loop, which masks it or raises the precise error.
 
 Only column numbers and the column count reach the source, and only as
-ints: maskers, constants and every byte of the rows stay values the caller
-binds by name (``masker_<i>``, ``constant_<i>``, ``longer_<i>``: how much
-longer than a length field the constant is). ``rows.row_filter`` compiles it
-and caches the result per shape.
+ints: maskers, screens, constants and every byte of the rows stay values the
+caller binds by name (``masker_<i>``, ``screen_<i>``, ``constant_<i>``,
+``longer_<i>``: how much longer than a length field the constant is).
+``rows.row_filter`` compiles it and caches the result per shape.
 
 Pure: no I/O.
 """
@@ -28,10 +29,10 @@ from typing import Literal
 
 __all__ = ["Kind", "source"]
 
-Kind = Literal["keep", "call", "constant"]
+Kind = Literal["keep", "call", "screened", "constant"]
 
 _START = """\
-def make(maskers, constants, longers, looped):
+def make(maskers, constants, longers, screens, looped):
 {bind}
     def rewrite(data, start, end):
         parts = []
@@ -76,6 +77,28 @@ _CALL = """\
                     new_{i} = b""
                     p += 4
 """
+_SCREENED = """\
+                if size >= 0:
+                    value_end = p + 4 + size
+                    new_{i} = data[p + 4 : value_end]
+                    if 0 in new_{i}.translate(screen_{i}):
+                        new_{i} = masker_{i}(new_{i})
+                        if new_{i} is None:
+                            prefix_{i} = NULL
+                            new_{i} = b""
+                            length -= size
+                        else:
+                            n = len(new_{i})
+                            prefix_{i} = prefixes[n] if n < 256 else pack(n)
+                            length += n - size
+                    else:
+                        prefix_{i} = prefixes[size] if size < 256 else pack(size)
+                    p = value_end
+                else:
+                    prefix_{i} = NULL
+                    new_{i} = b""
+                    p += 4
+"""
 _CONSTANT = """\
                 if size >= 0:
                     new_{i} = constant_{i}
@@ -103,10 +126,12 @@ _END = """\
 
 
 def source(shape: tuple[Kind, ...]) -> str:
-    """The module source defining ``make(maskers, constants, longers, looped) -> rewrite``.
+    """The module source defining ``make(maskers, constants, longers, screens, looped)``.
 
-    ``rewrite(data, start, end)`` has the contract of ``rows.row_filter``'s
-    filters; ``looped`` is the general filter for the same plan. The source
+    It returns ``rewrite(data, start, end)``, with the contract of
+    ``rows.row_filter``'s filters; ``looped`` is the general filter for the
+    same plan. A ``screened`` column's masker is called on a value only when
+    its screen (a translation table) leaves a NUL byte in it. The source
     refers to names the caller defines: ``head`` (a DataRow's length, column
     count and first size), ``unpack``, ``pack``, ``typed`` (struct functions),
     ``prefixes``, ``headers``, ``NULL``, ``blank(message, count)``,
@@ -135,9 +160,11 @@ def source(shape: tuple[Kind, ...]) -> str:
             pieces.append(f"gap_{int(i)}")
         if i:
             body.append(_READ)
-        if kind == "call":
+        if kind in ("call", "screened"):
             bind.append(f"    masker_{int(i)} = maskers[{int(i)}]")
-            body.append(_CALL.format(i=int(i)))
+            if kind == "screened":
+                bind.append(f"    screen_{int(i)} = screens[{int(i)}]")
+            body.append((_CALL if kind == "call" else _SCREENED).format(i=int(i)))
             pieces += (f"prefix_{int(i)}", f"new_{int(i)}")
         elif kind == "constant":
             bind += (

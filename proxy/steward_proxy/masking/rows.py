@@ -84,12 +84,18 @@ def specialized_filter(plan: Plan) -> RowFilter:
     """:func:`row_filter` as code written for the shape of ``plan`` (columns described)."""
     maskers = tuple(plan.maskers)
     constants = tuple(_constant(m) if m is not None else None for m in maskers)
-    shape = tuple(
-        "keep" if m is None else "call" if c is None else "constant"
-        for m, c in zip(maskers, constants, strict=True)
-    )
+    screens = tuple(plan.screens.get(i) for i in range(len(maskers)))
+    shape = tuple(map(_kind, maskers, constants, screens))
     longers = tuple(len(c) - 4 if c else 0 for c in constants)
-    return _compiled(shape)(maskers, constants, longers, looped_filter(plan))
+    return _compiled(shape)(maskers, constants, longers, screens, looped_filter(plan))
+
+
+def _kind(masker: object, constant: bytes | None, screen: bytes | None) -> rowcode.Kind:
+    if masker is None:
+        return "keep"
+    if constant is not None:
+        return "constant"
+    return "call" if screen is None else "screened"
 
 
 @lru_cache(maxsize=256)
