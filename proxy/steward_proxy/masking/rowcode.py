@@ -179,5 +179,5 @@ def source(shape: tuple[Kind, ...]) -> str:
     if not pieces:
         raise ValueError("a shape without a masked column needs no filter")
     start = _START.format(width=len(shape), bind="\n".join(bind))
-    end = _END.format(pieces="".join(f"                    {piece},\n" for piece in pieces))
+    end = _END.format(pieces="\n".join(f"                    {piece}," for piece in pieces))
     return start + "".join(body) + end
