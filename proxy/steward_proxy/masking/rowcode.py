@@ -129,8 +129,10 @@ def source(shape: tuple[Kind, ...]) -> str:
     """The module source defining ``make(maskers, constants, longers, screens, looped)``.
 
     It returns ``rewrite(data, start, end)``, with the contract of
-    ``rows.row_filter``'s filters; ``looped`` is the general filter for the
-    same plan. A ``screened`` column's masker is called on a value only when
+    ``rows.row_filter``'s filters. ``make`` looks each masked column's masker,
+    constant, its length less four, and screen up by column number in its
+    first four arguments; ``looped`` is the general filter for the same plan.
+    A ``screened`` column's masker is called on a value only when
     its screen (a translation table) leaves a NUL byte in it. The source
     refers to names the caller defines: ``head`` (a DataRow's length, column
     count and first size), ``unpack``, ``pack``, ``typed`` (struct functions),

@@ -82,20 +82,29 @@ def row_filter(plan: Plan) -> RowFilter:
 
 def specialized_filter(plan: Plan) -> RowFilter:
     """:func:`row_filter` as code written for the shape of ``plan`` (columns described)."""
-    maskers = tuple(plan.maskers)
-    constants = tuple(_constant(m) if m is not None else None for m in maskers)
-    screens = tuple(plan.screens.get(i) for i in range(len(maskers)))
-    shape = tuple(map(_kind, maskers, constants, screens))
-    longers = tuple(len(c) - 4 if c else 0 for c in constants)
-    return _compiled(shape)(maskers, constants, longers, screens, looped_filter(plan))
+    maskers = plan.maskers
+    screens = plan.screens
+    shape: list[rowcode.Kind] = []
+    constants: dict[int, bytes] = {}
+    for i, masker in enumerate(maskers):
+        constant = _constant(masker) if masker is not None else None
+        if constant is not None:
+            constants[i] = constant
+        shape.append(_kind(masker, constant, i in screens))
+    longers = {i: len(c) - 4 for i, c in constants.items()}
+
+    def looped(data: bytes, start: int, end: int) -> bytes:
+        return looped_filter(plan)(data, start, end)
+
+    return _compiled(tuple(shape))(maskers, constants, longers, screens, looped)
 
 
-def _kind(masker: object, constant: bytes | None, screen: bytes | None) -> rowcode.Kind:
+def _kind(masker: object, constant: bytes | None, screened: bool) -> rowcode.Kind:
     if masker is None:
         return "keep"
     if constant is not None:
         return "constant"
-    return "call" if screen is None else "screened"
+    return "screened" if screened else "call"
 
 
 @lru_cache(maxsize=256)
