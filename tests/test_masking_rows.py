@@ -89,8 +89,47 @@ def cases(draw: st.DrawFn) -> tuple[Plan, list[bytes]]:
         )
     )
     # Detection's screen, on some of its columns: the filter then calls it only on values
-    # the screen lets through.
-    screens = {i: NEEDED for i, n in enumerate(names) if n == "detect" and draw(st.booleans())}
+    # the screen lets through. An equal table of its own is not run together with the others.
+    screen = st.sampled_from([NEEDED, bytes(bytearray(NEEDED))])
+    screens = {
+        i: draw(screen) for i, n in enumerate(names) if n == "detect" and draw(st.booleans())
+    }
+    return Plan(maskers, screens=screens), [data_row(*values) for values in rows]
+
+
+LOWER = bytes(0 if 0x61 <= byte <= 0x7A else 0x78 for byte in range(256))
+"""A screen for ``bytes.upper``: what it stops has no letter to change."""
+
+
+@st.composite
+def screened_cases(draw: st.DrawFn) -> tuple[Plan, list[bytes]]:
+    """Plans of mostly screened columns, in runs (screened at once)."""
+    choices = ["detect"] * 4 + ["upper", None, "hash"]
+    names = draw(st.lists(st.sampled_from(choices), min_size=1, max_size=8))
+    if "detect" not in names:
+        names[0] = "detect"
+    maskers = [
+        bytes.upper if n == "upper" else MASKERS[n] if n is not None else None for n in names
+    ]
+    # Detection's table, or an equal one of a column's own; upper-casing's own table.
+    # A run is screened at once only by one table: a column with another is on its own.
+    screens = {
+        i: LOWER
+        if n == "upper"
+        else NEEDED
+        if draw(st.integers(0, 5))
+        else bytes(bytearray(NEEDED))
+        for i, n in enumerate(names)
+        if n is not None and n != "hash"
+    }
+    width = st.just(len(maskers)) | st.integers(0, 7)
+    rows = draw(
+        st.lists(
+            width.flatmap(lambda n: st.lists(VALUES, min_size=n, max_size=n)),
+            min_size=1,
+            max_size=8,
+        )
+    )
     return Plan(maskers, screens=screens), [data_row(*values) for values in rows]
 
 
@@ -104,7 +143,11 @@ Build = Callable[[Plan], Callable[[bytes, int, int], bytes]]
 
 @pytest.mark.parametrize("build", FILTERS)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=cases(), cuts=st.lists(st.integers(1, 7), max_size=4), around=st.binary(max_size=6))
+@given(
+    case=cases() | screened_cases(),
+    cuts=st.lists(st.integers(1, 7), max_size=4),
+    around=st.binary(max_size=6),
+)
 def test_any_cut_into_runs_gives_the_rows_the_model_gives(
     build: Build,
     case: tuple[Plan, list[bytes]],
@@ -181,12 +224,15 @@ def malformed(count: int, *fields: tuple[int, bytes]) -> bytes:
         ),
     ],
 )
-@pytest.mark.parametrize("masker", ["redact", "hash", "detect"])
+@pytest.mark.parametrize("masker", ["redact", "hash", "detect", "screened detection"])
 @pytest.mark.parametrize("build", FILTERS)
 def test_values_that_overrun_their_row_are_a_protocol_error(
     row: bytes, masker: str, build: Build
 ) -> None:
-    masked = build(Plan([None, MASKERS[masker]]))
+    if masker == "screened detection":
+        masked = build(Plan([None, DETECTOR], screens={1: NEEDED}))
+    else:
+        masked = build(Plan([None, MASKERS[masker]]))
     for data in (row, row + data_row(b"123-45-6789", b"536-22-8714")):
         with pytest.raises(RemoteProtocolError, match="overrun"):
             masked(data, 0, len(data))

@@ -25,6 +25,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from textwrap import indent
 from typing import Literal
 
 __all__ = ["Kind", "source"]
@@ -149,8 +150,8 @@ def source(shape: tuple[Kind, ...]) -> str:
             body.append(_ADVANCE)  # its size came with the row's header
         elif kind == "keep":
             skip += 1
-        if kind == "keep":
-            continue
+        if kind == "keep" or (kind == "screened" and i and shape[i - 1] == "screened"):
+            continue  # kept, or screened with the run of screened columns it is in
         if skip:
             if kept is None:
                 body.append("                kept = p\n")
@@ -160,13 +161,19 @@ def source(shape: tuple[Kind, ...]) -> str:
         if kept is not None:
             body.append(f"                gap_{int(i)} = data[{kept} : p]\n")
             pieces.append(f"gap_{int(i)}")
+        if kind == "screened":
+            run = 1
+            while i + run < len(shape) and shape[i + run] == "screened":
+                run += 1
+            bind += _screened_run(body, int(i), int(run))
+            pieces.append(f"run_{int(i)}")
+            kept = None
+            continue
         if i:
             body.append(_READ)
-        if kind in ("call", "screened"):
+        if kind == "call":
             bind.append(f"    masker_{int(i)} = maskers[{int(i)}]")
-            if kind == "screened":
-                bind.append(f"    screen_{int(i)} = screens[{int(i)}]")
-            body.append((_CALL if kind == "call" else _SCREENED).format(i=int(i)))
+            body.append(_CALL.format(i=int(i)))
             pieces += (f"prefix_{int(i)}", f"new_{int(i)}")
         elif kind == "constant":
             bind += (
@@ -183,3 +190,27 @@ def source(shape: tuple[Kind, ...]) -> str:
     start = _START.format(width=len(shape), bind="\n".join(bind))
     end = _END.format(pieces="\n".join(f"                    {piece}," for piece in pieces))
     return start + "".join(body) + end
+
+
+def _screened_run(body: list[str], first: int, count: int) -> list[str]:
+    """Code for ``count`` screened columns from ``first`` on; returns the names it binds.
+
+    The run's fields (lengths and values) are screened at once, by its first
+    column's screen (the caller gives the columns of a run one screen): when
+    it lets none of their bytes through, they are kept as they are;
+    otherwise each value is screened, and masked, on its own.
+    """
+    columns = range(first, first + count)
+    body.append("                run_start = p\n")
+    for i in columns:
+        body.append((_READ if i else "") + _ADVANCE)
+    body.append(f"                run_{first} = data[run_start:p]\n")
+    body.append(f"                if 0 in run_{first}.translate(screen_{first}):\n")
+    body.append("                    p = run_start\n")
+    for i in columns:
+        body.append(indent(_READ + _SCREENED.format(i=i), "    "))
+    each = ", ".join(f"prefix_{i}, new_{i}" for i in columns)
+    body.append(f'                    run_{first} = b"".join(({each}))\n')
+    bind = [f"    masker_{i} = maskers[{i}]" for i in columns]
+    bind += [f"    screen_{i} = screens[{i}]" for i in columns]
+    return bind

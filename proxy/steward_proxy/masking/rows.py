@@ -84,13 +84,15 @@ def specialized_filter(plan: Plan) -> RowFilter:
     """:func:`row_filter` as code written for the shape of ``plan`` (columns described)."""
     maskers = plan.maskers
     screens = plan.screens
+    # Runs of screened columns are screened at once: by one table (others are called).
+    screen = next(iter(screens.values()), None)
     shape: list[rowcode.Kind] = []
     constants: dict[int, bytes] = {}
     for i, masker in enumerate(maskers):
         constant = _constant(masker) if masker is not None else None
         if constant is not None:
             constants[i] = constant
-        shape.append(_kind(masker, constant, i in screens))
+        shape.append(_kind(masker, constant, screen is not None and screens.get(i) is screen))
     longers = {i: len(c) - 4 for i, c in constants.items()}
 
     def looped(data: bytes, start: int, end: int) -> bytes:
