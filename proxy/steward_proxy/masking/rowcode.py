@@ -14,9 +14,9 @@ Where the lengths do not fit (a row too short to hold a first length, a
 value past the end of the data), the rest of the run goes to the general
 loop, which masks it or raises the precise error.
 
-Only column numbers and the column count reach the source, and only as
-ints: maskers, screens, constants and every byte of the rows stay values the
-caller binds by name (``masker_<i>``, ``screen_<i>``, ``constant_<i>``,
+Only column numbers and counts reach the source, all of them ints counted
+here from the shape: maskers, screens, constants and every byte of the rows
+stay values the caller binds by name (``masker_<i>``, ``screen_<i>``, ``constant_<i>``,
 ``longer_<i>``: how much longer than a length field the constant is).
 ``rows.row_filter`` compiles it and caches the result per shape.
 
@@ -26,7 +26,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 from textwrap import indent
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = ["Kind", "source"]
 
@@ -133,58 +133,57 @@ def source(shape: tuple[Kind, ...]) -> str:
     ``rows.row_filter``'s filters. ``make`` looks each masked column's masker,
     constant, its length less four, and screen up by column number in its
     first four arguments; ``looped`` is the general filter for the same plan.
-    A ``screened`` column's masker is called on a value only when
-    its screen (a translation table) leaves a NUL byte in it. The source
+    A ``screened`` column's masker is called on a value only when its screen
+    (a translation table) leaves a NUL byte in it. The source
     refers to names the caller defines: ``head`` (a DataRow's length, column
     count and first size), ``unpack``, ``pack``, ``typed`` (struct functions),
     ``prefixes``, ``headers``, ``NULL``, ``blank(message, count)``,
     ``overrun()`` and ``struct_error``.
     """
+    unknown = set(shape) - set(get_args(Kind))
+    if unknown:
+        raise ValueError(f"not column kinds: {sorted(unknown)}")
     bind: list[str] = []
     body: list[str] = []
     pieces: list[str] = []
-    skip = 0
+    skip = 0  # kept columns not yet stepped over
     kept = "pos + 5"  # where the kept bytes before the next masked field start, if any
     for i, kind in enumerate(shape):
-        if kind == "keep" and i == 0:
-            body.append(_ADVANCE)  # its size came with the row's header
-        elif kind == "keep":
-            skip += 1
-        if kind == "keep" or (kind == "screened" and i and shape[i - 1] == "screened"):
-            continue  # kept, or screened with the run of screened columns it is in
+        if kind == "keep":
+            if i == 0:
+                body.append(_ADVANCE)  # its size came with the row's header
+            else:
+                skip += 1
+            continue
+        if kind == "screened" and i and shape[i - 1] == "screened":
+            continue  # in the run of screened columns before it
         if skip:
             if kept is None:
                 body.append("                kept = p\n")
                 kept = "kept"
-            body.append(_SKIP * skip if skip <= 3 else _SKIP_MANY.format(count=int(skip)))
+            body.append(_SKIP * skip if skip <= 3 else _SKIP_MANY.format(count=skip))
             skip = 0
         if kept is not None:
-            body.append(f"                gap_{int(i)} = data[{kept} : p]\n")
-            pieces.append(f"gap_{int(i)}")
+            body.append(f"                gap_{i} = data[{kept} : p]\n")
+            pieces.append(f"gap_{i}")
+        kept = None
         if kind == "screened":
             run = 1
             while i + run < len(shape) and shape[i + run] == "screened":
                 run += 1
-            bind += _screened_run(body, int(i), int(run))
-            pieces.append(f"run_{int(i)}")
-            kept = None
+            bind += _screened_run(body, i, run)
+            pieces.append(f"run_{i}")
             continue
         if i:
             body.append(_READ)
         if kind == "call":
-            bind.append(f"    masker_{int(i)} = maskers[{int(i)}]")
-            body.append(_CALL.format(i=int(i)))
-            pieces += (f"prefix_{int(i)}", f"new_{int(i)}")
-        elif kind == "constant":
-            bind += (
-                f"    constant_{int(i)} = constants[{int(i)}]",
-                f"    longer_{int(i)} = longers[{int(i)}]",
-            )
-            body.append(_CONSTANT.format(i=int(i)))
-            pieces.append(f"new_{int(i)}")
+            bind.append(f"    masker_{i} = maskers[{i}]")
+            body.append(_CALL.format(i=i))
+            pieces += (f"prefix_{i}", f"new_{i}")
         else:
-            raise ValueError(f"not a column kind: {kind!r}")
-        kept = None
+            bind += (f"    constant_{i} = constants[{i}]", f"    longer_{i} = longers[{i}]")
+            body.append(_CONSTANT.format(i=i))
+            pieces.append(f"new_{i}")
     if not pieces:
         raise ValueError("a shape without a masked column needs no filter")
     start = _START.format(width=len(shape), bind="\n".join(bind))
