@@ -113,15 +113,9 @@ def screened_cases(draw: st.DrawFn) -> tuple[Plan, list[bytes]]:
     ]
     # Detection's table, or an equal one of a column's own; upper-casing's own table.
     # A run is screened at once only by one table: a column with another is on its own.
-    screens = {
-        i: LOWER
-        if n == "upper"
-        else NEEDED
-        if draw(st.integers(0, 5))
-        else bytes(bytearray(NEEDED))
-        for i, n in enumerate(names)
-        if n is not None and n != "hash"
-    }
+    own = st.integers(0, 5).map(lambda n: NEEDED if n else bytes(bytearray(NEEDED)))
+    screens = {i: draw(own) for i, n in enumerate(names) if n == "detect"}
+    screens |= {i: LOWER for i, n in enumerate(names) if n == "upper"}
     width = st.just(len(maskers)) | st.integers(0, 7)
     rows = draw(
         st.lists(
@@ -205,6 +199,17 @@ def test_a_plan_of_many_masked_columns_goes_through_the_general_loop() -> None:
 def test_the_specialized_source_is_written_for_known_shapes_only(shape: tuple[str, ...]) -> None:
     with pytest.raises(ValueError):
         rowcode.source(shape)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("build", FILTERS)
+def test_a_value_past_its_row_in_a_run_of_screened_columns_is_a_protocol_error(
+    build: Build,
+) -> None:
+    masked = build(Plan([None, DETECTOR, DETECTOR], screens={1: NEEDED, 2: NEEDED}))
+    row = malformed(3, (1, b"a"), (2, b"bc"), (50, b"de"))
+    for data in (row, row + data_row(b"1", b"ann@example.org", b"x")):
+        with pytest.raises(RemoteProtocolError, match="overrun"):
+            masked(data, 0, len(data))
 
 
 def malformed(count: int, *fields: tuple[int, bytes]) -> bytes:
