@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from steward_proxy import wire
 from steward_proxy.masking.catalog import Catalog
-from steward_proxy.masking.detect import find
+from steward_proxy.masking.detect import NEEDED, find
 from steward_proxy.masking.lineage import analyze
 from steward_proxy.masking.plan import Masker, MaskingConfig
 from steward_proxy.masking.strategies import Strategies
@@ -214,6 +216,17 @@ def test_detection_masks_spans_of_columns_no_rule_covers() -> None:
     assert plan is not None and plan.maskers[0] is not None
     assert plan.maskers[0](b"id 536-22-8714 ok") == b"id ****8714 ok"
     assert plan.labels == {"US_SSN:partial"}
+    # Its screen: the row filter calls the detector only on values it lets through.
+    assert plan.screens == {0: NEEDED}
+
+
+@settings(max_examples=300)
+@given(value=st.binary(max_size=40) | st.text(max_size=40).map(str.encode))
+def test_what_the_detection_screen_stops_the_detector_gives_back_unchanged(value: bytes) -> None:
+    plan = masker(detect=True).plan(analyze("SELECT name FROM users")[0], [field("name", USERS, 2)])
+    assert plan is not None and plan.maskers[0] is not None
+    if 0 not in value.translate(plan.screens[0]):
+        assert plan.maskers[0](value) is value
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steward_proxy import wire
+from steward_proxy.masking import rowcode
 from steward_proxy.masking.catalog import Catalog
+from steward_proxy.masking.detect import NEEDED
 from steward_proxy.masking.plan import Masker, MaskingConfig, Plan
-from steward_proxy.masking.rows import row_filter
+from steward_proxy.masking.rows import looped_filter, row_filter, specialized_filter
 from steward_proxy.masking.strategies import Strategies, Strategy, ValueMasker
 from steward_proxy.wire import RemoteProtocolError
 
@@ -70,8 +72,11 @@ def model(maskers: list[ValueMasker | None], row: bytes) -> bytes:
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> tuple[list[ValueMasker | None], list[bytes]]:
-    names = draw(st.lists(st.sampled_from([None, *MASKERS]), min_size=1, max_size=6))
+def cases(draw: st.DrawFn) -> tuple[Plan, list[bytes]]:
+    # Kept columns as often as masked ones, so that runs of them (a loop in the
+    # specialized filter from four on) come up.
+    column = st.none() | st.sampled_from(sorted(MASKERS))
+    names = draw(st.lists(column, min_size=1, max_size=10))
     if all(n is None for n in names):
         names[draw(st.integers(0, len(names) - 1))] = draw(st.sampled_from(sorted(MASKERS)))
     maskers = [MASKERS[n] if n is not None else None for n in names]
@@ -83,16 +88,69 @@ def cases(draw: st.DrawFn) -> tuple[list[ValueMasker | None], list[bytes]]:
             max_size=8,
         )
     )
-    return maskers, [data_row(*values) for values in rows]
+    # Detection's screen, on some of its columns: the filter then calls it only on values
+    # the screen lets through. An equal table of its own is not run together with the others.
+    screen = st.sampled_from([NEEDED, bytes(bytearray(NEEDED))])
+    screens = {
+        i: draw(screen) for i, n in enumerate(names) if n == "detect" and draw(st.booleans())
+    }
+    return Plan(maskers, screens=screens), [data_row(*values) for values in rows]
 
 
+LOWER = bytes(0 if 0x61 <= byte <= 0x7A else 0x78 for byte in range(256))
+"""A screen for ``bytes.upper``: what it stops has no letter to change."""
+
+
+@st.composite
+def screened_cases(draw: st.DrawFn) -> tuple[Plan, list[bytes]]:
+    """Plans of mostly screened columns, in runs (screened at once)."""
+    choices = ["detect"] * 4 + ["upper", None, "hash"]
+    names = draw(st.lists(st.sampled_from(choices), min_size=1, max_size=8))
+    if "detect" not in names:
+        names[0] = "detect"
+    maskers = [
+        bytes.upper if n == "upper" else MASKERS[n] if n is not None else None for n in names
+    ]
+    # Detection's table, or an equal one of a column's own; upper-casing's own table.
+    # A run is screened at once only by one table: a column with another is on its own.
+    own = st.integers(0, 5).map(lambda n: NEEDED if n else bytes(bytearray(NEEDED)))
+    screens = {i: draw(own) for i, n in enumerate(names) if n == "detect"}
+    screens |= {i: LOWER for i, n in enumerate(names) if n == "upper"}
+    width = st.just(len(maskers)) | st.integers(0, 7)
+    rows = draw(
+        st.lists(
+            width.flatmap(lambda n: st.lists(VALUES, min_size=n, max_size=n)),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    return Plan(maskers, screens=screens), [data_row(*values) for values in rows]
+
+
+FILTERS = [
+    pytest.param(row_filter, id="the filter a plan gets"),
+    pytest.param(specialized_filter, id="the filter written for the plan's shape"),
+    pytest.param(looped_filter, id="the general loop"),
+]
+Build = Callable[[Plan], Callable[[bytes, int, int], bytes]]
+
+
+@pytest.mark.parametrize("build", FILTERS)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=cases(), cuts=st.lists(st.integers(1, 7), max_size=4), around=st.binary(max_size=6))
+@given(
+    case=cases() | screened_cases(),
+    cuts=st.lists(st.integers(1, 7), max_size=4),
+    around=st.binary(max_size=6),
+)
 def test_any_cut_into_runs_gives_the_rows_the_model_gives(
-    case: tuple[list[ValueMasker | None], list[bytes]], cuts: list[int], around: bytes
+    build: Build,
+    case: tuple[Plan, list[bytes]],
+    cuts: list[int],
+    around: bytes,
 ) -> None:
-    maskers, rows = case
-    rewrite = row_filter(Plan(maskers))
+    plan, rows = case
+    maskers = plan.maskers
+    rewrite = build(plan)
     expected = b"".join(model(maskers, row) for row in rows)
     run = b"".join(rows)
     assert rewrite(run, 0, len(run)) == expected
@@ -105,10 +163,53 @@ def test_any_cut_into_runs_gives_the_rows_the_model_gives(
     assert out == expected
 
 
-def test_a_row_longer_than_the_header_table_gets_its_length() -> None:
-    rewrite = row_filter(Plan([MASKERS["redact"], None]))
-    row = data_row(b"secret", b"y" * 5000)
-    assert rewrite(row, 0, len(row)) == data_row(b"****", b"y" * 5000)
+@pytest.mark.parametrize("build", FILTERS)
+def test_a_row_longer_than_the_header_table_gets_its_length(build: Build) -> None:
+    rewrite = build(Plan([MASKERS["redact"], None, MASKERS["lengthen"]]))
+    row = data_row(b"secret", b"y" * 5000, b"abc")
+    assert rewrite(row, 0, len(row)) == data_row(b"****", b"y" * 5000, b"abc" * 300)
+
+
+@pytest.mark.parametrize("build", FILTERS)
+def test_a_row_of_no_columns_ends_the_data(build: Build) -> None:
+    # Too short to hold the first value's length the specialized filter reads with the header.
+    maskers = [None, MASKERS["hash"]]
+    rows = [data_row(b"1", b"Ann"), data_row(), data_row(b"2", b"Bob"), data_row()]
+    run = b"".join(rows)
+    expected = b"".join(model(maskers, row) for row in rows)
+    assert build(Plan(maskers))(run, 0, len(run)) == expected
+
+
+def test_a_plan_of_many_masked_columns_goes_through_the_general_loop() -> None:
+    maskers = [MASKERS["hash"], None, MASKERS["redact"], MASKERS["detect"]] * 12
+    values = [b"Ann", b"kept", None, b"call 212-555-0147"] * 12
+    rows = [data_row(*values), data_row(*values[:5]), data_row(*reversed(values))]
+    run = b"".join(rows)
+    expected = b"".join(model(maskers, row) for row in rows)
+    assert row_filter(Plan(maskers))(run, 0, len(run)) == expected
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(("keep", "keep"), id="nothing masked"),
+        pytest.param(("keep", "hash"), id="a kind of column it does not know"),
+    ],
+)
+def test_the_specialized_source_is_written_for_known_shapes_only(shape: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError):
+        rowcode.source(shape)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("build", FILTERS)
+def test_a_value_past_its_row_in_a_run_of_screened_columns_is_a_protocol_error(
+    build: Build,
+) -> None:
+    masked = build(Plan([None, DETECTOR, DETECTOR], screens={1: NEEDED, 2: NEEDED}))
+    row = malformed(3, (1, b"a"), (2, b"bc"), (50, b"de"))
+    for data in (row, row + data_row(b"1", b"ann@example.org", b"x")):
+        with pytest.raises(RemoteProtocolError, match="overrun"):
+            masked(data, 0, len(data))
 
 
 def malformed(count: int, *fields: tuple[int, bytes]) -> bytes:
@@ -123,10 +224,20 @@ def malformed(count: int, *fields: tuple[int, bytes]) -> bytes:
         pytest.param(malformed(2, (2, b"ab"), (50, b"cd")), id="a value past its row"),
         pytest.param(malformed(2, (2, b"ab")), id="a column past its row"),
         pytest.param(malformed(3, (2, b"ab")), id="a row of another width past its end"),
+        pytest.param(
+            malformed(1, (50, b"ab")), id="the last value of a row of another width past its end"
+        ),
     ],
 )
-def test_values_that_overrun_their_row_are_a_protocol_error(row: bytes) -> None:
-    masked: Callable[[bytes, int, int], bytes] = row_filter(Plan([None, MASKERS["redact"]]))
+@pytest.mark.parametrize("masker", ["redact", "hash", "detect", "screened detection"])
+@pytest.mark.parametrize("build", FILTERS)
+def test_values_that_overrun_their_row_are_a_protocol_error(
+    row: bytes, masker: str, build: Build
+) -> None:
+    if masker == "screened detection":
+        masked = build(Plan([None, DETECTOR], screens={1: NEEDED}))
+    else:
+        masked = build(Plan([None, MASKERS[masker]]))
     for data in (row, row + data_row(b"123-45-6789", b"536-22-8714")):
         with pytest.raises(RemoteProtocolError, match="overrun"):
             masked(data, 0, len(data))

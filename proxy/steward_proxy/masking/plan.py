@@ -148,6 +148,10 @@ class Plan:
     labels: set[str] = field(default_factory=set)
     every: ValueMasker | None = None
     """For rows whose columns were never described: applied to every value."""
+    screens: dict[int, bytes] = field(default_factory=dict)
+    """Per column masked by detection, a translation table: a value in which it
+    leaves no NUL byte is one the masker gives back unchanged (the row filter
+    keeps it without calling the masker)."""
 
 
 class Masker:
@@ -436,6 +440,7 @@ class Masker:
         tainted: bool | None = None
         catalog = self._catalog
         maskers: list[ValueMasker | None] = []
+        screens: dict[int, bytes] = {}
         text_like = catalog.text_like
         for i, fd in enumerate(fields):
             strategy: Strategy | None = None
@@ -478,12 +483,15 @@ class Masker:
                 labels.update(found)
                 maskers.append(self.strategies.masker(strategy, fd.type_oid, binary, text_like))
             elif config.detect:
-                maskers.append(self._detector(fd.type_oid, binary, labels))
+                detector = self._detector(fd.type_oid, binary, labels)
+                maskers.append(detector)
+                if detector is not None:
+                    screens[i] = NEEDED
             else:
                 maskers.append(None)
         if not any(m is not None for m in maskers):
             return None
-        return Plan(maskers, labels)
+        return Plan(maskers, labels, screens=screens)
 
     def plan_copy(
         self, lineage: StatementLineage | None, columns: int, *, labels: set[str] | None = None

@@ -5,7 +5,9 @@ of consecutive DataRows, it walks each row's column lengths up to its last
 masked column, hands each masked value to its masker, and rebuilds the run
 around the values it replaced (a new header per row, one join per run). A
 value that overruns its row is a protocol error, never read as the next
-row's.
+row's. For plans of up to 32 masked columns the filter is code written for
+the plan's shape (:mod:`.rowcode`), compiled once per shape; other plans
+(and rows never described) go through one general loop.
 
 :func:`copy_filter` does the same for the rows of a text or CSV COPY out.
 
@@ -23,17 +25,27 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from functools import lru_cache
 
+from steward_proxy.masking import rowcode
 from steward_proxy.masking.detect import find
 from steward_proxy.masking.lineage import CopyOut
 from steward_proxy.masking.plan import Plan
 from steward_proxy.masking.strategies import NULL_MASKER, REDACT_MASKER, REDACTED
 from steward_proxy.wire.errors import RemoteProtocolError
 
-__all__ = ["WITHHELD", "copy_filter", "row_filter", "screen_message"]
+__all__ = [
+    "WITHHELD",
+    "copy_filter",
+    "looped_filter",
+    "row_filter",
+    "screen_message",
+    "specialized_filter",
+]
 
 _LENGTH = struct.Struct("!i")
 _HEAD = struct.Struct("!iH")  # a DataRow's length and column count, after its type byte
+_HEAD_AND_SIZE = struct.Struct("!iHi")  # and its first value's size
 _TYPED = struct.Struct("!Bi")  # a message's type byte and length
 _DATA_ROW = ord("D")
 _PREFIXES = tuple(_LENGTH.pack(n) for n in range(256))  # encoded lengths of short values
@@ -49,13 +61,75 @@ _FREE_TEXT = frozenset("MDHWqp")
 _KEPT = frozenset("SVCPLFRcdnst")
 
 
-def row_filter(plan: Plan) -> Callable[[bytes, int, int], bytes]:
+_MOST_SPECIALIZED = 32  # masked columns; the source written per shape grows with them
+
+RowFilter = Callable[[bytes, int, int], bytes]
+
+
+def row_filter(plan: Plan) -> RowFilter:
     """The filter that masks a run of whole DataRow messages, ``data[start:end]``, by ``plan``.
 
     A run is rewritten in one pass with one join: the bytes between masked
     values are sliced out of ``data`` as they are, and each row gets its
     header again with its new length.
     """
+    if plan.every is None:
+        masked = sum(m is not None for m in plan.maskers)
+        if 0 < masked <= _MOST_SPECIALIZED:
+            return specialized_filter(plan)
+    return looped_filter(plan)
+
+
+def specialized_filter(plan: Plan) -> RowFilter:
+    """:func:`row_filter` as code written for the shape of ``plan`` (columns described)."""
+    maskers = plan.maskers
+    screens = plan.screens
+    # Runs of screened columns are screened at once: by one table (others are called).
+    screen = next(iter(screens.values()), None)
+    shape: list[rowcode.Kind] = []
+    constants: dict[int, bytes] = {}
+    for i, masker in enumerate(maskers):
+        constant = _constant(masker) if masker is not None else None
+        if constant is not None:
+            constants[i] = constant
+        shape.append(_kind(masker, constant, screen is not None and screens.get(i) is screen))
+    longers = {i: len(c) - 4 for i, c in constants.items()}
+
+    def looped(data: bytes, start: int, end: int) -> bytes:
+        return looped_filter(plan)(data, start, end)
+
+    return _compiled(tuple(shape))(maskers, constants, longers, screens, looped)
+
+
+def _kind(masker: object, constant: bytes | None, screened: bool) -> rowcode.Kind:
+    if masker is None:
+        return "keep"
+    if constant is not None:
+        return "constant"
+    return "screened" if screened else "call"
+
+
+@lru_cache(maxsize=256)
+def _compiled(shape: tuple[rowcode.Kind, ...]) -> Callable[..., RowFilter]:
+    namespace = {
+        "head": _HEAD_AND_SIZE.unpack_from,
+        "unpack": _LENGTH.unpack_from,
+        "pack": _LENGTH.pack,
+        "typed": _TYPED.pack,
+        "prefixes": _PREFIXES,
+        "headers": _HEADERS,
+        "NULL": _NULL,
+        "blank": _blank,
+        "overrun": _overrun,
+        "struct_error": struct.error,
+    }
+    code = compile(rowcode.source(shape), f"<row filter of {len(shape)} columns>", "exec")
+    exec(code, namespace)  # the source holds column numbers only, see rowcode
+    return namespace["make"]  # type: ignore[no-any-return]
+
+
+def looped_filter(plan: Plan) -> RowFilter:
+    """:func:`row_filter` as one loop over the plan's steps, for any plan."""
     maskers = plan.maskers
     every = plan.every
     width = len(maskers)
@@ -162,12 +236,19 @@ def _rewrite_all(message: bytes, count: int, masker: Callable[[bytes], bytes | N
         new = masker(message[pos + 4 : pos + 4 + size])
         parts.append(_NULL if new is None else _LENGTH.pack(len(new)) + new)
         pos += 4 + size
+    if pos > len(message):
+        raise _overrun()
     body = b"".join(parts)
     return b"D" + _LENGTH.pack(len(body) + 4) + body
 
 
 def _null(value: bytes) -> None:
     return None
+
+
+def _blank(message: bytes, count: int) -> bytes:
+    """A row not of the planned width, every value NULL."""
+    return _rewrite_all(message, count, _null)
 
 
 def screen_message(message: bytes, *, tainted: bool, detect: bool) -> bytes:
