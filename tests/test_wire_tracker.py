@@ -392,3 +392,44 @@ def test_describe_and_close_name_what_they_target() -> None:
     assert tracker.statement_note("s") == "n"
     drive(tracker, enc(wire.Close("S", "s"), wire.Sync()))
     assert tracker.statement_note("s") is None
+
+
+def test_parses_binds_and_closes_the_server_did_not_run_change_no_name() -> None:
+    """What a name holds follows the server: a Parse or Bind under a name in use
+    fails and leaves it; anything skipped after an error leaves it too."""
+    tracker = wire.Tracker()
+    drive(tracker, enc(wire.Parse("s", "SELECT 1"), wire.Sync()), note="old")
+    tracker.receive_server(enc(wire.ParseComplete(), wire.ReadyForQuery("I")))
+    assert tracker.statement_note("s") == "old"
+    # A second Parse under the name fails (42P05); so does a Bind under an open portal's.
+    drive(tracker, enc(wire.Parse("s", "SELECT 2"), wire.Sync()), note="new")
+    assert tracker.statement_note("s") == "new"  # until the server says otherwise
+    tracker.receive_server(
+        enc(wire.ErrorResponse.build("42P05", "exists"), wire.ReadyForQuery("I"))
+    )
+    assert tracker.statement_note("s") == "old"
+    # Everything after a failed Execute is skipped: two Parses, a Close.
+    drive(
+        tracker,
+        enc(
+            wire.Bind("", "s"),
+            wire.Execute(""),
+            wire.Parse("s", "SELECT 3"),
+            wire.Close("S", "s"),
+            wire.Parse("s", "SELECT 4"),
+            wire.Sync(),
+        ),
+        note="skipped",
+    )
+    tracker.receive_server(
+        enc(wire.BindComplete(), wire.ErrorResponse.build("22012", "x"), wire.ReadyForQuery("I"))
+    )
+    assert tracker.statement_notes() == [("s", "old")]
+    # A failed Parse of the unnamed statement leaves none (PostgreSQL drops it first).
+    drive(tracker, enc(wire.Parse("", "SELECT 5"), wire.Sync()), note="unnamed")
+    tracker.receive_server(enc(wire.ParseComplete(), wire.ReadyForQuery("I")))
+    drive(tracker, enc(wire.Parse("", "SELECT 6"), wire.Sync()), note="bad")
+    tracker.receive_server(
+        enc(wire.ErrorResponse.build("42601", "syntax"), wire.ReadyForQuery("I"))
+    )
+    assert tracker.statement_note("") is None

@@ -258,6 +258,9 @@ class _Pending:
     # EXECUTE whose layout is not known yet: its portal's and statement's
     # generations, and the result formats.
     unplanned: tuple[int, int, tuple[int, ...]] | None = None
+    # PARSE, BIND, CLOSE: the name it (re)made or dropped, what the name held
+    # before and holds now; put back when the server does not run it.
+    undo: tuple[dict[str, Any], str, Any, Any] | None = None
 
     def __init__(self, kind: int, note: Any = None, started: float = 0.0) -> None:
         self.kind = kind  # a Request
@@ -435,8 +438,12 @@ class Tracker:
             self._dirty = True
             self._end(_R_QUERY_END)
         elif statement.kind == "P":
-            _remember(self._statements, statement.name, (notes, next(self._generations)))
-            queue.append(_Pending(_R_PARSE, notes, now))
+            statements, name = self._statements, statement.name
+            previous = statements.get(name)
+            _remember(statements, name, made := (notes, next(self._generations)))
+            parse = _Pending(_R_PARSE, notes, now)
+            parse.undo = (statements, name, previous, made)
+            queue.append(parse)
         else:
             queue.append(_Pending(_R_FUNCTION, notes, now))
             self._dirty = True
@@ -523,12 +530,14 @@ class Tracker:
                 bind = cast(m.Bind, decode_frontend(Frame(b"B", chunk[start:end])))
                 formats = bind.result_formats
             portals = self._portals
-            portals.pop(portal, None)  # (re)made: the newest last, for the bound below
-            portals[portal] = (note, formats, statement_generation, next(self._generations))
+            previous = portals.pop(portal, None)  # (re)made: the newest last, for the bound
+            made = portals[portal] = (note, formats, statement_generation, next(self._generations))
             if len(portals) > _MAX_NAMED:
                 del portals[next(iter(portals))]
             self._dirty = True  # a parameter's input function may run code
-            self._queue.append(_Pending(_R_BIND))
+            bind = _Pending(_R_BIND)
+            bind.undo = (portals, portal, previous, made)
+            self._queue.append(bind)
         elif kind == _EXECUTE:
             portal = _names(chunk, start, end, 1)[0]
             note, formats, statement_generation, portal_generation = self._portals.get(
@@ -551,8 +560,10 @@ class Tracker:
                 describe.target = (of, found[-1]) if found is not None else None
                 self._queue.append(describe)
             else:
-                (self._statements if of == "S" else self._portals).pop(name, None)
-                self._queue.append(_Pending(_R_CLOSE))
+                named = self._statements if of == "S" else self._portals
+                close = _Pending(_R_CLOSE)
+                close.undo = (named, name, named.pop(name, None), None)
+                self._queue.append(close)
         elif kind == _TERMINATE:
             self.terminated = True
         elif kind == _QUERY:
@@ -734,16 +745,23 @@ class Tracker:
     def _ready(self) -> None:
         """ReadyForQuery: everything up to the next Sync or Query end is answered."""
         queue = self._queue
+        undone: list[_Pending] | None = None
         while queue:
             head = queue.popleft()
             if head.kind in _ENDS:
                 if head.settles:
                     self._unsettled -= 1
-                return
+                break
+            if head.undo is not None:
+                if undone is None:
+                    undone = []
+                undone.append(head)
             if head.kind in _RUNS or head.kind == _R_FUNCTION:
                 self.events.append(
                     Finished(head.note, None, "not executed: no answer", started=head.started)
                 )
+        if undone:
+            _undo(undone)
 
     def _failed(self, error: m.ErrorResponse) -> None:
         if error.severity in ("FATAL", "PANIC"):
@@ -766,18 +784,33 @@ class Tracker:
             # An extended-protocol batch: the server discards everything up to
             # Sync, simple Queries sent inside the batch included.
             self._skip((_R_SYNC,), reason)
+        if failed.undo is not None:
+            # A Parse or Bind under a name in use fails and leaves it as it was;
+            # a failed one of the unnamed statement or portal leaves none.
+            named, name, _, made = failed.undo
+            if failed.kind == _R_CLOSE or name:
+                _undo([failed])
+            elif named.get(name) is made:
+                del named[name]
 
     def _skip(self, until: tuple[int, ...], reason: str) -> None:
         """Drop what the server will not answer after an error, up to ``until``."""
         queue = self._queue
+        undone: list[_Pending] | None = None
         while queue and queue[0].kind not in until:
             skipped = queue.popleft()
+            if skipped.undo is not None:
+                if undone is None:
+                    undone = []
+                undone.append(skipped)
             if skipped.kind in _RUNS or skipped.kind == _R_FUNCTION:
                 self.events.append(
                     Finished(
                         skipped.note, None, f"not executed: an earlier message failed ({reason})"
                     )
                 )
+        if undone:
+            _undo(undone)
 
     def abandon(self, reason: str) -> list[TrackerEvent]:
         """Finish every request still pending when either side went away."""
@@ -852,6 +885,19 @@ def _target(chunk: bytes, start: int, end: int) -> tuple[str, str]:
 
 def _fields(chunk: bytes, start: int, end: int) -> tuple[m.FieldDescription, ...]:
     return cast(m.RowDescription, decode_backend(Frame(b"T", chunk[start:end]))).fields
+
+
+def _undo(pending: list[_Pending]) -> None:
+    """Put back what Parses, Binds and Closes the server did not run changed, newest first."""
+    for request in reversed(pending):
+        assert request.undo is not None
+        named, name, previous, made = request.undo
+        if named.get(name) is not made:
+            continue  # changed again since
+        if previous is None:
+            named.pop(name, None)
+        else:
+            _remember(named, name, previous)
 
 
 def _remember(named: dict[Any, Any], name: Any, value: Any) -> None:

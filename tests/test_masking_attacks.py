@@ -1,0 +1,98 @@
+"""Masking against an adversarial client: protocol tricks that try to get a result
+planned for one statement while the server runs another, or in a form the
+masking does not read.
+
+Each test speaks the protocol over a raw socket (built with ``steward_proxy.wire``
+encoders) or through psycopg, against the seeded table of the leak corpus, and
+checks every byte the client receives with the corpus's ``leaks``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from steward_proxy import wire
+from tests.conftest import Proxy, ProxyFactory, error_fields, raw_login, recv_messages
+from tests.test_masking_live import POLICY, leaks, seeded  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(scope="module")
+def masking_proxy(seeded, module_proxy_factory: ProxyFactory) -> Proxy:  # noqa: F811
+    return module_proxy_factory(POLICY)
+
+
+def exchange(sock, *messages: wire.Message) -> list[tuple[bytes, bytes]]:
+    """Send ``messages`` (ending with Sync) and read every answer up to ReadyForQuery."""
+    sock.sendall(b"".join(wire.encode(message) for message in messages))
+    return recv_messages(sock)
+
+
+def raw(answers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(k + struct.pack("!I", len(p) + 4) + p for k, p in answers)
+
+
+def codes(answers: list[tuple[bytes, bytes]]) -> list[str]:
+    return [error_fields(p)["C"] for k, p in answers if k == b"E"]
+
+
+def test_failed_parse_under_a_prepared_name_keeps_its_masking(masking_proxy: Proxy) -> None:
+    """PostgreSQL keeps a named statement when a second Parse under its name fails
+    (42P05): its rows are still masked as the first statement's."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        first = exchange(
+            sock, wire.Parse("s1", "SELECT upper(full_name) FROM crm.customers"), wire.Sync()
+        )
+        assert codes(first) == []
+        again = exchange(sock, wire.Parse("s1", "SELECT 'harmless'::text"), wire.Sync())
+        assert codes(again) == ["42P05"]
+        rows = exchange(
+            sock,
+            wire.Bind("", "s1"),
+            wire.Describe("P", ""),
+            wire.Execute(""),
+            wire.Sync(),
+        )
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
+def test_failed_bind_under_an_open_portal_name_keeps_its_masking(masking_proxy: Proxy) -> None:
+    """A named portal survives a second Bind under its name (42P03), and the
+    failure too when it comes inside a savepoint: its remaining rows are still
+    masked as its own."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        setup = exchange(
+            sock,
+            wire.Parse("leak", "SELECT upper(full_name) FROM crm.customers ORDER BY id"),
+            wire.Parse("plain", "SELECT 'harmless'::text"),
+            wire.Sync(),
+        )
+        assert codes(setup) == []
+        opened = exchange(
+            sock,
+            wire.Parse("", "BEGIN"),
+            wire.Bind("", ""),
+            wire.Execute(""),
+            wire.Bind("p1", "leak"),
+            wire.Describe("P", "p1"),
+            wire.Execute("p1", 1),
+            wire.Sync(),
+        )
+        assert codes(opened) == []
+        assert codes(exchange(sock, wire.Query("SAVEPOINT a"))) == []
+        collided = exchange(sock, wire.Bind("p1", "plain"), wire.Sync())
+        assert codes(collided) == ["42P03"]
+        assert codes(exchange(sock, wire.Query("ROLLBACK TO SAVEPOINT a"))) == []
+        rows = exchange(sock, wire.Execute("p1"), wire.Sync())
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 2
+    assert leaks(raw(opened) + raw(rows)) == []
