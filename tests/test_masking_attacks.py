@@ -96,3 +96,50 @@ def test_failed_bind_under_an_open_portal_name_keeps_its_masking(masking_proxy: 
     assert codes(rows) == []
     assert sum(1 for k, _ in rows if k == b"D") == 2
     assert leaks(raw(opened) + raw(rows)) == []
+
+
+# Detected data in columns that are not text: an address, a card number as a
+# number, a text array. In text form each is found and the value becomes NULL;
+# asked for in binary, the same must hold.
+NOT_TEXT = (
+    "SELECT substring(notes from '\\d+\\.\\d+\\.\\d+\\.\\d+')::inet AS ip, "
+    "replace(substring(notes from '\\d{4} \\d{4} \\d{4} \\d{4}'), ' ', '')::bigint AS num, "
+    "replace(substring(notes from '\\d{4} \\d{4} \\d{4} \\d{4}'), ' ', '')::numeric AS dec, "
+    "ARRAY[notes] AS arr, "
+    "ARRAY[replace(substring(notes from '\\d{4} \\d{4} \\d{4} \\d{4}'), ' ', '')::bigint] AS nums "
+    "FROM crm.customers WHERE id <= 2 ORDER BY id"
+)
+
+
+def test_detection_reads_binary_results_of_columns_that_are_not_text(
+    masking_proxy: Proxy,
+) -> None:
+    import psycopg
+
+    with psycopg.connect(masking_proxy.dsn("alice")) as conn:
+        text = conn.execute(NOT_TEXT).fetchall()
+        binary = conn.cursor(binary=True).execute(NOT_TEXT).fetchall()
+    # In text form an array of text keeps its words; in binary it cannot be cut.
+    assert text == [
+        (None, None, None, ["prefers mail to ****, card ****5186"], None),
+        (None, None, None, ["met at ****; SSN on file ****"], [None]),  # no card in row 2
+    ]
+    assert binary == [(None, None, None, None, None), (None, None, None, None, [None])]
+
+
+def test_a_binary_cursor_fetched_by_a_simple_query_is_masked_as_binary(
+    masking_proxy: Proxy,
+) -> None:
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        answers = exchange(
+            sock,
+            wire.Query(f"BEGIN; DECLARE c BINARY CURSOR FOR {NOT_TEXT}; FETCH ALL FROM c; COMMIT"),
+        )
+    finally:
+        sock.close()
+    assert codes(answers) == []
+    rows = [p for k, p in answers if k == b"D"]
+    assert len(rows) == 2
+    assert rows[0] == struct.pack("!H", 5) + b"\xff\xff\xff\xff" * 5
+    assert rows[1][:18] == struct.pack("!H", 5) + b"\xff\xff\xff\xff" * 4  # the card: NULL

@@ -31,6 +31,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from steward_proxy.masking import lineage as ln
+from steward_proxy.masking.binary import text_form
 from steward_proxy.masking.catalog import SAMPLE_COLUMNS, Catalog, Relation
 from steward_proxy.masking.detect import DATA_CLASSES, NEEDED, find
 from steward_proxy.masking.lineage import Output, Source, StarOf, StatementLineage
@@ -548,7 +549,13 @@ class Masker:
         text_like = type_oid in TEXT_LIKE_OIDS or type_oid in self._catalog.text_like
         spans = text_like or (type_oid in (_SPAN_SAFE_BINARY if binary else _SPAN_SAFE_TEXT))
         if binary and not spans:
-            return None  # not text: nothing to read
+            # Its bytes, and the text of the numbers and addresses in it.
+            detect = self.detector(labels, spans=False)
+
+            def detect_binary(value: bytes) -> bytes | None:
+                return value if detect(text_form(value, type_oid)) is not None else None
+
+            return detect_binary
         return self.detector(labels, spans=spans)
 
     def detector(self, labels: set[str], *, spans: bool = True) -> ValueMasker:

@@ -712,9 +712,11 @@ class Tracker:
 
     def _layout(self, head: _Pending, chunk: bytes, start: int, end: int) -> None:
         fields = _fields(chunk, start, end)
-        self.events.append(RowLayout(head.note, fields))
+        # All text, but for a FETCH from a BINARY cursor.
+        formats = tuple(f.format for f in fields) if any(f.format for f in fields) else ()
+        self.events.append(RowLayout(head.note, fields, formats))
         if self.plan_rows is not None:
-            head.filter = self.plan_rows(head.note, fields, ())
+            head.filter = self.plan_rows(head.note, fields, formats)
 
     def _plan(self, pending: _Pending, *, final: bool = False) -> None:
         """Find an Execute's layout and ask ``plan_rows`` for its filter.
