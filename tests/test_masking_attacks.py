@@ -143,3 +143,38 @@ def test_a_binary_cursor_fetched_by_a_simple_query_is_masked_as_binary(
     assert len(rows) == 2
     assert rows[0] == struct.pack("!H", 5) + b"\xff\xff\xff\xff" * 5
     assert rows[1][:18] == struct.pack("!H", 5) + b"\xff\xff\xff\xff" * 4  # the card: NULL
+
+
+DETECT_ONLY = """\
+apiVersion: steward.dev/v1alpha1
+kind: DatabaseAccessPolicy
+metadata: {name: detect-only}
+spec:
+  subjects: [{kind: User, name: dave}]
+  defaultAction: allow
+  masking: {detect: true}
+"""
+
+
+def test_a_function_call_message_is_refused_when_detection_is_on(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """Its one result value is not a row: detection would never read it."""
+    proxy = start_proxy(DETECT_ONLY)
+    oid = int(seeded.execute("SELECT 'query_to_xml(text,bool,bool,text)'::regprocedure::oid"))
+    sock, _ = raw_login(proxy, "dave")
+    try:
+        answers = exchange(
+            sock,
+            wire.FunctionCall(
+                oid,
+                (0,),
+                (b"SELECT notes FROM crm.customers", b"t", b"f", b""),
+                0,
+            ),
+        )
+    finally:
+        sock.close()
+    assert leaks(raw(answers)) == []
+    assert codes(answers) == ["42501"]

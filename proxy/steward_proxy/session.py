@@ -312,8 +312,8 @@ class Session:
         """Judge one statement and tell the tracker; or hold it (``_stall``)."""
         if statement.kind == "F":
             verdict = self.judge.judge_function_call(statement.function_oid)
-            if self._masker is not None and self._masker.config.column_rules:
-                # Its result is one opaque value Steward could not mask.
+            if self._masker is not None:
+                # Its result is one opaque value Steward could not mask or scan.
                 verdict = Verdict(
                     verdict.statements,
                     Decision(
