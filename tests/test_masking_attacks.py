@@ -178,3 +178,25 @@ def test_a_function_call_message_is_refused_when_detection_is_on(
         sock.close()
     assert leaks(raw(answers)) == []
     assert codes(answers) == ["42501"]
+
+
+def test_a_notification_payload_is_read_by_detection(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """pg_notify moves a value no column rule covers into a NotificationResponse,
+    which the subject's own LISTEN then receives."""
+    proxy = start_proxy(DETECT_ONLY)
+    sock, _ = raw_login(proxy, "dave")
+    try:
+        answers = exchange(
+            sock,
+            wire.Query("LISTEN c; SELECT pg_notify('c', notes) FROM crm.customers; SELECT 1"),
+        )
+    finally:
+        sock.close()
+    assert codes(answers) == []
+    notifications = [p for k, p in answers if k == b"A"]
+    assert len(notifications) == 3
+    assert leaks(raw(answers)) == []
+    assert all(p[4:].startswith(b"c\0message withheld by Steward") for p in notifications)

@@ -361,6 +361,17 @@ def test_errors_and_notices_are_screened_with_the_note_of_their_request() -> Non
     # Nothing pending: the note is None and the message passes as the screen says.
     assert tracker.receive_server(enc(notice)) == enc(notice)
     assert seen[-1] == (None, b"N")
+    # A notification's payload is any text: it is screened too.
+    notification = enc(wire.NotificationResponse(42, "c", "123-45-6789"))
+    assert tracker.receive_server(notification) == notification
+    assert seen[-1] == (None, b"A")
+    # Without a screen every asynchronous message passes as it is.
+    plain = wire.Tracker()
+    status = wire.ParameterStatus("TimeZone", "UTC")
+    assert plain.receive_server(notification + enc(notice, status)) == notification + enc(
+        notice, status
+    )
+    assert plain.take_events() == [wire.ParameterChanged("TimeZone", "UTC")]
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ from typing import Any
 from steward_proxy import wire
 from steward_proxy.engine import Analysis, Judge, Note, Verdict
 from steward_proxy.masking import rows as masking_rows
+from steward_proxy.masking.detect import NEEDED, find
 from steward_proxy.masking.lineage import StatementLineage
 from steward_proxy.policy import Decision
 from steward_proxy.policy.pinned import PINNED_PARAMETERS
@@ -67,6 +68,21 @@ _READS_DIFFERENTLY = re.compile(rb"\\|[\x80-\xff][\x30-\x7e]")
 _CATALOG_CHANGES = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT", "REFRESH"})
 
 Record = tuple[str, dict[str, Any]]
+
+
+def _screen_notification(message: bytes, *, detect: bool) -> bytes:
+    """A NotificationResponse as a masked subject may see it.
+
+    Its payload is any text (``pg_notify``) and reaches whoever listens: with
+    detection on, one holding a detected datum is withheld. The channel stays
+    (a listener had to name it to get it).
+    """
+    body = message[9:]  # the channel and the payload, NUL after each
+    if not detect or 0 not in body.translate(NEEDED) or not find(body):
+        return message
+    channel = body.partition(b"\0")[0]
+    out = message[5:9] + channel + b"\0" + masking_rows.WITHHELD.encode() + b"\0"
+    return b"A" + (len(out) + 4).to_bytes(4, "big") + out
 
 
 def _withhold_copy_data(message: bytes) -> bytes:
@@ -663,6 +679,8 @@ class Session:
     def _screen_message(self, note: Any, message: bytes) -> bytes:
         masker = self._masker
         assert masker is not None
+        if message[:1] == b"A":
+            return _screen_notification(message, detect=masker.config.detect)
         lineage = self._effective(note.lineage) if isinstance(note, Note) else None
         return masking_rows.screen_message(
             message, tainted=masker.tainted(lineage), detect=masker.config.detect

@@ -49,8 +49,8 @@ the DataRows to send instead.
 
 Errors and notices can be rewritten too (masking: PostgreSQL quotes values
 in them): a ``screen_messages`` callback gets the note of the request at the
-head of the queue (None if none) and each ErrorResponse or NoticeResponse
-whole, and returns the message to send instead (a refusal's swapped error
+head of the queue (None if none) and each ErrorResponse, NoticeResponse or
+NotificationResponse whole, and returns the message to send instead (a refusal's swapped error
 excepted: it is the proxy's own). A ``plan_copy`` callback is asked, when a
 COPY out starts, with the request's note and the CopyOutResponse (whole), and
 returns a :data:`CopyFilter` for each CopyData message of it (or None).
@@ -235,7 +235,8 @@ CopyFilter = Callable[[bytes], bytes]
 CopyPlanner = Callable[[Any, bytes], "CopyFilter | None"]
 """``(note, CopyOutResponse) -> a filter for its CopyData messages, or None``."""
 MessageScreen = Callable[[Any, bytes], bytes]
-"""``(note or None, ErrorResponse or NoticeResponse) -> the message to send``."""
+"""``(note or None, ErrorResponse, NoticeResponse or NotificationResponse) -> the message
+to send``."""
 RowPlanner = Callable[
     [Any, "tuple[m.FieldDescription, ...] | None", tuple[int, ...]], "RowFilter | None"
 ]
@@ -649,9 +650,11 @@ class Tracker:
                     self._failed(error)
                 continue
             if kind in _ASYNC:
-                if kind == _NOTICE_RESPONSE and self.screen_messages is not None:
-                    pieces, cut = self._screen(chunk, start, end, pieces, cut)
-                if kind == _PARAMETER_STATUS:
+                if kind != _PARAMETER_STATUS:
+                    if self.screen_messages is not None:
+                        # A NoticeResponse, or a NotificationResponse (its payload).
+                        pieces, cut = self._screen(chunk, start, end, pieces, cut)
+                else:
                     status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
                     self.events.append(ParameterChanged(status.name, status.value))
                 continue
@@ -831,7 +834,7 @@ _QUERY, _PARSE, _BIND, _EXECUTE, _SYNC, _DESCRIBE, _CLOSE = b"QPBESDC"
 _FUNCTION_CALL, _TERMINATE, _FLUSH = b"FXH"
 _PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
 _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
-_PARAMETER_STATUS, _FUNCTION_RESULT, _NOTICE_RESPONSE = b"SVN"
+_PARAMETER_STATUS, _FUNCTION_RESULT = b"SV"
 _COPY_OUT, _COPY_DATA = b"Hd"
 _TYPE_BYTES = tuple(bytes([i]) for i in range(256))
 _DESCRIBED = {
