@@ -119,6 +119,10 @@ class AnalysisLimits:
     """Longer text is analysed off the event loop (see ``pending_analysis``)."""
     inline_budget: int = 16384
     """Text analysed inline in one call before the session yields to the loop."""
+    max_pending: int = 100_000
+    """Requests the server may owe answers to before client input is held
+    (``backlog``) until it owes half as many: each costs memory, and a 5-byte
+    Sync is one."""
 
 
 class Session:
@@ -222,10 +226,11 @@ class Session:
 
     @property
     def stalled(self) -> str | None:
-        """Why client input is held (``settle``, ``analysis``, ``yield``), or None.
+        """Why client input is held (``settle``, ``backlog``, ``analysis``, ``yield``), or None.
 
         While it is held, :meth:`feed_client` only buffers: the shell should
-        stop reading from the client. ``settle`` ends by itself when the
+        stop reading from the client. ``settle`` and ``backlog`` (the server
+        owes more answers than ``limits.max_pending``) end by themselves when the
         upstream answers (then :attr:`resumable` is set); ``analysis`` when the
         shell delivers :meth:`analysed`; ``yield`` (the session analysed enough
         inline for one turn) as soon as the shell calls :meth:`resume`.
@@ -287,6 +292,8 @@ class Session:
             if statement is wire.NEED_DATA:
                 break
             self._govern(statement, now)  # type: ignore[arg-type]
+        if self._stall is None and tracker.pending > self.limits.max_pending:
+            self._stall = "backlog"
         return tracker.take_upstream()
 
     def _policy_changed(self) -> None:
@@ -581,7 +588,9 @@ class Session:
             ) from None
         if tracker.events:
             self._events(tracker.take_events())
-        if self._stall == "settle" and not tracker.unsettled:
+        if (self._stall == "settle" and not tracker.unsettled) or (
+            self._stall == "backlog" and tracker.pending <= self.limits.max_pending // 2
+        ):
             self._stall = None
             self.resumable = True
         return out
