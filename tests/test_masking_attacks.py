@@ -200,3 +200,33 @@ def test_a_notification_payload_is_read_by_detection(
     assert len(notifications) == 3
     assert leaks(raw(answers)) == []
     assert all(p[4:].startswith(b"c\0message withheld by Steward") for p in notifications)
+
+
+def test_a_statement_planned_again_on_another_table_keeps_its_masking(
+    masking_proxy: Proxy,
+    seeded,  # noqa: F811
+) -> None:
+    """PostgreSQL plans a prepared statement again when search_path changes: the
+    same text may then read another table with the same column types, while the
+    layout its Describe gave still names the first table."""
+    seeded.execute("CREATE TABLE public.customers (full_name text)")
+    try:
+        sock, _ = raw_login(masking_proxy, "alice")
+        try:
+            assert codes(exchange(sock, wire.Query("SET search_path = public, crm"))) == []
+            described = exchange(
+                sock,
+                wire.Parse("s", "SELECT full_name FROM customers"),
+                wire.Describe("S", "s"),
+                wire.Sync(),
+            )
+            assert codes(described) == []
+            assert codes(exchange(sock, wire.Query("SET search_path = crm"))) == []
+            rows = exchange(sock, wire.Bind("", "s"), wire.Execute(""), wire.Sync())
+        finally:
+            sock.close()
+    finally:
+        seeded.execute("DROP TABLE public.customers")
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []

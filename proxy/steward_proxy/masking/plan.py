@@ -474,6 +474,12 @@ class Masker:
                     masked, _ = self.masked_sources(lineage.reads if lineage else frozenset())
                     strategy = REDACT
                     found = [f"{m}:redact" for m in masked] or [f"{UNRESOLVED}:redact"]
+            if strategy is None and relation is not None and outputs is not None:
+                # The server names the table it read when the statement was
+                # described; planned again (search_path changed, a table
+                # dropped), the same text may read another with the same
+                # types. What the text may read is masked too.
+                strategy, found = self.decide(outputs[i])
             binary = _binary(formats, i)
             if strategy is not None:
                 labels.update(found)
