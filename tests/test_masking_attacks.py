@@ -202,21 +202,31 @@ def test_a_notification_payload_is_read_by_detection(
     assert all(p[4:].startswith(b"c\0message withheld by Steward") for p in notifications)
 
 
+@pytest.mark.parametrize(
+    ("table", "sql"),
+    [
+        ("(full_name text)", "SELECT full_name FROM customers"),
+        ("(LIKE crm.customers)", "SELECT * FROM customers"),
+    ],
+    ids=["a column", "a star"],
+)
 def test_a_statement_planned_again_on_another_table_keeps_its_masking(
     masking_proxy: Proxy,
     seeded,  # noqa: F811
+    table: str,
+    sql: str,
 ) -> None:
     """PostgreSQL plans a prepared statement again when search_path changes: the
     same text may then read another table with the same column types, while the
     layout its Describe gave still names the first table."""
-    seeded.execute("CREATE TABLE public.customers (full_name text)")
+    seeded.execute(f"CREATE TABLE public.customers {table}")
     try:
         sock, _ = raw_login(masking_proxy, "alice")
         try:
             assert codes(exchange(sock, wire.Query("SET search_path = public, crm"))) == []
             described = exchange(
                 sock,
-                wire.Parse("s", "SELECT full_name FROM customers"),
+                wire.Parse("s", sql),
                 wire.Describe("S", "s"),
                 wire.Sync(),
             )

@@ -282,12 +282,21 @@ class Masker:
                 expanded.append(item)
                 continue
             relations = self._catalog.lookup(item.schema, item.relation)
-            if len(relations) != 1:
+            if len({len(r.columns) for r in relations}) != 1:
                 return None
-            relation = relations[0]
-            for attnum in sorted(relation.columns):
-                source = ("col", relation.schema, relation.name, relation.columns[attnum][0])
-                expanded.append(Output(frozenset({source}), source))
+            if len(relations) == 1:
+                relation = relations[0]
+                for attnum in sorted(relation.columns):
+                    source = ("col", relation.schema, relation.name, relation.columns[attnum][0])
+                    expanded.append(Output(frozenset({source}), source))
+                continue
+            # A name without a schema that several tables of one width have:
+            # each column is fed by that column of any of them.
+            columns = [
+                [("col", r.schema, r.name, r.columns[a][0]) for a in sorted(r.columns)]
+                for r in relations
+            ]
+            expanded += [Output(frozenset(sources)) for sources in zip(*columns, strict=True)]
         return expanded
 
     def masked_sources(self, sources: frozenset[Source] | set[Source]) -> tuple[list[str], bool]:
