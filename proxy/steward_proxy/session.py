@@ -157,6 +157,8 @@ class Session:
         self._masking = masker.config if masker is not None else None
         self._exempt = masker is not None and masker.config.exempt
         self._cursors: dict[str, StatementLineage | None] = {}  # DECLAREd cursors' rows
+        # Each row filter's audit labels, until its request finishes.
+        self._labels: dict[wire.RowFilter, set[str]] = {}
         self.tracker = wire.Tracker(
             max_message_size=max_message_size,
             clock=clock,
@@ -617,6 +619,9 @@ class Session:
 
     def _finished(self, event: wire.Finished) -> None:
         note = event.note
+        # What this request's rows had masked (one statement's executions each
+        # have their own filter, planned maybe before an earlier one ended).
+        labels = self._labels.pop(event.filter, None) if event.filter is not None else None
         if not isinstance(note, Note):
             # A portal whose statement the session does not know (forgotten).
             fields = {**self._who, "rows": event.rows, "error": event.error}
@@ -634,13 +639,14 @@ class Session:
                 self.tracker.remember_statement(statement.prepared_name, note)
             elif statement.command in ("DEALLOCATE", "DISCARD"):
                 self.tracker.forget_statement(statement.prepared_name or None)
+        masked = note.masked | labels if labels else note.masked
         self._record(
             statement,
             note.verdict,
             event.started,
             rows=event.rows,
             error=event.error,
-            masked=sorted(note.masked) if note.masked else None,
+            masked=sorted(masked) if masked else None,
         )
         if note.masked:
             note.masked.clear()
@@ -664,8 +670,13 @@ class Session:
         assert self._masker is not None
         known = isinstance(note, Note)
         lineage = self._effective(note.lineage) if known else None
-        plan = self._masker.plan(lineage, fields, formats, labels=note.masked if known else None)
-        return masking_rows.row_filter(plan) if plan is not None else None
+        labels: set[str] = set()
+        plan = self._masker.plan(lineage, fields, formats, labels=labels)
+        if plan is None:
+            return None
+        rows = masking_rows.row_filter(plan)
+        self._labels[rows] = labels
+        return rows
 
     def _plan_copy(self, note: Any, response: bytes) -> wire.CopyFilter | None:
         assert self._masker is not None

@@ -203,6 +203,8 @@ class Finished(NamedTuple):
     tag: bytes = b""
     started: float = 0.0
     """When the request went upstream (the tracker's clock)."""
+    filter: RowFilter | None = None
+    """The row filter ``plan_rows`` gave the request, if its rows went through one."""
 
 
 class ParameterChanged(NamedTuple):
@@ -621,7 +623,9 @@ class Tracker:
                 tag = chunk[start + 5 : end - 1]
                 count = tag.rpartition(b" ")[2]
                 rows = int(count) if count.isdigit() else head.rows
-                self.events.append(Finished(head.note, rows, None, tag, head.started))
+                self.events.append(
+                    Finished(head.note, rows, None, tag, head.started, _planned(head))
+                )
                 continue
             if kind == _ROW_DESCRIPTION and queue and queue[0].kind == _R_STATEMENT:
                 # The layout of a simple-Query statement's rows (LAYOUT in ANSWERS).
@@ -672,7 +676,9 @@ class Tracker:
                 count = tag.rpartition(b" ")[2]
                 rows = int(count) if count.isdigit() else head.rows
                 rows_or_none = None if kind == _FUNCTION_RESULT else rows
-                self.events.append(Finished(head.note, rows_or_none, None, tag, head.started))
+                self.events.append(
+                    Finished(head.note, rows_or_none, None, tag, head.started, _planned(head))
+                )
             elif answer is A.KEEP and self.plan_copy is not None:
                 if kind == _COPY_OUT:
                     head.copy_filter = self.plan_copy(head.note, chunk[start:end])
@@ -763,7 +769,13 @@ class Tracker:
                 undone.append(head)
             if head.kind in _RUNS or head.kind == _R_FUNCTION:
                 self.events.append(
-                    Finished(head.note, None, "not executed: no answer", started=head.started)
+                    Finished(
+                        head.note,
+                        None,
+                        "not executed: no answer",
+                        started=head.started,
+                        filter=_planned(head),
+                    )
                 )
         if undone:
             _undo(undone)
@@ -781,7 +793,13 @@ class Tracker:
         reason = f"SQLSTATE {code if well_formed else 'invalid'}"
         if failed.kind in _RUNS or failed.kind in (_R_FUNCTION, _R_PARSE):
             self.events.append(
-                Finished(failed.note, failed.rows or None, reason, started=failed.started)
+                Finished(
+                    failed.note,
+                    failed.rows or None,
+                    reason,
+                    started=failed.started,
+                    filter=_planned(failed),
+                )
             )
         if failed.kind in (_R_STATEMENT, _R_FUNCTION):
             self._skip(_ENDS, reason)  # the rest of this simple Query
@@ -811,7 +829,10 @@ class Tracker:
             if skipped.kind in _RUNS or skipped.kind == _R_FUNCTION:
                 self.events.append(
                     Finished(
-                        skipped.note, None, f"not executed: an earlier message failed ({reason})"
+                        skipped.note,
+                        None,
+                        f"not executed: an earlier message failed ({reason})",
+                        filter=_planned(skipped),
                     )
                 )
         if undone:
@@ -824,7 +845,13 @@ class Tracker:
             head = queue.popleft()
             if head.kind in _RUNS or head.kind == _R_FUNCTION:
                 self.events.append(
-                    Finished(head.note, head.rows or None, reason, started=head.started)
+                    Finished(
+                        head.note,
+                        head.rows or None,
+                        reason,
+                        started=head.started,
+                        filter=_planned(head),
+                    )
                 )
         return self.take_events()
 
@@ -890,6 +917,10 @@ def _target(chunk: bytes, start: int, end: int) -> tuple[str, str]:
 
 def _fields(chunk: bytes, start: int, end: int) -> tuple[m.FieldDescription, ...]:
     return cast(m.RowDescription, decode_backend(Frame(b"T", chunk[start:end]))).fields
+
+
+def _planned(pending: _Pending) -> RowFilter | None:
+    return pending.filter if pending.filter is not _UNPLANNED else None
 
 
 def _undo(pending: list[_Pending]) -> None:
