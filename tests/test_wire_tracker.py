@@ -444,3 +444,27 @@ def test_parses_binds_and_closes_the_server_did_not_run_change_no_name() -> None
         enc(wire.ErrorResponse.build("42601", "syntax"), wire.ReadyForQuery("I"))
     )
     assert tracker.statement_note("") is None
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_sync_sent_during_copy_from_stdin_is_not_answered(protocol: str) -> None:
+    """The server ignores Sync in COPY FROM STDIN mode (libpq sends one after an
+    Execute before it knows it is a COPY): no ReadyForQuery is owed for it."""
+    tracker = wire.Tracker()
+    if protocol == "simple":
+        start = enc(wire.Query("COPY t FROM STDIN"), wire.Sync())
+        answers = enc(wire.CopyInResponse(0, ()))
+    else:
+        start = enc(wire.Parse("", "COPY t FROM STDIN"), wire.Bind("", ""))
+        start += enc(wire.Execute(""), wire.Sync())
+        answers = enc(wire.ParseComplete(), wire.BindComplete(), wire.CopyInResponse(0, ()))
+    drive(tracker, start)
+    tracker.receive_server(answers)
+    end = enc(wire.CopyData(b"1\n"), wire.CopyDone())
+    drive(tracker, end + (enc(wire.Sync()) if protocol == "extended" else b""))
+    assert tracker.unsettled == 1  # the Execute's (or Query's) end is still due
+    tracker.receive_server(enc(wire.CommandComplete("COPY 1"), wire.ReadyForQuery("I")))
+    assert tracker.pending == 0 and tracker.unsettled == 0
+    drive(tracker, enc(wire.Query("SELECT 1")))
+    tracker.receive_server(enc(ROW, wire.DataRow((b"1",)), wire.CommandComplete("SELECT 1")))
+    assert [e.rows for e in tracker.take_events() if isinstance(e, wire.Finished)][-1] == 1

@@ -264,6 +264,9 @@ class _Pending:
     # PARSE, BIND, CLOSE: the name it (re)made or dropped, what the name held
     # before and holds now; put back when the server does not run it.
     undo: tuple[dict[str, Any], str, Any, Any] | None = None
+    # STATEMENT, EXECUTE, SYNC: CopyDone and CopyFail messages the client had
+    # sent before it (a Sync between a COPY FROM STDIN and its end is ignored).
+    copy_ends: int = 0
 
     def __init__(self, kind: int, note: Any = None, started: float = 0.0) -> None:
         self.kind = kind  # a Request
@@ -332,6 +335,7 @@ class Tracker:
         self._out: list[bytes] = []
         self._current: Statement | None = None
         self._now = 0.0  # when the client bytes being read arrived
+        self._copy_ends = 0  # CopyDone and CopyFail messages from the client
 
     # -- state -------------------------------------------------------------------
 
@@ -437,7 +441,9 @@ class Tracker:
             now = self.clock()
         if statement.kind == "Q":
             for note in notes or [None]:
-                queue.append(_Pending(_R_STATEMENT, note, now))
+                queue.append(pending := _Pending(_R_STATEMENT, note, now))
+                if self._copy_ends:
+                    pending.copy_ends = self._copy_ends
             self._dirty = True
             self._end(_R_QUERY_END)
         elif statement.kind == "P":
@@ -509,6 +515,8 @@ class Tracker:
             self._dirty = False
         pending = _Pending(kind)
         pending.settles = settles
+        if self._copy_ends:
+            pending.copy_ends = self._copy_ends
         self._queue.append(pending)
 
     def _client_message(self, kind: int, start: int, end: int) -> Statement | None:
@@ -548,6 +556,8 @@ class Tracker:
             )
             self._dirty = True
             pending = _Pending(_R_EXECUTE, note, self._now)
+            if self._copy_ends:
+                pending.copy_ends = self._copy_ends
             self._queue.append(pending)
             if self.track_layouts:
                 pending.unplanned = (portal_generation, statement_generation, formats)
@@ -579,6 +589,8 @@ class Tracker:
         elif kind == _FUNCTION_CALL:
             call = cast(m.FunctionCall, decode_frontend(Frame(b"F", chunk[start:end])))
             return Statement("F", function_oid=call.function_oid)
+        elif kind in (_COPY_DONE, _COPY_FAIL):
+            self._copy_ends += 1
         elif kind not in _PASSED_THROUGH:
             decode_frontend(Frame(bytes((kind,)), chunk[start:end]))  # raises for an unknown type
         return None
@@ -679,6 +691,8 @@ class Tracker:
                 self.events.append(
                     Finished(head.note, rows_or_none, None, tag, head.started, _planned(head))
                 )
+            elif kind == _COPY_IN:
+                self._copy_in(head)
             elif answer is A.KEEP and self.plan_copy is not None:
                 if kind == _COPY_OUT:
                     head.copy_filter = self.plan_copy(head.note, chunk[start:end])
@@ -702,6 +716,36 @@ class Tracker:
             return chunk
         pieces.append(chunk[cut:])
         return b"".join(pieces)
+
+    def _copy_in(self, head: _Pending) -> None:
+        """COPY FROM STDIN: the server ignores Syncs until the client's CopyDone or CopyFail.
+
+        libpq sends one after the Execute, before it knows the statement is a
+        COPY; those the client sent between ``head`` and its end of the COPY
+        get no ReadyForQuery. What the dropped ones were to settle, the next
+        end settles.
+        """
+        queue = self._queue
+        ignored = [
+            p
+            for p in queue
+            if p.kind == _R_SYNC and p.copy_ends == head.copy_ends and p is not head
+        ]
+        for sync in ignored:
+            position = queue.index(sync)
+            del queue[position]
+            if not sync.settles:
+                continue
+            later = next(
+                (p for p in itertools.islice(queue, position, None) if p.kind in _ENDS), None
+            )
+            if later is None:
+                self._dirty = True  # the next end settles it
+                self._unsettled -= 1
+            elif later.settles:
+                self._unsettled -= 1
+            else:
+                later.settles = True
 
     def _screen(
         self, chunk: bytes, start: int, end: int, pieces: list[bytes] | None, cut: int
@@ -862,7 +906,8 @@ _FUNCTION_CALL, _TERMINATE, _FLUSH = b"FXH"
 _PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
 _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
 _PARAMETER_STATUS, _FUNCTION_RESULT = b"SV"
-_COPY_OUT, _COPY_DATA = b"Hd"
+_COPY_OUT, _COPY_DATA, _COPY_IN = b"HdG"
+_COPY_DONE, _COPY_FAIL = b"cf"
 _TYPE_BYTES = tuple(bytes([i]) for i in range(256))
 _DESCRIBED = {
     b"C": "a command completion",
