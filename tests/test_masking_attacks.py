@@ -240,3 +240,24 @@ def test_a_statement_planned_again_on_another_table_keeps_its_masking(
     assert codes(rows) == []
     assert sum(1 for k, _ in rows if k == b"D") == 3
     assert leaks(raw(rows)) == []
+
+
+def test_names_longer_than_postgresql_keeps_are_the_same_name(masking_proxy: Proxy) -> None:
+    """PostgreSQL keys prepared statements and portals by their first 63 bytes:
+    two longer names that share them are one statement."""
+    long_a, long_b = "x" * 63 + "a", "x" * 63 + "b"
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        harmless = wire.Parse(long_b, "SELECT 'harmless'::text")
+        assert codes(exchange(sock, harmless, wire.Sync())) == []
+        assert codes(exchange(sock, wire.Close("S", long_a), wire.Sync())) == []
+        leak = wire.Parse(long_a, "SELECT upper(full_name) FROM crm.customers")
+        assert codes(exchange(sock, leak, wire.Sync())) == []
+        rows = exchange(
+            sock, wire.Bind("", long_b), wire.Describe("P", ""), wire.Execute(""), wire.Sync()
+        )
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []

@@ -468,3 +468,12 @@ def test_a_sync_sent_during_copy_from_stdin_is_not_answered(protocol: str) -> No
     drive(tracker, enc(wire.Query("SELECT 1")))
     tracker.receive_server(enc(ROW, wire.DataRow((b"1",)), wire.CommandComplete("SELECT 1")))
     assert [e.rows for e in tracker.take_events() if isinstance(e, wire.Finished)][-1] == 1
+
+
+def test_names_are_what_postgresql_keys_them_by_their_first_63_bytes() -> None:
+    tracker = wire.Tracker()
+    stem = "é" * 31  # 62 bytes: the 63rd is the first byte of what follows
+    drive(tracker, enc(wire.Parse(stem + "é1", "SELECT 1"), wire.Sync()), note="first")
+    assert tracker.statement_note(stem + "é2") == "first"
+    drive(tracker, enc(wire.Close("S", stem + "éz"), wire.Sync()))
+    assert tracker.statement_notes() == []

@@ -281,6 +281,19 @@ def _refusal(error: bytes) -> _Pending:
 
 
 _MAX_NAMED = 10_000  # prepared statements and portals remembered per session
+# PostgreSQL keys prepared statements and portals by their first NAMEDATALEN - 1
+# bytes: longer names that share those are one name.
+_NAME_BYTES = 63
+
+
+def _key(name: str) -> str:
+    """``name`` as PostgreSQL keys it (its first 63 bytes)."""
+    if len(name) <= _NAME_BYTES // 4:
+        return name
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _NAME_BYTES:
+        return name
+    return raw[:_NAME_BYTES].decode("utf-8", "surrogateescape")
 
 
 def _UNPLANNED(chunk: bytes, start: int, end: int) -> bytes:
@@ -360,7 +373,7 @@ class Tracker:
 
     def statement_note(self, name: str) -> Any:
         """The note of prepared statement ``name`` (None if unknown)."""
-        found = self._statements.get(name)
+        found = self._statements.get(_key(name))
         return found[0] if found is not None else None
 
     def statement_notes(self) -> list[tuple[str, Any]]:
@@ -369,14 +382,14 @@ class Tracker:
 
     def remember_statement(self, name: str, note: Any) -> None:
         """Record a statement prepared outside the protocol (SQL ``PREPARE``)."""
-        _remember(self._statements, name, (note, next(self._generations)))
+        _remember(self._statements, _key(name), (note, next(self._generations)))
 
     def forget_statement(self, name: str | None) -> None:
         """Forget one prepared statement (SQL ``DEALLOCATE``), or all with None."""
         if name is None:
             self._statements.clear()
         else:
-            self._statements.pop(name, None)
+            self._statements.pop(_key(name), None)
 
     # -- client -> server --------------------------------------------------------
 
@@ -447,7 +460,7 @@ class Tracker:
             self._dirty = True
             self._end(_R_QUERY_END)
         elif statement.kind == "P":
-            statements, name = self._statements, statement.name
+            statements, name = self._statements, _key(statement.name)
             previous = statements.get(name)
             _remember(statements, name, made := (notes, next(self._generations)))
             parse = _Pending(_R_PARSE, notes, now)
@@ -942,7 +955,7 @@ def _names(chunk: bytes, start: int, end: int, count: int) -> list[str]:
         if nul < 0:
             decode_frontend(Frame(chunk[start : start + 1], chunk[start:end]))
             raise RemoteProtocolError("malformed message: name is not NUL-terminated")
-        names.append(chunk[pos:nul].decode("utf-8", "surrogateescape"))
+        names.append(chunk[pos : min(nul, pos + _NAME_BYTES)].decode("utf-8", "surrogateescape"))
         pos = nul + 1
     return names
 
@@ -957,7 +970,8 @@ def _target(chunk: bytes, start: int, end: int) -> tuple[str, str]:
     if of not in b"SP" or chunk.find(b"\0", start + 6, end) != end - 1:
         decode_frontend(Frame(chunk[start : start + 1], chunk[start:end]))
         raise RemoteProtocolError("malformed message: invalid target")
-    return chr(of), chunk[start + 6 : end - 1].decode("utf-8", "surrogateescape")
+    name_end = min(end - 1, start + 6 + _NAME_BYTES)
+    return chr(of), chunk[start + 6 : name_end].decode("utf-8", "surrogateescape")
 
 
 def _fields(chunk: bytes, start: int, end: int) -> tuple[m.FieldDescription, ...]:
