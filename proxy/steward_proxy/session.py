@@ -304,7 +304,8 @@ class Session:
         A session signed in read-write that a policy now makes read-only ends,
         and so does one holding a prepared statement the new policy refuses
         (its Bind and Execute are not judged again), and one whose subject now
-        gets other masking (its row hooks are set up at sign-in).
+        gets other masking (its row hooks are set up at sign-in), and one that
+        prepared more statements than the tracker remembers.
         """
         judge = self.judge
         self._generation = judge.generation
@@ -321,6 +322,14 @@ class Session:
                 "terminating connection: a policy now makes this subject read-only; sign in again",
                 reason="a policy made the subject read-only",
                 kind="read_only",
+                sqlstate=INSUFFICIENT_PRIVILEGE,
+            )
+        if self.tracker.forgot_statements:
+            raise SessionEnded(
+                "terminating connection: the policy changed, and this session prepared more "
+                "statements than Steward remembers to judge again; sign in again",
+                reason="a policy changed and the session holds statements Steward forgot",
+                kind="policy_changed",
                 sqlstate=INSUFFICIENT_PRIVILEGE,
             )
         refused = policy_refuses(self.tracker.statement_notes(), judge.policies)

@@ -324,6 +324,8 @@ class Tracker:
         """The client said goodbye (Terminate)."""
         self.upstream_fatal: str | None = None
         """SQLSTATE of a FATAL (or PANIC) error the server sent."""
+        self.forgot_statements = False
+        """More statements were prepared than are remembered: the oldest were forgotten."""
         self.events: list[TrackerEvent] = []
         self._from_client = MessageReader(max_message_size=max_message_size)
         self._from_server = MessageReader(max_message_size=max_message_size)
@@ -382,7 +384,8 @@ class Tracker:
 
     def remember_statement(self, name: str, note: Any) -> None:
         """Record a statement prepared outside the protocol (SQL ``PREPARE``)."""
-        _remember(self._statements, _key(name), (note, next(self._generations)))
+        if _remember(self._statements, _key(name), (note, next(self._generations))):
+            self.forgot_statements = True
 
     def forget_statement(self, name: str | None) -> None:
         """Forget one prepared statement (SQL ``DEALLOCATE``), or all with None."""
@@ -462,7 +465,8 @@ class Tracker:
         elif statement.kind == "P":
             statements, name = self._statements, _key(statement.name)
             previous = statements.get(name)
-            _remember(statements, name, made := (notes, next(self._generations)))
+            if _remember(statements, name, made := (notes, next(self._generations))):
+                self.forgot_statements = True
             parse = _Pending(_R_PARSE, notes, now)
             parse.undo = (statements, name, previous, made)
             queue.append(parse)
@@ -995,9 +999,11 @@ def _undo(pending: list[_Pending]) -> None:
             _remember(named, name, previous)
 
 
-def _remember(named: dict[Any, Any], name: Any, value: Any) -> None:
-    """Keep ``value`` under ``name``, forgetting the oldest beyond the bound."""
+def _remember(named: dict[Any, Any], name: Any, value: Any) -> bool:
+    """Keep ``value`` under ``name``, forgetting the oldest beyond the bound (then True)."""
     named.pop(name, None)
     named[name] = value
     if len(named) > _MAX_NAMED:
         del named[next(iter(named))]
+        return True
+    return False
