@@ -284,3 +284,15 @@ def test_copy_rows_are_masked_field_by_field() -> None:
     assert rewrite(b"d" + (len(row) + 4).to_bytes(4, "big") + row)[5:] == (
         b"2\tB\\t\ta***@x.org\t\\N\n"
     )
+
+
+def test_names_statements_resolve_are_remembered_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Statements name whatever relations a client likes; what they resolve to is
+    remembered until the catalog changes, but not without bound."""
+    monkeypatch.setattr("steward_proxy.masking.plan._MAX_RESOLVED", 100, raising=False)
+    subject = masker()
+    for i in range(150):
+        assert subject.refusal(analyze(f"SELECT 1 FROM made_up_{i} WHERE x = 1")[0])
+    assert 0 < len(subject._resolved) <= 100

@@ -65,6 +65,9 @@ _SPAN_SAFE_BINARY = frozenset({114, 3802})
 # has 13 or more), so detection skips them.
 _TOO_SHORT = frozenset({16, 21, 23, 26})  # bool, int2, int4, oid
 _MAX_DEPTH = 16  # views over views
+# Sources resolved and remembered until the catalog changes: statements name
+# whatever a client likes, so the memory is bounded.
+_MAX_RESOLVED = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,8 @@ class Masker:
         if found is None:
             found = self._resolve(source, depth)
             if depth == 0:
+                if len(self._resolved) >= _MAX_RESOLVED:
+                    self._resolved.clear()
                 self._resolved[source] = found
         return found
 
