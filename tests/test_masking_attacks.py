@@ -261,3 +261,27 @@ def test_names_longer_than_postgresql_keeps_are_the_same_name(masking_proxy: Pro
     assert codes(rows) == []
     assert sum(1 for k, _ in rows if k == b"D") == 3
     assert leaks(raw(rows)) == []
+
+
+def test_a_failed_declare_under_an_open_cursors_name_keeps_its_masking(
+    masking_proxy: Proxy,
+) -> None:
+    """DECLARE under the name of an open cursor fails (42P03) and leaves it open:
+    its rows are still masked as its own."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        for sql in (
+            "BEGIN",
+            "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers",
+            "SAVEPOINT s",
+        ):
+            assert codes(exchange(sock, wire.Query(sql))) == [], sql
+        again = exchange(sock, wire.Query("DECLARE c CURSOR FOR SELECT 'harmless'::text"))
+        assert codes(again) == ["42P03"]
+        assert codes(exchange(sock, wire.Query("ROLLBACK TO SAVEPOINT s"))) == []
+        rows = exchange(sock, wire.Query("FETCH ALL FROM c"))
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []

@@ -199,3 +199,15 @@ def test_each_execution_of_a_prepared_statement_lists_what_it_masked() -> None:
         ["public.users.email:email", "public.users.ssn:redact"],
     ]
     assert session._labels == {}
+
+
+def test_cursors_are_remembered_once_declared_and_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("steward_proxy.session._MAX_CURSORS", 3)
+    session = make_masked_session(AuditLog())
+    declares = "; ".join(f"DECLARE c{i} CURSOR FOR SELECT email FROM users" for i in range(5))
+    session.feed_client(enc(wire.Query(declares)))
+    assert session._cursors == {}  # not before the server ran them
+    session.feed_upstream(enc(*[wire.CommandComplete("DECLARE CURSOR")] * 5))
+    assert list(session._cursors) == ["c2", "c3", "c4"]

@@ -64,6 +64,8 @@ STAND_IN_SQL = wire.STAND_IN_SQL
 # GB18030 or JOHAB may take as the second half of a double-byte character.
 _READS_DIFFERENTLY = re.compile(rb"\\|[\x80-\xff][\x30-\x7e]")
 
+_MAX_CURSORS = 10_000  # DECLAREd cursors whose rows the session remembers
+
 # Statements after which the catalog masking resolves columns with may differ.
 _CATALOG_CHANGES = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT", "REFRESH"})
 
@@ -394,8 +396,6 @@ class Session:
             if reason is not None:
                 refusal = Verdict(verdict.statements, Decision("deny", None, "masking", reason))
                 return self._refuse(refusal, self.clock())
-            if lineage is not None and lineage.declares is not None:
-                self._cursors[lineage.declares] = lineage
             notes.append(Note(statement, verdict, lineage, set()))
         return notes
 
@@ -642,6 +642,15 @@ class Session:
             masker = self.judge.masker
             if masker is not None:
                 masker.invalidate()  # the shell reloads the catalog
+        lineage = note.lineage
+        if lineage is not None and lineage.declares is not None and event.error is None:
+            # A DECLARE under an open cursor's name fails and leaves that one:
+            # a cursor's rows are known only once its DECLARE succeeded.
+            cursors = self._cursors
+            cursors.pop(lineage.declares, None)
+            cursors[lineage.declares] = lineage
+            if len(cursors) > _MAX_CURSORS:
+                del cursors[next(iter(cursors))]  # its rows are then masked as unknown
         if statement is not None and event.error is None and statement.prepared_name is not None:
             # SQL PREPARE and DEALLOCATE share the protocol's statement names.
             if statement.command == "PREPARE":
