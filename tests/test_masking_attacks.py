@@ -285,3 +285,43 @@ def test_a_failed_declare_under_an_open_cursors_name_keeps_its_masking(
     assert codes(rows) == []
     assert sum(1 for k, _ in rows if k == b"D") == 3
     assert leaks(raw(rows)) == []
+
+
+def test_sql_cursors_and_protocol_portals_share_names(masking_proxy: Proxy) -> None:
+    """A cursor DECLAREd in SQL is a portal a protocol Execute can run, and a
+    portal a Bind made is a cursor SQL can FETCH from: a name used before for a
+    harmless one must not lend its masking to the other."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        setup = exchange(
+            sock,
+            wire.Parse("harmless", "SELECT 'harmless'::text"),
+            wire.Parse("leak", "SELECT upper(full_name) FROM crm.customers"),
+            wire.Sync(),
+        )
+        assert codes(setup) == []
+        # A protocol portal "c", described, then gone with its transaction.
+        old = exchange(
+            sock,
+            wire.Bind("c", "harmless"),
+            wire.Describe("P", "c"),
+            wire.Execute("c"),
+            wire.Sync(),
+        )
+        assert codes(old) == []
+        assert codes(exchange(sock, wire.Query("BEGIN"))) == []
+        declared = "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers"
+        assert codes(exchange(sock, wire.Query(declared))) == []
+        executed = exchange(sock, wire.Execute("c"), wire.Sync())
+        # A cursor "p" closed, then a protocol portal "p" FETCHed from in SQL.
+        for sql in ("DECLARE p CURSOR FOR SELECT 'harmless'::text", "CLOSE p"):
+            assert codes(exchange(sock, wire.Query(sql))) == []
+        assert codes(exchange(sock, wire.Bind("p", "leak"), wire.Sync())) == []
+        fetched = exchange(sock, wire.Query("FETCH ALL FROM p"))
+        assert codes(exchange(sock, wire.Query("COMMIT"))) == []
+    finally:
+        sock.close()
+    assert codes(executed) == [] and codes(fetched) == []
+    assert [sum(1 for k, _ in a if k == b"D") for a in (executed, fetched)] == [3, 3]
+    assert leaks(raw(executed)) == []
+    assert leaks(raw(fetched)) == []

@@ -646,6 +646,8 @@ class Session:
         if lineage is not None and lineage.declares is not None and event.error is None:
             # A DECLARE under an open cursor's name fails and leaves that one:
             # a cursor's rows are known only once its DECLARE succeeded.
+            # A cursor is a portal a protocol Execute can run: not one a Bind made.
+            self.tracker.forget_portal(lineage.declares)
             cursors = self._cursors
             cursors.pop(lineage.declares, None)
             cursors[lineage.declares] = lineage
@@ -676,6 +678,10 @@ class Session:
         if lineage is None:
             return None
         if lineage.fetches is not None:
+            if self.tracker.has_portal(lineage.fetches):
+                # A portal a Bind made (FETCH reads those too), or one that
+                # ended while a cursor took its name: not told apart.
+                return None
             return self._cursors.get(lineage.fetches)
         if lineage.executes is not None:
             note = self.tracker.statement_note(lineage.executes)

@@ -394,6 +394,14 @@ class Tracker:
         else:
             self._statements.pop(_key(name), None)
 
+    def has_portal(self, name: str) -> bool:
+        """Whether a Bind made portal ``name`` (it may have ended with its transaction)."""
+        return _key(name) in self._portals
+
+    def forget_portal(self, name: str) -> None:
+        """Forget portal ``name``: a SQL ``DECLARE`` made a cursor under it."""
+        self._portals.pop(_key(name), None)
+
     # -- client -> server --------------------------------------------------------
 
     def receive_client(self, data: bytes, now: float | None = None) -> None:
