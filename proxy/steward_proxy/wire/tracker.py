@@ -660,9 +660,10 @@ class Tracker:
                 tag = chunk[start + 5 : end - 1]
                 count = tag.rpartition(b" ")[2]
                 rows = int(count) if count.isdigit() else head.rows
-                self.events.append(
-                    Finished(head.note, rows, None, tag, head.started, _planned(head))
-                )
+                done = head.filter
+                if done is _UNPLANNED:
+                    done = None
+                self.events.append(Finished(head.note, rows, None, tag, head.started, done))
                 continue
             if kind == _ROW_DESCRIPTION and queue and queue[0].kind == _R_STATEMENT:
                 # The layout of a simple-Query statement's rows (LAYOUT in ANSWERS).
