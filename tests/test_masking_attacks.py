@@ -325,3 +325,45 @@ def test_sql_cursors_and_protocol_portals_share_names(masking_proxy: Proxy) -> N
     assert [sum(1 for k, _ in a if k == b"D") for a in (executed, fetched)] == [3, 3]
     assert leaks(raw(executed)) == []
     assert leaks(raw(fetched)) == []
+
+
+@pytest.mark.parametrize(
+    ("store", "read_back"),
+    [
+        (
+            "SELECT setval('public.loot_seq', account_no) FROM crm.customers WHERE id = 1",
+            "SELECT last_value FROM public.loot_seq",
+        ),
+        (
+            "SELECT pg_advisory_lock(account_no) FROM crm.customers WHERE id = 1",
+            "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+            "WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        ),
+        (
+            "SELECT lowrite(lo_open(lo_create(0), 131072), convert_to(full_name, 'UTF8')) "
+            "FROM crm.customers WHERE id = 1",
+            "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata",
+        ),
+    ],
+    ids=["a sequence", "an advisory lock", "a large object"],
+)
+def test_functions_that_keep_a_masked_value_are_refused(
+    masking_proxy: Proxy,
+    seeded,  # noqa: F811
+    store: str,
+    read_back: str,
+) -> None:
+    """A function that keeps its argument where a later statement reads it back
+    moves a masked value out of its rule's reach."""
+    seeded.execute("CREATE SEQUENCE IF NOT EXISTS public.loot_seq")
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        assert codes(exchange(sock, wire.Query("BEGIN"))) == []
+        stored = exchange(sock, wire.Query(store))
+        read = exchange(sock, wire.Query(read_back))
+        exchange(sock, wire.Query("ROLLBACK"))
+    finally:
+        sock.close()
+        seeded.execute("DROP SEQUENCE public.loot_seq")
+    assert leaks(raw(stored) + raw(read)) == []
+    assert codes(stored) == ["42501"]
