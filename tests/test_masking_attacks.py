@@ -367,3 +367,33 @@ def test_functions_that_keep_a_masked_value_are_refused(
         seeded.execute("DROP SEQUENCE public.loot_seq")
     assert leaks(raw(stored) + raw(read)) == []
     assert codes(stored) == ["42501"]
+
+
+def test_statements_after_a_schema_change_are_judged_as_after_it(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """Steward resolves names with a catalog it reloads after DDL: a statement
+    judged before that reload (the next one in the string) must not read a
+    replaced view as the view it was."""
+    seeded.execute("CREATE VIEW public.v AS SELECT 'x'::text AS a")
+    try:
+        proxy = start_proxy(POLICY)
+        upstream_role = proxy.argv[proxy.argv.index("--upstream") + 1].split("//")[1]
+        seeded.execute(f"ALTER VIEW public.v OWNER TO {upstream_role.split(':')[0].split('@')[0]}")
+        sock, _ = raw_login(proxy, "alice")
+        try:
+            moved = exchange(
+                sock,
+                wire.Query(
+                    "CREATE OR REPLACE VIEW public.v AS SELECT full_name AS a FROM crm.customers; "
+                    "CREATE TABLE public.loot AS SELECT a FROM public.v"
+                ),
+            )
+            read = exchange(sock, wire.Query("SELECT a FROM public.v"))
+        finally:
+            sock.close()
+    finally:
+        seeded.execute("DROP TABLE IF EXISTS public.loot; DROP VIEW public.v")
+    assert codes(moved) == ["42501"]  # the CREATE TABLE AS: what v now holds is masked
+    assert leaks(raw(read)) == []

@@ -211,3 +211,11 @@ def test_cursors_are_remembered_once_declared_and_within_a_bound(
     assert session._cursors == {}  # not before the server ran them
     session.feed_upstream(enc(*[wire.CommandComplete("DECLARE CURSOR")] * 5))
     assert list(session._cursors) == ["c2", "c3", "c4"]
+
+
+def test_a_schema_change_prepared_and_never_run_lets_go_of_its_names() -> None:
+    session = make_masked_session(AuditLog())
+    session.feed_client(enc(wire.Parse("d", "DROP VIEW other"), wire.Sync()))
+    assert session._masker is not None and session._masker._changing == {"other": 1 << 62}
+    session.feed_upstream(enc(wire.ParseComplete(), wire.ReadyForQuery("I")))
+    assert session._changes == {} and session._masker._changing == {}

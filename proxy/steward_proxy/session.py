@@ -66,6 +66,12 @@ _READS_DIFFERENTLY = re.compile(rb"\\|[\x80-\xff][\x30-\x7e]")
 
 _MAX_CURSORS = 10_000  # DECLAREd cursors whose rows the session remembers
 
+
+def _changed_tables(statement: StatementInfo) -> tuple[str, ...]:
+    """The relations a schema change alters: what a DROP names, else what it is on."""
+    return statement.tables if statement.command == "DROP" else statement.tables[:1]
+
+
 # Statements after which the catalog masking resolves columns with may differ.
 _CATALOG_CHANGES = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT", "REFRESH"})
 
@@ -161,6 +167,8 @@ class Session:
         self._cursors: dict[str, StatementLineage | None] = {}  # DECLAREd cursors' rows
         # Each row filter's audit labels, until its request finishes.
         self._labels: dict[wire.RowFilter, set[str]] = {}
+        # Schema changes sent and not yet run: their notes and the names they mark.
+        self._changes: dict[int, tuple[Note, list[str]]] = {}
         self.tracker = wire.Tracker(
             max_message_size=max_message_size,
             clock=clock,
@@ -387,6 +395,7 @@ class Session:
             return verdict.notes  # made once per verdict: nothing changes them
         traced = verdict.lineage
         notes = []
+        changes: list[tuple[Note, list[str]]] = []
         for i, statement in enumerate(verdict.statements):
             if traced is not None:
                 lineage = traced[i]
@@ -394,9 +403,18 @@ class Session:
                 lineage = masker.untraced(statement.tables, bool(statement.writes))
             reason = masker.refusal(self._effective(lineage) or lineage)
             if reason is not None:
+                for _, names in changes:  # none of it runs
+                    masker.changed(names, ran=False)
                 refusal = Verdict(verdict.statements, Decision("deny", None, "masking", reason))
                 return self._refuse(refusal, self.clock())
-            notes.append(Note(statement, verdict, lineage, set()))
+            note = Note(statement, verdict, lineage, set())
+            notes.append(note)
+            if statement.command in _CATALOG_CHANGES and statement.tables:
+                # What follows (in this string, in the pipeline, until the
+                # catalog is reloaded) is judged as after the change.
+                changes.append((note, masker.changing(_changed_tables(statement))))
+        for note, names in changes:
+            self._changes[id(note)] = (note, names)
         return notes
 
     def _judge(self, text: bytes, now: float, kind: str = "Q") -> Verdict | bytes | None:
@@ -599,6 +617,8 @@ class Session:
             ) from None
         if tracker.events:
             self._events(tracker.take_events())
+        if self._changes and not tracker.pending:
+            self._release_changes()  # prepared, never run
         if (self._stall == "settle" and not tracker.unsettled) or (
             self._stall == "backlog" and tracker.pending <= self.limits.max_pending // 2
         ):
@@ -638,10 +658,16 @@ class Session:
             return
         statement = note.statement
         ddl = statement is not None and statement.command in _CATALOG_CHANGES
-        if ddl and event.error is None:
+        change = self._changes.pop(id(note), None) if self._changes else None
+        if change is not None:
+            assert self._masker is not None
+            self._masker.changed(change[1], ran=event.error is None)  # reloads if it ran
+        elif ddl and event.error is None and statement is not None:
             masker = self.judge.masker
             if masker is not None:
-                masker.invalidate()  # the shell reloads the catalog
+                # Judged long before (a prepared statement): what follows until
+                # the reload is judged as after the change.
+                masker.changed(masker.changing(_changed_tables(statement)), ran=True)
         lineage = note.lineage
         if lineage is not None and lineage.declares is not None and event.error is None:
             # A DECLARE under an open cursor's name fails and leaves that one:
@@ -735,6 +761,14 @@ class Session:
         for event in self.tracker.abandon(reason):
             if isinstance(event, wire.Finished):
                 self._finished(event)
+        self._release_changes()
+
+    def _release_changes(self) -> None:
+        """Schema changes this session sent that did not run: their names resolve again."""
+        changes, self._changes = self._changes, {}
+        if self._masker is not None:
+            for _, names in changes.values():
+                self._masker.changed(names, ran=False)
 
     # -- audit -------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ _SPAN_SAFE_BINARY = frozenset({114, 3802})
 # has 13 or more), so detection skips them.
 _TOO_SHORT = frozenset({16, 21, 23, 26})  # bool, int2, int4, oid
 _MAX_DEPTH = 16  # views over views
+_UNTIL_RUN = 1 << 62  # a schema change sent, not yet run
 # Sources resolved and remembered until the catalog changes: statements name
 # whatever a client likes, so the memory is bounded.
 _MAX_RESOLVED = 65536
@@ -181,8 +182,13 @@ class Masker:
         self._resolved: dict[Source, tuple[frozenset[str], bool]] = {}
         self._views: dict[int, list[Output] | None] = {}
         self._rules: dict[str, Strategy | None] = {}
-        self.invalidated: Callable[[], None] | None = None
-        """Called when a statement may have changed the catalog (the shell refreshes it)."""
+        self.invalidated: Callable[[], int | None] | None = None
+        """Called when a statement may have changed the catalog (the shell refreshes it);
+        returns the generation of the catalog that will show the change."""
+        # Relation names (without schema) a schema change was sent for, and the
+        # catalog generation that shows it (_UNTIL_RUN: the change has not run).
+        # Until then they resolve to nothing known (masked, as unknown ones).
+        self._changing: dict[str, int] = {}
 
     @property
     def strategies(self) -> Strategies:
@@ -200,10 +206,36 @@ class Masker:
         self._catalog = catalog
         self._resolved.clear()
         self._views.clear()
+        if self._changing:
+            generation = catalog.generation
+            self._changing = {n: g for n, g in self._changing.items() if g > generation}
 
     def invalidate(self) -> None:
         if self.invalidated is not None:
             self.invalidated()
+
+    def changing(self, tables: Sequence[str]) -> list[str]:
+        """A schema change naming ``tables`` is sent: they resolve as unknown until
+        :meth:`changed` and the catalog reload after it. Returns the names marked."""
+        names = [table.rpartition(".")[2] for table in tables]
+        for name in names:
+            self._changing[name] = _UNTIL_RUN
+        self._resolved.clear()
+        return names
+
+    def changed(self, names: Sequence[str], *, ran: bool) -> None:
+        """The schema change that marked ``names`` ran (the catalog is reloaded), or never will."""
+        generation = None
+        if ran and self.invalidated is not None:
+            generation = self.invalidated()
+        for name in names:
+            if self._changing.get(name) != _UNTIL_RUN:
+                continue
+            if generation is None:
+                del self._changing[name]
+            else:
+                self._changing[name] = generation
+        self._resolved.clear()
 
     # -- resolution ------------------------------------------------------------------
 
@@ -228,7 +260,7 @@ class Masker:
         return found
 
     def _resolve(self, source: Source, depth: int) -> tuple[frozenset[str], bool]:
-        if source[0] == "opaque" or depth > _MAX_DEPTH:
+        if source[0] == "opaque" or depth > _MAX_DEPTH or source[2] in self._changing:
             return frozenset(), True
         relations = self._catalog.lookup(source[1], source[2])
         if not relations:
@@ -287,7 +319,7 @@ class Masker:
                 expanded.append(item)
                 continue
             relations = self._catalog.lookup(item.schema, item.relation)
-            if len({len(r.columns) for r in relations}) != 1:
+            if len({len(r.columns) for r in relations}) != 1 or item.relation in self._changing:
                 return None
             if len(relations) == 1:
                 relation = relations[0]
@@ -456,6 +488,8 @@ class Masker:
             strategy: Strategy | None = None
             found: list[str] = []
             relation = catalog.relations.get(fd.table_oid) if fd.table_oid else None
+            if relation is not None and relation.name in self._changing:
+                relation = None  # a schema change the catalog does not show yet
             if fd.table_oid and relation is None:
                 if config.column_rules:
                     strategy, found = REDACT, [f"{UNRESOLVED}:redact"]
