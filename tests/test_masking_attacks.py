@@ -397,3 +397,27 @@ def test_statements_after_a_schema_change_are_judged_as_after_it(
         seeded.execute("DROP TABLE IF EXISTS public.loot; DROP VIEW public.v")
     assert codes(moved) == ["42501"]  # the CREATE TABLE AS: what v now holds is masked
     assert leaks(raw(read)) == []
+
+
+def test_a_binary_copy_out_is_refused_when_detection_is_on(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """Detection reads COPY rows as text or CSV: binary ones it cannot read."""
+    proxy = start_proxy(DETECT_ONLY)
+    card = (4716287144365186).to_bytes(8, "big")
+    sock, _ = raw_login(proxy, "dave")
+    try:
+        sock.sendall(
+            wire.encode(
+                wire.Query(
+                    "COPY (SELECT replace(substring(notes from '\\d{4} \\d{4} \\d{4} \\d{4}'), "
+                    "' ', '')::bigint FROM crm.customers WHERE id = 1) TO STDOUT (FORMAT binary)"
+                )
+            )
+        )
+        answers = recv_messages(sock)
+    finally:
+        sock.close()
+    assert card not in raw(answers)
+    assert codes(answers) == ["42501"]

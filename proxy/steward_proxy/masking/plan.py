@@ -390,6 +390,15 @@ class Masker:
             return None
         if self.unavailable is not None:
             return f"statement refused: {self.unavailable}"
+        copy = lineage.copy
+        unreadable_copy = copy is not None and (
+            copy.format not in ("text", "csv") or len(copy.delimiter.encode()) != 1
+        )
+        if unreadable_copy and config.detect:
+            return (
+                "statement refused: content detection reads COPY rows as text or CSV, "
+                "not binary; use text or CSV"
+            )
         if not config.column_rules:
             return None
         if lineage.defines_code:
@@ -416,10 +425,7 @@ class Masker:
                     f"statement refused: it filters, joins, groups or orders by masked column "
                     f"{_name(masked)} (masking.predicates is deny)"
                 )
-        copy = lineage.copy
-        if copy is not None and (
-            copy.format not in ("text", "csv") or len(copy.delimiter.encode()) != 1
-        ):
+        if unreadable_copy:
             masked, unresolved = self.masked_sources(lineage.reads)
             if masked or unresolved:
                 return (
