@@ -421,3 +421,26 @@ def test_a_binary_copy_out_is_refused_when_detection_is_on(
         sock.close()
     assert card not in raw(answers)
     assert codes(answers) == ["42501"]
+
+
+def test_a_reported_setting_is_read_by_detection(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """The server reports some settings (application_name) to the client in a
+    ParameterStatus: set_config moves any value there."""
+    proxy = start_proxy(DETECT_ONLY)
+    sock, _ = raw_login(proxy, "dave")
+    try:
+        answers = exchange(
+            sock,
+            wire.Query(
+                "SELECT set_config('application_name', substring(notes from '\\S+@\\S+'), false) "
+                "FROM crm.customers WHERE id = 1"
+            ),
+        )
+    finally:
+        sock.close()
+    assert codes(answers) == []
+    assert any(k == b"S" and p.startswith(b"application_name\0") for k, p in answers)
+    assert leaks(raw(answers)) == []

@@ -361,10 +361,14 @@ def test_errors_and_notices_are_screened_with_the_note_of_their_request() -> Non
     # Nothing pending: the note is None and the message passes as the screen says.
     assert tracker.receive_server(enc(notice)) == enc(notice)
     assert seen[-1] == (None, b"N")
-    # A notification's payload is any text: it is screened too.
+    # A notification's payload and a reported setting hold any text: screened too.
     notification = enc(wire.NotificationResponse(42, "c", "123-45-6789"))
     assert tracker.receive_server(notification) == notification
     assert seen[-1] == (None, b"A")
+    setting = enc(wire.ParameterStatus("application_name", "123-45-6789"))
+    assert tracker.receive_server(setting) == setting
+    assert seen[-1] == (None, b"S")
+    assert tracker.take_events()[-1] == wire.ParameterChanged("application_name", "123-45-6789")
     # Without a screen every asynchronous message passes as it is.
     plain = wire.Tracker()
     status = wire.ParameterStatus("TimeZone", "UTC")

@@ -93,6 +93,17 @@ def _screen_notification(message: bytes, *, detect: bool) -> bytes:
     return b"A" + (len(out) + 4).to_bytes(4, "big") + out
 
 
+def _screen_setting(message: bytes, *, detect: bool) -> bytes:
+    """A ParameterStatus as a masked subject may see it: ``set_config`` puts any value
+    in a setting the server reports (application_name); with detection on, one
+    holding a detected datum is reported as ``****``."""
+    body = message[5:]  # the name and the value, NUL after each
+    if not detect or 0 not in body.translate(NEEDED) or not find(body):
+        return message
+    out = body.partition(b"\0")[0] + b"\0****\0"
+    return b"S" + (len(out) + 4).to_bytes(4, "big") + out
+
+
 def _withhold_copy_data(message: bytes) -> bytes:
     """COPY rows whose format the session cannot read: an empty row in their place."""
     return b"d\x00\x00\x00\x05\n"
@@ -751,6 +762,8 @@ class Session:
         assert masker is not None
         if message[:1] == b"A":
             return _screen_notification(message, detect=masker.config.detect)
+        if message[:1] == b"S":
+            return _screen_setting(message, detect=masker.config.detect)
         lineage = self._effective(note.lineage) if isinstance(note, Note) else None
         return masking_rows.screen_message(
             message, tainted=masker.tainted(lineage), detect=masker.config.detect

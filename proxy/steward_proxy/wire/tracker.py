@@ -49,11 +49,12 @@ the DataRows to send instead.
 
 Errors and notices can be rewritten too (masking: PostgreSQL quotes values
 in them): a ``screen_messages`` callback gets the note of the request at the
-head of the queue (None if none) and each ErrorResponse, NoticeResponse or
-NotificationResponse whole, and returns the message to send instead (a refusal's swapped error
-excepted: it is the proxy's own). A ``plan_copy`` callback is asked, when a
-COPY out starts, with the request's note and the CopyOutResponse (whole), and
-returns a :data:`CopyFilter` for each CopyData message of it (or None).
+head of the queue (None if none) and each ErrorResponse, NoticeResponse,
+NotificationResponse or ParameterStatus whole, and returns the message to send
+instead (a refusal's swapped error excepted: it is the proxy's own). A
+``plan_copy`` callback is asked, when a COPY out starts, with the request's
+note and the CopyOutResponse (whole), and returns a :data:`CopyFilter` for
+each CopyData message of it (or None).
 """
 
 from __future__ import annotations
@@ -237,8 +238,8 @@ CopyFilter = Callable[[bytes], bytes]
 CopyPlanner = Callable[[Any, bytes], "CopyFilter | None"]
 """``(note, CopyOutResponse) -> a filter for its CopyData messages, or None``."""
 MessageScreen = Callable[[Any, bytes], bytes]
-"""``(note or None, ErrorResponse, NoticeResponse or NotificationResponse) -> the message
-to send``."""
+"""``(note or None, ErrorResponse, NoticeResponse, NotificationResponse or ParameterStatus)
+-> the message to send``."""
 RowPlanner = Callable[
     [Any, "tuple[m.FieldDescription, ...] | None", tuple[int, ...]], "RowFilter | None"
 ]
@@ -692,13 +693,13 @@ class Tracker:
                     self._failed(error)
                 continue
             if kind in _ASYNC:
-                if kind != _PARAMETER_STATUS:
-                    if self.screen_messages is not None:
-                        # A NoticeResponse, or a NotificationResponse (its payload).
-                        pieces, cut = self._screen(chunk, start, end, pieces, cut)
-                else:
+                if kind == _PARAMETER_STATUS:
                     status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
                     self.events.append(ParameterChanged(status.name, status.value))
+                if self.screen_messages is not None:
+                    # A notice, a notification's payload, a reported setting
+                    # (set_config) may each hold any value.
+                    pieces, cut = self._screen(chunk, start, end, pieces, cut)
                 continue
             if kind in _COMPLETIONS and queue and queue[0].kind == _COMPLETIONS[kind]:
                 queue.popleft()  # ParseComplete, BindComplete, CloseComplete
