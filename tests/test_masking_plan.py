@@ -297,3 +297,42 @@ def test_copy_rows_are_masked_field_by_field() -> None:
     assert rewrite(b"d" + (len(row) + 4).to_bytes(4, "big") + row)[5:] == (
         b"2\tB\\t\ta***@x.org\t\\N\n"
     )
+
+
+def test_names_statements_resolve_are_remembered_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Statements name whatever relations a client likes; what they resolve to is
+    remembered until the catalog changes, but not without bound."""
+    monkeypatch.setattr("steward_proxy.masking.plan._MAX_RESOLVED", 100, raising=False)
+    subject = masker()
+    for i in range(150):
+        assert subject.refusal(analyze(f"SELECT 1 FROM made_up_{i} WHERE x = 1")[0])
+    assert 0 < len(subject._resolved) <= 100
+
+
+def test_a_relation_a_schema_change_names_resolves_as_unknown_until_the_reload() -> None:
+    """Until the catalog shows a schema change, what the statements after it read
+    of the relation it names is masked and filters on it are refused."""
+    subject = masker()
+    moving = analyze("CREATE TABLE public.loot AS SELECT id FROM shop.orders")[0]
+    filtering = analyze("SELECT 1 FROM shop.orders WHERE user_id = 1")[0]
+    assert subject.refusal(moving) is None and subject.refusal(filtering) is None
+    generations = iter([7])
+    subject.invalidated = lambda: next(generations)
+    names = subject.changing(["shop.orders"])  # e.g. CREATE OR REPLACE VIEW shop.orders
+    assert subject.refusal(moving) is not None and subject.refusal(filtering) is not None
+    subject.changed(names, ran=True)  # it ran: the catalog of generation 7 shows it
+    assert subject.refusal(moving) is not None
+    subject.catalog = Catalog.from_rows([], [], generation=6)
+    subject.catalog = CATALOG  # generation 1: a load from before the change
+    assert subject.refusal(moving) is not None
+    subject.catalog = Catalog.from_rows(
+        [(ORDERS, "shop", "orders", "r")],
+        [(ORDERS, 1, "id", 23), (ORDERS, 2, "user_id", 23)],
+        generation=7,
+    )
+    assert subject.refusal(moving) is None and subject.refusal(filtering) is None
+    # A change that does not run leaves its names as they were.
+    subject.changed(subject.changing(["shop.orders"]), ran=False)
+    assert subject.refusal(filtering) is None

@@ -121,3 +121,20 @@ def test_screen_message_withholds_quoted_values() -> None:
     assert screen_message(error, tainted=False, detect=True) == error
     notice = wire.encode(wire.NoticeResponse((("S", "NOTICE"), ("M", "v=536-22-8714"))))
     assert b"536-22-8714" not in screen_message(notice, tainted=False, detect=True)
+
+
+def test_pseudonyms_remember_no_large_values() -> None:
+    """Remembering pays for short repeated values (names, cities); a large value
+    kept as a key would hold its whole size, up to the bound of entries."""
+    import tracemalloc
+
+    pseudonym = Strategies(b"k" * 32).pseudonym
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(64):
+            assert pseudonym(i.to_bytes(4, "big") * 65536).startswith(b"h_")  # 256 KiB each
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1 << 20

@@ -469,3 +469,40 @@ def test_function_call_by_oid_cannot_bypass_a_functions_guardrail(guarded: Proxy
         assert "no-file-access" in fields["M"]
         sock.sendall(query_message("SELECT 'after'"))
         assert [kind for kind, _ in recv_messages(sock)] == [b"T", b"D", b"C", b"Z"]
+
+
+# ------------------------------------------------------------ COPY FROM STDIN
+
+
+def test_libpq_copy_from_stdin_through_the_extended_protocol_leaves_the_session_usable(
+    guarded: Proxy,
+) -> None:
+    """libpq sends Sync after the Execute of a COPY ... FROM STDIN, and another
+    after CopyDone; PostgreSQL ignores the first (it comes in COPY mode), so it
+    answers one ReadyForQuery for both."""
+    from psycopg import pq
+
+    conn = pq.PGconn.connect(guarded.dsn("alice").encode())
+    try:
+        assert conn.status == pq.ConnStatus.OK
+        table = unique_table()
+        conn.exec_(f"CREATE TEMP TABLE {table} (x text)".encode())
+        conn.send_query_params(f"COPY {table} FROM STDIN".encode(), None)
+        result = conn.get_result()
+        assert result is not None and result.status == pq.ExecStatus.COPY_IN
+        assert conn.put_copy_data(b"a\\\\b\n") == 1
+        assert conn.put_copy_end() == 1
+        copied = conn.get_result()
+        assert copied is not None and copied.status == pq.ExecStatus.COMMAND_OK, (
+            copied and copied.error_message
+        )
+        assert conn.get_result() is None
+        # Text with a backslash waits until the server settled what ran before:
+        # that must come.
+        rows = conn.exec_(f"SELECT x || '\\' FROM {table}".encode())
+        assert rows.status == pq.ExecStatus.TUPLES_OK, rows.error_message
+        assert rows.get_value(0, 0) == b"a\\b\\"
+        again = conn.exec_params(b"SELECT $1::int + 1", [b"41"])
+        assert again.get_value(0, 0) == b"42"
+    finally:
+        conn.finish()

@@ -307,3 +307,27 @@ def test_invalid_policy_stops_the_proxy_at_start_and_policy_check_agrees(
     checked = steward("policy", "check", str(policy_file))
     assert checked.returncode != 0
     assert field in checked.stdout + checked.stderr
+
+
+def test_a_flood_of_syncs_is_answered_without_buffering_its_requests(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Each request the server owes costs the proxy memory: client input is held
+    while the server owes too many, and resumes as the answers come."""
+    proxy = start_proxy(POLICY)
+    sock, _ = raw_login(proxy, "alice")
+    count = 2_000_000  # 10 MB of 5-byte Syncs
+    before = proxy.rss_kib()
+    sender = threading.Thread(target=sock.sendall, args=(b"S\x00\x00\x00\x04" * count,))
+    sender.start()
+    received = 0
+    peak = 0
+    while received < 6 * count:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "the proxy closed the session"
+        received += len(chunk)
+        peak = max(peak, proxy.rss_kib())
+    sender.join()
+    sock.close()
+    assert received == 6 * count  # one ReadyForQuery each
+    assert max(peak, proxy.rss_kib()) - before < 64 * 1024  # KiB

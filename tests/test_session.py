@@ -1080,3 +1080,22 @@ def test_every_record_of_a_session_names_its_application_and_backend_pid() -> No
     assert list(session.who()) == [
         "session", "identity", "groups", "database", "client", "application", "backend_pid"
     ]  # fmt: skip
+
+
+def test_client_input_is_held_while_the_server_owes_too_many_answers() -> None:
+    """Each request the server owes costs memory: a client that pipelines without
+    reading (a flood of 5-byte Syncs) is held until the server catches up."""
+    from steward_proxy.session import AnalysisLimits
+
+    session = make_session(limits=AnalysisLimits(max_pending=100))
+    sync = enc(wire.Sync())
+    assert session.feed_client(sync * 150) == sync * 150  # one chunk goes whole
+    assert session.stalled == "backlog" and session.tracker.pending == 150
+    assert session.feed_client(sync * 10) == b""  # held
+    ready = enc(wire.ReadyForQuery("I"))
+    session.feed_upstream(ready * 99)
+    assert session.stalled == "backlog" and not session.resumable
+    session.feed_upstream(ready)  # 50 owed: half the bound
+    assert session.stalled is None and session.resumable
+    assert session.resume() == sync * 10
+    assert session.tracker.pending == 60

@@ -304,3 +304,23 @@ def test_an_approval_is_not_used_by_a_parse() -> None:
 def test_without_a_book_review_only_refuses() -> None:
     error = refused(make_session(policy=POLICY), "DROP TABLE t")
     assert "approval workflow is not enabled" in error.message
+
+
+def test_a_session_that_forgot_a_prepared_statement_ends_when_the_policy_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Statements beyond the bound the tracker remembers are forgotten, and a
+    # forgotten one could be one the new policy refuses.
+    monkeypatch.setattr("steward_proxy.wire.tracker._MAX_NAMED", 10)
+    judge = Swappable(ALLOW_ALL)
+    session = make_session(judge=judge)
+    parses = [wire.Parse("s1", "DELETE FROM t WHERE id = $1")]
+    parses += [wire.Parse(f"n{i}", "SELECT 1") for i in range(10)]
+    session.feed_client(enc(*parses, wire.Sync()))
+    session.feed_upstream(enc(*[wire.ParseComplete()] * 11) + ready())
+    assert session.tracker.statement_note("s1") is None  # forgotten
+    judge.swap(NO_DELETE)
+    bind = enc(wire.Bind("", "s1", (), (b"1",), ()), wire.Execute("", 0), wire.Sync())
+    with pytest.raises(SessionEnded) as ended:
+        session.feed_client(bind)
+    assert ended.value.kind == "policy_changed"

@@ -160,3 +160,62 @@ def test_a_session_whose_masking_a_policy_changes_ends_at_its_next_statement() -
     with pytest.raises(SessionEnded) as ended:
         session.feed_client(enc(wire.Query("SELECT ssn FROM users")))
     assert ended.value.kind == "policy_changed"
+
+
+def test_each_execution_of_a_prepared_statement_lists_what_it_masked() -> None:
+    """Executions pipelined behind one Describe are planned before either ends:
+    each record still lists what its own rows had masked."""
+    audit = AuditLog()
+    session = make_masked_session(audit)
+    layout = wire.RowDescription(LAYOUT.fields[1:3])
+    session.feed_client(
+        enc(wire.Parse("s", "SELECT email, ssn FROM users"), wire.Describe("S", "s"), wire.Sync())
+    )
+    session.feed_upstream(
+        enc(wire.ParseComplete(), wire.ParameterDescription(()), layout, wire.ReadyForQuery("I"))
+    )
+    execute = enc(wire.Bind("", "s"), wire.Execute(""))
+    session.feed_client(execute + execute + enc(wire.Sync()))
+    done = enc(
+        wire.BindComplete(),
+        wire.DataRow((b"ann@example.org", b"536-22-8714")),
+        wire.CommandComplete("SELECT 1"),
+    )
+    out = session.feed_upstream(done + done + enc(wire.ReadyForQuery("I")))
+    assert b"536-22-8714" not in out
+    executed = [r for r in audit.statements() if r["rows"] == 1]
+    assert [r["masked"] for r in executed] == [
+        ["public.users.email:email", "public.users.ssn:redact"]
+    ] * 2
+    # An execution skipped after an error lists what its plan would mask, and
+    # leaves nothing behind.
+    session.feed_client(enc(wire.Bind("", "nope"), wire.Execute("")) + execute + enc(wire.Sync()))
+    session.feed_upstream(
+        enc(wire.ErrorResponse.build("26000", "no such statement"), wire.ReadyForQuery("I"))
+    )
+    skipped = [r for r in audit.statements() if "earlier message failed" in (r["error"] or "")]
+    assert [r.get("masked") for r in skipped] == [  # the first's statement is unknown
+        None,
+        ["public.users.email:email", "public.users.ssn:redact"],
+    ]
+    assert session._labels == {}
+
+
+def test_cursors_are_remembered_once_declared_and_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("steward_proxy.session._MAX_CURSORS", 3)
+    session = make_masked_session(AuditLog())
+    declares = "; ".join(f"DECLARE c{i} CURSOR FOR SELECT email FROM users" for i in range(5))
+    session.feed_client(enc(wire.Query(declares)))
+    assert session._cursors == {}  # not before the server ran them
+    session.feed_upstream(enc(*[wire.CommandComplete("DECLARE CURSOR")] * 5))
+    assert list(session._cursors) == ["c2", "c3", "c4"]
+
+
+def test_a_schema_change_prepared_and_never_run_lets_go_of_its_names() -> None:
+    session = make_masked_session(AuditLog())
+    session.feed_client(enc(wire.Parse("d", "DROP VIEW other"), wire.Sync()))
+    assert session._masker is not None and session._masker._changing == {"other": 1 << 62}
+    session.feed_upstream(enc(wire.ParseComplete(), wire.ReadyForQuery("I")))
+    assert session._changes == {} and session._masker._changing == {}

@@ -361,6 +361,21 @@ def test_errors_and_notices_are_screened_with_the_note_of_their_request() -> Non
     # Nothing pending: the note is None and the message passes as the screen says.
     assert tracker.receive_server(enc(notice)) == enc(notice)
     assert seen[-1] == (None, b"N")
+    # A notification's payload and a reported setting hold any text: screened too.
+    notification = enc(wire.NotificationResponse(42, "c", "123-45-6789"))
+    assert tracker.receive_server(notification) == notification
+    assert seen[-1] == (None, b"A")
+    setting = enc(wire.ParameterStatus("application_name", "123-45-6789"))
+    assert tracker.receive_server(setting) == setting
+    assert seen[-1] == (None, b"S")
+    assert tracker.take_events()[-1] == wire.ParameterChanged("application_name", "123-45-6789")
+    # Without a screen every asynchronous message passes as it is.
+    plain = wire.Tracker()
+    status = wire.ParameterStatus("TimeZone", "UTC")
+    assert plain.receive_server(notification + enc(notice, status)) == notification + enc(
+        notice, status
+    )
+    assert plain.take_events() == [wire.ParameterChanged("TimeZone", "UTC")]
 
 
 @pytest.mark.parametrize(
@@ -392,3 +407,77 @@ def test_describe_and_close_name_what_they_target() -> None:
     assert tracker.statement_note("s") == "n"
     drive(tracker, enc(wire.Close("S", "s"), wire.Sync()))
     assert tracker.statement_note("s") is None
+
+
+def test_parses_binds_and_closes_the_server_did_not_run_change_no_name() -> None:
+    """What a name holds follows the server: a Parse or Bind under a name in use
+    fails and leaves it; anything skipped after an error leaves it too."""
+    tracker = wire.Tracker()
+    drive(tracker, enc(wire.Parse("s", "SELECT 1"), wire.Sync()), note="old")
+    tracker.receive_server(enc(wire.ParseComplete(), wire.ReadyForQuery("I")))
+    assert tracker.statement_note("s") == "old"
+    # A second Parse under the name fails (42P05); so does a Bind under an open portal's.
+    drive(tracker, enc(wire.Parse("s", "SELECT 2"), wire.Sync()), note="new")
+    assert tracker.statement_note("s") == "new"  # until the server says otherwise
+    tracker.receive_server(
+        enc(wire.ErrorResponse.build("42P05", "exists"), wire.ReadyForQuery("I"))
+    )
+    assert tracker.statement_note("s") == "old"
+    # Everything after a failed Execute is skipped: two Parses, a Close.
+    drive(
+        tracker,
+        enc(
+            wire.Bind("", "s"),
+            wire.Execute(""),
+            wire.Parse("s", "SELECT 3"),
+            wire.Close("S", "s"),
+            wire.Parse("s", "SELECT 4"),
+            wire.Sync(),
+        ),
+        note="skipped",
+    )
+    tracker.receive_server(
+        enc(wire.BindComplete(), wire.ErrorResponse.build("22012", "x"), wire.ReadyForQuery("I"))
+    )
+    assert tracker.statement_notes() == [("s", "old")]
+    # A failed Parse of the unnamed statement leaves none (PostgreSQL drops it first).
+    drive(tracker, enc(wire.Parse("", "SELECT 5"), wire.Sync()), note="unnamed")
+    tracker.receive_server(enc(wire.ParseComplete(), wire.ReadyForQuery("I")))
+    drive(tracker, enc(wire.Parse("", "SELECT 6"), wire.Sync()), note="bad")
+    tracker.receive_server(
+        enc(wire.ErrorResponse.build("42601", "syntax"), wire.ReadyForQuery("I"))
+    )
+    assert tracker.statement_note("") is None
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_sync_sent_during_copy_from_stdin_is_not_answered(protocol: str) -> None:
+    """The server ignores Sync in COPY FROM STDIN mode (libpq sends one after an
+    Execute before it knows it is a COPY): no ReadyForQuery is owed for it."""
+    tracker = wire.Tracker()
+    if protocol == "simple":
+        start = enc(wire.Query("COPY t FROM STDIN"), wire.Sync())
+        answers = enc(wire.CopyInResponse(0, ()))
+    else:
+        start = enc(wire.Parse("", "COPY t FROM STDIN"), wire.Bind("", ""))
+        start += enc(wire.Execute(""), wire.Sync())
+        answers = enc(wire.ParseComplete(), wire.BindComplete(), wire.CopyInResponse(0, ()))
+    drive(tracker, start)
+    tracker.receive_server(answers)
+    end = enc(wire.CopyData(b"1\n"), wire.CopyDone())
+    drive(tracker, end + (enc(wire.Sync()) if protocol == "extended" else b""))
+    assert tracker.unsettled == 1  # the Execute's (or Query's) end is still due
+    tracker.receive_server(enc(wire.CommandComplete("COPY 1"), wire.ReadyForQuery("I")))
+    assert tracker.pending == 0 and tracker.unsettled == 0
+    drive(tracker, enc(wire.Query("SELECT 1")))
+    tracker.receive_server(enc(ROW, wire.DataRow((b"1",)), wire.CommandComplete("SELECT 1")))
+    assert [e.rows for e in tracker.take_events() if isinstance(e, wire.Finished)][-1] == 1
+
+
+def test_names_are_what_postgresql_keys_them_by_their_first_63_bytes() -> None:
+    tracker = wire.Tracker()
+    stem = "é" * 31  # 62 bytes: the 63rd is the first byte of what follows
+    drive(tracker, enc(wire.Parse(stem + "é1", "SELECT 1"), wire.Sync()), note="first")
+    assert tracker.statement_note(stem + "é2") == "first"
+    drive(tracker, enc(wire.Close("S", stem + "éz"), wire.Sync()))
+    assert tracker.statement_notes() == []

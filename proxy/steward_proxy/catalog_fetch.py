@@ -91,14 +91,18 @@ class CatalogKeeper:
         if self._loading is not None:
             await asyncio.shield(self._loading)
 
-    def request_refresh(self) -> None:
-        """Reload soon; a request while a load runs starts another after it."""
+    def request_refresh(self) -> int:
+        """Reload soon; a request while a load runs starts another after it.
+
+        Returns the generation of the first catalog loaded after this call.
+        """
         if self._loading is not None and not self._loading.done():
             self._again = True
-            return
+            return self.catalog.generation + 2
         self._loading = asyncio.get_running_loop().create_task(self._load())
         if self._ticker is None and self.ttl > 0:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        return self.catalog.generation + 1
 
     async def _load(self) -> None:
         while True:

@@ -38,6 +38,7 @@ from typing import Any
 from steward_proxy import wire
 from steward_proxy.engine import Analysis, Judge, Note, Verdict
 from steward_proxy.masking import rows as masking_rows
+from steward_proxy.masking.detect import NEEDED, find
 from steward_proxy.masking.lineage import StatementLineage
 from steward_proxy.policy import Decision
 from steward_proxy.policy.pinned import PINNED_PARAMETERS
@@ -63,10 +64,44 @@ STAND_IN_SQL = wire.STAND_IN_SQL
 # GB18030 or JOHAB may take as the second half of a double-byte character.
 _READS_DIFFERENTLY = re.compile(rb"\\|[\x80-\xff][\x30-\x7e]")
 
+_MAX_CURSORS = 10_000  # DECLAREd cursors whose rows the session remembers
+
+
+def _changed_tables(statement: StatementInfo) -> tuple[str, ...]:
+    """The relations a schema change alters: what a DROP names, else what it is on."""
+    return statement.tables if statement.command == "DROP" else statement.tables[:1]
+
+
 # Statements after which the catalog masking resolves columns with may differ.
 _CATALOG_CHANGES = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT", "REFRESH"})
 
 Record = tuple[str, dict[str, Any]]
+
+
+def _screen_notification(message: bytes, *, detect: bool) -> bytes:
+    """A NotificationResponse as a masked subject may see it.
+
+    Its payload is any text (``pg_notify``) and reaches whoever listens: with
+    detection on, one holding a detected datum is withheld. The channel stays
+    (a listener had to name it to get it).
+    """
+    body = message[9:]  # the channel and the payload, NUL after each
+    if not detect or 0 not in body.translate(NEEDED) or not find(body):
+        return message
+    channel = body.partition(b"\0")[0]
+    out = message[5:9] + channel + b"\0" + masking_rows.WITHHELD.encode() + b"\0"
+    return b"A" + (len(out) + 4).to_bytes(4, "big") + out
+
+
+def _screen_setting(message: bytes, *, detect: bool) -> bytes:
+    """A ParameterStatus as a masked subject may see it: ``set_config`` puts any value
+    in a setting the server reports (application_name); with detection on, one
+    holding a detected datum is reported as ``****``."""
+    body = message[5:]  # the name and the value, NUL after each
+    if not detect or 0 not in body.translate(NEEDED) or not find(body):
+        return message
+    out = body.partition(b"\0")[0] + b"\0****\0"
+    return b"S" + (len(out) + 4).to_bytes(4, "big") + out
 
 
 def _withhold_copy_data(message: bytes) -> bytes:
@@ -103,6 +138,10 @@ class AnalysisLimits:
     """Longer text is analysed off the event loop (see ``pending_analysis``)."""
     inline_budget: int = 16384
     """Text analysed inline in one call before the session yields to the loop."""
+    max_pending: int = 100_000
+    """Requests the server may owe answers to before client input is held
+    (``backlog``) until it owes half as many: each costs memory, and a 5-byte
+    Sync is one."""
 
 
 class Session:
@@ -137,6 +176,10 @@ class Session:
         self._masking = masker.config if masker is not None else None
         self._exempt = masker is not None and masker.config.exempt
         self._cursors: dict[str, StatementLineage | None] = {}  # DECLAREd cursors' rows
+        # Each row filter's audit labels, until its request finishes.
+        self._labels: dict[wire.RowFilter, set[str]] = {}
+        # Schema changes sent and not yet run: their notes and the names they mark.
+        self._changes: dict[int, tuple[Note, list[str]]] = {}
         self.tracker = wire.Tracker(
             max_message_size=max_message_size,
             clock=clock,
@@ -206,10 +249,11 @@ class Session:
 
     @property
     def stalled(self) -> str | None:
-        """Why client input is held (``settle``, ``analysis``, ``yield``), or None.
+        """Why client input is held (``settle``, ``backlog``, ``analysis``, ``yield``), or None.
 
         While it is held, :meth:`feed_client` only buffers: the shell should
-        stop reading from the client. ``settle`` ends by itself when the
+        stop reading from the client. ``settle`` and ``backlog`` (the server
+        owes more answers than ``limits.max_pending``) end by themselves when the
         upstream answers (then :attr:`resumable` is set); ``analysis`` when the
         shell delivers :meth:`analysed`; ``yield`` (the session analysed enough
         inline for one turn) as soon as the shell calls :meth:`resume`.
@@ -283,6 +327,8 @@ class Session:
             if statement is wire.NEED_DATA:
                 break
             self._govern(statement, now)  # type: ignore[arg-type]
+        if self._stall is None and tracker.pending > self.limits.max_pending:
+            self._stall = "backlog"
         return tracker.take_upstream()
 
     def _policy_changed(self) -> None:
@@ -291,7 +337,8 @@ class Session:
         A session signed in read-write that a policy now makes read-only ends,
         and so does one holding a prepared statement the new policy refuses
         (its Bind and Execute are not judged again), and one whose subject now
-        gets other masking (its row hooks are set up at sign-in).
+        gets other masking (its row hooks are set up at sign-in), and one that
+        prepared more statements than the tracker remembers.
         """
         judge = self.judge
         self._generation = judge.generation
@@ -310,6 +357,14 @@ class Session:
                 kind="read_only",
                 sqlstate=INSUFFICIENT_PRIVILEGE,
             )
+        if self.tracker.forgot_statements:
+            raise SessionEnded(
+                "terminating connection: the policy changed, and this session prepared more "
+                "statements than Steward remembers to judge again; sign in again",
+                reason="a policy changed and the session holds statements Steward forgot",
+                kind="policy_changed",
+                sqlstate=INSUFFICIENT_PRIVILEGE,
+            )
         refused = policy_refuses(self.tracker.statement_notes(), judge.policies)
         if refused is not None:
             raise SessionEnded(
@@ -324,8 +379,8 @@ class Session:
         """Judge one statement and tell the tracker; or hold it (``_stall``)."""
         if statement.kind == "F":
             verdict = self.judge.judge_function_call(statement.function_oid)
-            if self._masker is not None and self._masker.config.column_rules:
-                # Its result is one opaque value Steward could not mask.
+            if self._masker is not None:
+                # Its result is one opaque value Steward could not mask or scan.
                 verdict = Verdict(
                     verdict.statements,
                     Decision(
@@ -363,6 +418,7 @@ class Session:
             return verdict.notes  # made once per verdict: nothing changes them
         traced = verdict.lineage
         notes = []
+        changes: list[tuple[Note, list[str]]] = []
         for i, statement in enumerate(verdict.statements):
             if traced is not None:
                 lineage = traced[i]
@@ -370,11 +426,18 @@ class Session:
                 lineage = masker.untraced(statement.tables, bool(statement.writes))
             reason = masker.refusal(self._effective(lineage) or lineage)
             if reason is not None:
+                for _, names in changes:  # none of it runs
+                    masker.changed(names, ran=False)
                 refusal = Verdict(verdict.statements, Decision("deny", None, "masking", reason))
                 return self._refuse(refusal, self.clock())
-            if lineage is not None and lineage.declares is not None:
-                self._cursors[lineage.declares] = lineage
-            notes.append(Note(statement, verdict, lineage, set()))
+            note = Note(statement, verdict, lineage, set())
+            notes.append(note)
+            if statement.command in _CATALOG_CHANGES and statement.tables:
+                # What follows (in this string, in the pipeline, until the
+                # catalog is reloaded) is judged as after the change.
+                changes.append((note, masker.changing(_changed_tables(statement))))
+        for note, names in changes:
+            self._changes[id(note)] = (note, names)
         return notes
 
     def _judge(self, text: bytes, now: float, kind: str = "Q") -> Verdict | bytes | None:
@@ -577,7 +640,11 @@ class Session:
             ) from None
         if tracker.events:
             self._events(tracker.take_events())
-        if self._stall == "settle" and not tracker.unsettled:
+        if self._changes and not tracker.pending:
+            self._release_changes()  # prepared, never run
+        if (self._stall == "settle" and not tracker.unsettled) or (
+            self._stall == "backlog" and tracker.pending <= self.limits.max_pending // 2
+        ):
             self._stall = None
             self.resumable = True
         return out
@@ -604,6 +671,9 @@ class Session:
 
     def _finished(self, event: wire.Finished) -> None:
         note = event.note
+        # What this request's rows had masked (one statement's executions each
+        # have their own filter, planned maybe before an earlier one ended).
+        labels = self._labels.pop(event.filter, None) if event.filter is not None else None
         if not isinstance(note, Note):
             # A portal whose statement the session does not know (forgotten).
             fields = {**self._who, "rows": event.rows, "error": event.error}
@@ -611,23 +681,41 @@ class Session:
             return
         statement = note.statement
         ddl = statement is not None and statement.command in _CATALOG_CHANGES
-        if ddl and event.error is None:
+        change = self._changes.pop(id(note), None) if self._changes else None
+        if change is not None:
+            assert self._masker is not None
+            self._masker.changed(change[1], ran=event.error is None)  # reloads if it ran
+        elif ddl and event.error is None and statement is not None:
             masker = self.judge.masker
             if masker is not None:
-                masker.invalidate()  # the shell reloads the catalog
+                # Judged long before (a prepared statement): what follows until
+                # the reload is judged as after the change.
+                masker.changed(masker.changing(_changed_tables(statement)), ran=True)
+        lineage = note.lineage
+        if lineage is not None and lineage.declares is not None and event.error is None:
+            # A DECLARE under an open cursor's name fails and leaves that one:
+            # a cursor's rows are known only once its DECLARE succeeded.
+            # A cursor is a portal a protocol Execute can run: not one a Bind made.
+            self.tracker.forget_portal(lineage.declares)
+            cursors = self._cursors
+            cursors.pop(lineage.declares, None)
+            cursors[lineage.declares] = lineage
+            if len(cursors) > _MAX_CURSORS:
+                del cursors[next(iter(cursors))]  # its rows are then masked as unknown
         if statement is not None and event.error is None and statement.prepared_name is not None:
             # SQL PREPARE and DEALLOCATE share the protocol's statement names.
             if statement.command == "PREPARE":
                 self.tracker.remember_statement(statement.prepared_name, note)
             elif statement.command in ("DEALLOCATE", "DISCARD"):
                 self.tracker.forget_statement(statement.prepared_name or None)
+        masked = note.masked | labels if labels else note.masked
         self._record(
             statement,
             note.verdict,
             event.started,
             rows=event.rows,
             error=event.error,
-            masked=sorted(note.masked) if note.masked else None,
+            masked=sorted(masked) if masked else None,
         )
         if note.masked:
             note.masked.clear()
@@ -639,6 +727,10 @@ class Session:
         if lineage is None:
             return None
         if lineage.fetches is not None:
+            if self.tracker.has_portal(lineage.fetches):
+                # A portal a Bind made (FETCH reads those too), or one that
+                # ended while a cursor took its name: not told apart.
+                return None
             return self._cursors.get(lineage.fetches)
         if lineage.executes is not None:
             note = self.tracker.statement_note(lineage.executes)
@@ -651,8 +743,13 @@ class Session:
         assert self._masker is not None
         known = isinstance(note, Note)
         lineage = self._effective(note.lineage) if known else None
-        plan = self._masker.plan(lineage, fields, formats, labels=note.masked if known else None)
-        return masking_rows.row_filter(plan) if plan is not None else None
+        labels: set[str] = set()
+        plan = self._masker.plan(lineage, fields, formats, labels=labels)
+        if plan is None:
+            return None
+        rows = masking_rows.row_filter(plan)
+        self._labels[rows] = labels
+        return rows
 
     def _plan_copy(self, note: Any, response: bytes) -> wire.CopyFilter | None:
         assert self._masker is not None
@@ -675,6 +772,10 @@ class Session:
     def _screen_message(self, note: Any, message: bytes) -> bytes:
         masker = self._masker
         assert masker is not None
+        if message[:1] == b"A":
+            return _screen_notification(message, detect=masker.config.detect)
+        if message[:1] == b"S":
+            return _screen_setting(message, detect=masker.config.detect)
         lineage = self._effective(note.lineage) if isinstance(note, Note) else None
         return masking_rows.screen_message(
             message, tainted=masker.tainted(lineage), detect=masker.config.detect
@@ -685,6 +786,14 @@ class Session:
         for event in self.tracker.abandon(reason):
             if isinstance(event, wire.Finished):
                 self._finished(event)
+        self._release_changes()
+
+    def _release_changes(self) -> None:
+        """Schema changes this session sent that did not run: their names resolve again."""
+        changes, self._changes = self._changes, {}
+        if self._masker is not None:
+            for _, names in changes.values():
+                self._masker.changed(names, ran=False)
 
     # -- audit -------------------------------------------------------------------
 

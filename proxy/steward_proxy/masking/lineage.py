@@ -75,11 +75,29 @@ STORING_FUNCTIONS = frozenset(
         "pg_notify",
         "lo_from_bytea",
         "lo_put",
+        "lowrite",
+        "lo_create",
+        "lo_import",
         "pg_logical_emit_message",
+        "setval",
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_advisory_xact_lock",
+        "pg_advisory_xact_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "pg_try_advisory_xact_lock",
+        "pg_try_advisory_xact_lock_shared",
+        "pg_create_restore_point",
+        "pg_create_physical_replication_slot",
+        "pg_create_logical_replication_slot",
+        "pg_replication_origin_create",
     }
 )
 """Functions that keep their arguments somewhere a later statement (or another
-session) reads them back: a setting, a notification, a large object, the WAL."""
+session) reads them back: a setting, a notification, a large object (or its
+OID), the WAL, a sequence's value, an advisory lock's key (pg_locks), a slot's
+or origin's name."""
 OPAQUE_SUBQUERY: Source = ("opaque", "subquery")
 
 

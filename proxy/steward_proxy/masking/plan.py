@@ -31,6 +31,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from steward_proxy.masking import lineage as ln
+from steward_proxy.masking.binary import text_form
 from steward_proxy.masking.catalog import SAMPLE_COLUMNS, Catalog, Relation
 from steward_proxy.masking.detect import DATA_CLASSES, NEEDED, find
 from steward_proxy.masking.lineage import Output, Source, StarOf, StatementLineage
@@ -64,6 +65,10 @@ _SPAN_SAFE_BINARY = frozenset({114, 3802})
 # has 13 or more), so detection skips them.
 _TOO_SHORT = frozenset({16, 21, 23, 26})  # bool, int2, int4, oid
 _MAX_DEPTH = 16  # views over views
+_UNTIL_RUN = 1 << 62  # a schema change sent, not yet run
+# Sources resolved and remembered until the catalog changes: statements name
+# whatever a client likes, so the memory is bounded.
+_MAX_RESOLVED = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +186,13 @@ class Masker:
         self._resolved: dict[Source, tuple[frozenset[str], bool]] = {}
         self._views: dict[int, list[Output] | None] = {}
         self._rules: dict[str, Strategy | None] = {}
-        self.invalidated: Callable[[], None] | None = None
-        """Called when a statement may have changed the catalog (the shell refreshes it)."""
+        self.invalidated: Callable[[], int | None] | None = None
+        """Called when a statement may have changed the catalog (the shell refreshes it);
+        returns the generation of the catalog that will show the change."""
+        # Relation names (without schema) a schema change was sent for, and the
+        # catalog generation that shows it (_UNTIL_RUN: the change has not run).
+        # Until then they resolve to nothing known (masked, as unknown ones).
+        self._changing: dict[str, int] = {}
 
     @property
     def strategies(self) -> Strategies:
@@ -200,10 +210,36 @@ class Masker:
         self._catalog = catalog
         self._resolved.clear()
         self._views.clear()
+        if self._changing:
+            generation = catalog.generation
+            self._changing = {n: g for n, g in self._changing.items() if g > generation}
 
     def invalidate(self) -> None:
         if self.invalidated is not None:
             self.invalidated()
+
+    def changing(self, tables: Sequence[str]) -> list[str]:
+        """A schema change naming ``tables`` is sent: they resolve as unknown until
+        :meth:`changed` and the catalog reload after it. Returns the names marked."""
+        names = [table.rpartition(".")[2] for table in tables]
+        for name in names:
+            self._changing[name] = _UNTIL_RUN
+        self._resolved.clear()
+        return names
+
+    def changed(self, names: Sequence[str], *, ran: bool) -> None:
+        """The schema change that marked ``names`` ran (the catalog is reloaded), or never will."""
+        generation = None
+        if ran and self.invalidated is not None:
+            generation = self.invalidated()
+        for name in names:
+            if self._changing.get(name) != _UNTIL_RUN:
+                continue
+            if generation is None:
+                del self._changing[name]
+            else:
+                self._changing[name] = generation
+        self._resolved.clear()
 
     # -- resolution ------------------------------------------------------------------
 
@@ -222,11 +258,13 @@ class Masker:
         if found is None:
             found = self._resolve(source, depth)
             if depth == 0:
+                if len(self._resolved) >= _MAX_RESOLVED:
+                    self._resolved.clear()
                 self._resolved[source] = found
         return found
 
     def _resolve(self, source: Source, depth: int) -> tuple[frozenset[str], bool]:
-        if source[0] == "opaque" or depth > _MAX_DEPTH:
+        if source[0] == "opaque" or depth > _MAX_DEPTH or source[2] in self._changing:
             return frozenset(), True
         relations = self._catalog.lookup(source[1], source[2])
         if not relations:
@@ -285,12 +323,21 @@ class Masker:
                 expanded.append(item)
                 continue
             relations = self._catalog.lookup(item.schema, item.relation)
-            if len(relations) != 1:
+            if len({len(r.columns) for r in relations}) != 1 or item.relation in self._changing:
                 return None
-            relation = relations[0]
-            for attnum in sorted(relation.columns):
-                source = ("col", relation.schema, relation.name, relation.columns[attnum][0])
-                expanded.append(Output(frozenset({source}), source))
+            if len(relations) == 1:
+                relation = relations[0]
+                for attnum in sorted(relation.columns):
+                    source = ("col", relation.schema, relation.name, relation.columns[attnum][0])
+                    expanded.append(Output(frozenset({source}), source))
+                continue
+            # A name without a schema that several tables of one width have:
+            # each column is fed by that column of any of them.
+            columns = [
+                [("col", r.schema, r.name, r.columns[a][0]) for a in sorted(r.columns)]
+                for r in relations
+            ]
+            expanded += [Output(frozenset(sources)) for sources in zip(*columns, strict=True)]
         return expanded
 
     def masked_sources(self, sources: frozenset[Source] | set[Source]) -> tuple[list[str], bool]:
@@ -347,6 +394,15 @@ class Masker:
             return None
         if self.unavailable is not None:
             return f"statement refused: {self.unavailable}"
+        copy = lineage.copy
+        unreadable_copy = copy is not None and (
+            copy.format not in ("text", "csv") or len(copy.delimiter.encode()) != 1
+        )
+        if unreadable_copy and config.detect:
+            return (
+                "statement refused: content detection reads COPY rows as text or CSV, "
+                "not binary; use text or CSV"
+            )
         if not config.column_rules:
             return None
         if lineage.defines_code:
@@ -373,10 +429,7 @@ class Masker:
                     f"statement refused: it filters, joins, groups or orders by masked column "
                     f"{_name(masked)} (masking.predicates is deny)"
                 )
-        copy = lineage.copy
-        if copy is not None and (
-            copy.format not in ("text", "csv") or len(copy.delimiter.encode()) != 1
-        ):
+        if unreadable_copy:
             masked, unresolved = self.masked_sources(lineage.reads)
             if masked or unresolved:
                 return (
@@ -446,6 +499,8 @@ class Masker:
             strategy: Strategy | None = None
             found: list[str] = []
             relation = catalog.relations.get(fd.table_oid) if fd.table_oid else None
+            if relation is not None and relation.name in self._changing:
+                relation = None  # a schema change the catalog does not show yet
             if fd.table_oid and relation is None:
                 if config.column_rules:
                     strategy, found = REDACT, [f"{UNRESOLVED}:redact"]
@@ -478,6 +533,12 @@ class Masker:
                     masked, _ = self.masked_sources(lineage.reads if lineage else frozenset())
                     strategy = REDACT
                     found = [f"{m}:redact" for m in masked] or [f"{UNRESOLVED}:redact"]
+            if strategy is None and relation is not None and outputs is not None:
+                # The server names the table it read when the statement was
+                # described; planned again (search_path changed, a table
+                # dropped), the same text may read another with the same
+                # types. What the text may read is masked too.
+                strategy, found = self.decide(outputs[i])
             binary = _binary(formats, i)
             if strategy is not None:
                 labels.update(found)
@@ -556,7 +617,13 @@ class Masker:
         text_like = type_oid in TEXT_LIKE_OIDS or type_oid in self._catalog.text_like
         spans = text_like or (type_oid in (_SPAN_SAFE_BINARY if binary else _SPAN_SAFE_TEXT))
         if binary and not spans:
-            return None  # not text: nothing to read
+            # Its bytes, and the text of the numbers and addresses in it.
+            detect = self.detector(labels, spans=False)
+
+            def detect_binary(value: bytes) -> bytes | None:
+                return value if detect(text_form(value, type_oid)) is not None else None
+
+            return detect_binary
         return self.detector(labels, spans=spans)
 
     def detector(self, labels: set[str], *, spans: bool = True) -> ValueMasker:

@@ -48,6 +48,7 @@ TEXT_LIKE_OIDS: Final = frozenset({25, 1043, 1042, 19, 705})
 """text, varchar, bpchar, name, unknown (a literal's type)."""
 INT_WIDTHS: Final = {21: 2, 23: 4, 20: 8}
 _REMEMBERED = 65536  # pseudonyms kept per key (repeated values are common)
+_REMEMBERED_BYTES = 256  # longer values are not kept: each would hold its whole size
 _TRIAL = 4096  # values looked up before judging whether remembering pays
 _REST = 65536  # values then computed without remembering, when it did not
 
@@ -147,7 +148,8 @@ def _pseudonymizer(key: bytes) -> Callable[[bytes], bytes]:
     is faster than ``hmac.new`` or the one-shot ``hmac.digest``. Remembering
     pays for repeated values (names, cities) and costs for distinct ones
     (keys, addresses): when fewer than one lookup in nine found its value
-    over a trial, values are computed without it for a while.
+    over a trial, values are computed without it for a while. Values longer
+    than 256 bytes are never kept (65,536 of them could hold gigabytes).
     """
     block = key if len(key) <= 64 else hashlib.sha256(key).digest()
     block = block.ljust(64, b"\0")
@@ -177,9 +179,10 @@ def _pseudonymizer(key: bytes) -> Callable[[bytes], bytes]:
             if found * 8 < missed:
                 resting = _REST
             found = missed = 0
-        if len(remembered) >= _REMEMBERED:
-            remembered.clear()
-        remembered[value] = known
+        if len(value) <= _REMEMBERED_BYTES:
+            if len(remembered) >= _REMEMBERED:
+                remembered.clear()
+            remembered[value] = known
         return known
 
     return pseudonym

@@ -49,11 +49,12 @@ the DataRows to send instead.
 
 Errors and notices can be rewritten too (masking: PostgreSQL quotes values
 in them): a ``screen_messages`` callback gets the note of the request at the
-head of the queue (None if none) and each ErrorResponse or NoticeResponse
-whole, and returns the message to send instead (a refusal's swapped error
-excepted: it is the proxy's own). A ``plan_copy`` callback is asked, when a
-COPY out starts, with the request's note and the CopyOutResponse (whole), and
-returns a :data:`CopyFilter` for each CopyData message of it (or None).
+head of the queue (None if none) and each ErrorResponse, NoticeResponse,
+NotificationResponse or ParameterStatus whole, and returns the message to send
+instead (a refusal's swapped error excepted: it is the proxy's own). A
+``plan_copy`` callback is asked, when a COPY out starts, with the request's
+note and the CopyOutResponse (whole), and returns a :data:`CopyFilter` for
+each CopyData message of it (or None).
 """
 
 from __future__ import annotations
@@ -203,6 +204,8 @@ class Finished(NamedTuple):
     tag: bytes = b""
     started: float = 0.0
     """When the request went upstream (the tracker's clock)."""
+    filter: RowFilter | None = None
+    """The row filter ``plan_rows`` gave the request, if its rows went through one."""
 
 
 class ParameterChanged(NamedTuple):
@@ -235,7 +238,8 @@ CopyFilter = Callable[[bytes], bytes]
 CopyPlanner = Callable[[Any, bytes], "CopyFilter | None"]
 """``(note, CopyOutResponse) -> a filter for its CopyData messages, or None``."""
 MessageScreen = Callable[[Any, bytes], bytes]
-"""``(note or None, ErrorResponse or NoticeResponse) -> the message to send``."""
+"""``(note or None, ErrorResponse, NoticeResponse, NotificationResponse or ParameterStatus)
+-> the message to send``."""
 RowPlanner = Callable[
     [Any, "tuple[m.FieldDescription, ...] | None", tuple[int, ...]], "RowFilter | None"
 ]
@@ -258,6 +262,12 @@ class _Pending:
     # EXECUTE whose layout is not known yet: its portal's and statement's
     # generations, and the result formats.
     unplanned: tuple[int, int, tuple[int, ...]] | None = None
+    # PARSE, BIND, CLOSE: the name it (re)made or dropped, what the name held
+    # before and holds now; put back when the server does not run it.
+    undo: tuple[dict[str, Any], str, Any, Any] | None = None
+    # STATEMENT, EXECUTE, SYNC: CopyDone and CopyFail messages the client had
+    # sent before it (a Sync between a COPY FROM STDIN and its end is ignored).
+    copy_ends: int = 0
 
     def __init__(self, kind: int, note: Any = None, started: float = 0.0) -> None:
         self.kind = kind  # a Request
@@ -272,6 +282,19 @@ def _refusal(error: bytes) -> _Pending:
 
 
 _MAX_NAMED = 10_000  # prepared statements and portals remembered per session
+# PostgreSQL keys prepared statements and portals by their first NAMEDATALEN - 1
+# bytes: longer names that share those are one name.
+_NAME_BYTES = 63
+
+
+def _key(name: str) -> str:
+    """``name`` as PostgreSQL keys it (its first 63 bytes)."""
+    if len(name) <= _NAME_BYTES // 4:
+        return name
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _NAME_BYTES:
+        return name
+    return raw[:_NAME_BYTES].decode("utf-8", "surrogateescape")
 
 
 def _UNPLANNED(chunk: bytes, start: int, end: int) -> bytes:
@@ -302,6 +325,8 @@ class Tracker:
         """The client said goodbye (Terminate)."""
         self.upstream_fatal: str | None = None
         """SQLSTATE of a FATAL (or PANIC) error the server sent."""
+        self.forgot_statements = False
+        """More statements were prepared than are remembered: the oldest were forgotten."""
         self.events: list[TrackerEvent] = []
         self._from_client = MessageReader(max_message_size=max_message_size)
         self._from_server = MessageReader(max_message_size=max_message_size)
@@ -326,6 +351,7 @@ class Tracker:
         self._out: list[bytes] = []
         self._current: Statement | None = None
         self._now = 0.0  # when the client bytes being read arrived
+        self._copy_ends = 0  # CopyDone and CopyFail messages from the client
 
     # -- state -------------------------------------------------------------------
 
@@ -350,7 +376,7 @@ class Tracker:
 
     def statement_note(self, name: str) -> Any:
         """The note of prepared statement ``name`` (None if unknown)."""
-        found = self._statements.get(name)
+        found = self._statements.get(_key(name))
         return found[0] if found is not None else None
 
     def statement_notes(self) -> list[tuple[str, Any]]:
@@ -359,14 +385,23 @@ class Tracker:
 
     def remember_statement(self, name: str, note: Any) -> None:
         """Record a statement prepared outside the protocol (SQL ``PREPARE``)."""
-        _remember(self._statements, name, (note, next(self._generations)))
+        if _remember(self._statements, _key(name), (note, next(self._generations))):
+            self.forgot_statements = True
 
     def forget_statement(self, name: str | None) -> None:
         """Forget one prepared statement (SQL ``DEALLOCATE``), or all with None."""
         if name is None:
             self._statements.clear()
         else:
-            self._statements.pop(name, None)
+            self._statements.pop(_key(name), None)
+
+    def has_portal(self, name: str) -> bool:
+        """Whether a Bind made portal ``name`` (it may have ended with its transaction)."""
+        return _key(name) in self._portals
+
+    def forget_portal(self, name: str) -> None:
+        """Forget portal ``name``: a SQL ``DECLARE`` made a cursor under it."""
+        self._portals.pop(_key(name), None)
 
     # -- client -> server --------------------------------------------------------
 
@@ -431,12 +466,19 @@ class Tracker:
             now = self.clock()
         if statement.kind == "Q":
             for note in notes or [None]:
-                queue.append(_Pending(_R_STATEMENT, note, now))
+                queue.append(pending := _Pending(_R_STATEMENT, note, now))
+                if self._copy_ends:
+                    pending.copy_ends = self._copy_ends
             self._dirty = True
             self._end(_R_QUERY_END)
         elif statement.kind == "P":
-            _remember(self._statements, statement.name, (notes, next(self._generations)))
-            queue.append(_Pending(_R_PARSE, notes, now))
+            statements, name = self._statements, _key(statement.name)
+            previous = statements.get(name)
+            if _remember(statements, name, made := (notes, next(self._generations))):
+                self.forgot_statements = True
+            parse = _Pending(_R_PARSE, notes, now)
+            parse.undo = (statements, name, previous, made)
+            queue.append(parse)
         else:
             queue.append(_Pending(_R_FUNCTION, notes, now))
             self._dirty = True
@@ -499,6 +541,8 @@ class Tracker:
             self._dirty = False
         pending = _Pending(kind)
         pending.settles = settles
+        if self._copy_ends:
+            pending.copy_ends = self._copy_ends
         self._queue.append(pending)
 
     def _client_message(self, kind: int, start: int, end: int) -> Statement | None:
@@ -523,12 +567,14 @@ class Tracker:
                 bind = cast(m.Bind, decode_frontend(Frame(b"B", chunk[start:end])))
                 formats = bind.result_formats
             portals = self._portals
-            portals.pop(portal, None)  # (re)made: the newest last, for the bound below
-            portals[portal] = (note, formats, statement_generation, next(self._generations))
+            previous = portals.pop(portal, None)  # (re)made: the newest last, for the bound
+            made = portals[portal] = (note, formats, statement_generation, next(self._generations))
             if len(portals) > _MAX_NAMED:
                 del portals[next(iter(portals))]
             self._dirty = True  # a parameter's input function may run code
-            self._queue.append(_Pending(_R_BIND))
+            bind = _Pending(_R_BIND)
+            bind.undo = (portals, portal, previous, made)
+            self._queue.append(bind)
         elif kind == _EXECUTE:
             portal = _names(chunk, start, end, 1)[0]
             note, formats, statement_generation, portal_generation = self._portals.get(
@@ -536,6 +582,8 @@ class Tracker:
             )
             self._dirty = True
             pending = _Pending(_R_EXECUTE, note, self._now)
+            if self._copy_ends:
+                pending.copy_ends = self._copy_ends
             self._queue.append(pending)
             if self.track_layouts:
                 pending.unplanned = (portal_generation, statement_generation, formats)
@@ -551,8 +599,10 @@ class Tracker:
                 describe.target = (of, found[-1]) if found is not None else None
                 self._queue.append(describe)
             else:
-                (self._statements if of == "S" else self._portals).pop(name, None)
-                self._queue.append(_Pending(_R_CLOSE))
+                named = self._statements if of == "S" else self._portals
+                close = _Pending(_R_CLOSE)
+                close.undo = (named, name, named.pop(name, None), None)
+                self._queue.append(close)
         elif kind == _TERMINATE:
             self.terminated = True
         elif kind == _QUERY:
@@ -565,6 +615,8 @@ class Tracker:
         elif kind == _FUNCTION_CALL:
             call = cast(m.FunctionCall, decode_frontend(Frame(b"F", chunk[start:end])))
             return Statement("F", function_oid=call.function_oid)
+        elif kind in (_COPY_DONE, _COPY_FAIL):
+            self._copy_ends += 1
         elif kind not in _PASSED_THROUGH:
             decode_frontend(Frame(bytes((kind,)), chunk[start:end]))  # raises for an unknown type
         return None
@@ -609,7 +661,10 @@ class Tracker:
                 tag = chunk[start + 5 : end - 1]
                 count = tag.rpartition(b" ")[2]
                 rows = int(count) if count.isdigit() else head.rows
-                self.events.append(Finished(head.note, rows, None, tag, head.started))
+                done = head.filter
+                if done is _UNPLANNED:
+                    done = None
+                self.events.append(Finished(head.note, rows, None, tag, head.started, done))
                 continue
             if kind == _ROW_DESCRIPTION and queue and queue[0].kind == _R_STATEMENT:
                 # The layout of a simple-Query statement's rows (LAYOUT in ANSWERS).
@@ -638,11 +693,13 @@ class Tracker:
                     self._failed(error)
                 continue
             if kind in _ASYNC:
-                if kind == _NOTICE_RESPONSE and self.screen_messages is not None:
-                    pieces, cut = self._screen(chunk, start, end, pieces, cut)
                 if kind == _PARAMETER_STATUS:
                     status = cast(m.ParameterStatus, decode_backend(Frame(b"S", chunk[start:end])))
                     self.events.append(ParameterChanged(status.name, status.value))
+                if self.screen_messages is not None:
+                    # A notice, a notification's payload, a reported setting
+                    # (set_config) may each hold any value.
+                    pieces, cut = self._screen(chunk, start, end, pieces, cut)
                 continue
             if kind in _COMPLETIONS and queue and queue[0].kind == _COMPLETIONS[kind]:
                 queue.popleft()  # ParseComplete, BindComplete, CloseComplete
@@ -658,7 +715,11 @@ class Tracker:
                 count = tag.rpartition(b" ")[2]
                 rows = int(count) if count.isdigit() else head.rows
                 rows_or_none = None if kind == _FUNCTION_RESULT else rows
-                self.events.append(Finished(head.note, rows_or_none, None, tag, head.started))
+                self.events.append(
+                    Finished(head.note, rows_or_none, None, tag, head.started, _planned(head))
+                )
+            elif kind == _COPY_IN:
+                self._copy_in(head)
             elif answer is A.KEEP and self.plan_copy is not None:
                 if kind == _COPY_OUT:
                     head.copy_filter = self.plan_copy(head.note, chunk[start:end])
@@ -683,6 +744,36 @@ class Tracker:
         pieces.append(chunk[cut:])
         return b"".join(pieces)
 
+    def _copy_in(self, head: _Pending) -> None:
+        """COPY FROM STDIN: the server ignores Syncs until the client's CopyDone or CopyFail.
+
+        libpq sends one after the Execute, before it knows the statement is a
+        COPY; those the client sent between ``head`` and its end of the COPY
+        get no ReadyForQuery. What the dropped ones were to settle, the next
+        end settles.
+        """
+        queue = self._queue
+        ignored = [
+            p
+            for p in queue
+            if p.kind == _R_SYNC and p.copy_ends == head.copy_ends and p is not head
+        ]
+        for sync in ignored:
+            position = queue.index(sync)
+            del queue[position]
+            if not sync.settles:
+                continue
+            later = next(
+                (p for p in itertools.islice(queue, position, None) if p.kind in _ENDS), None
+            )
+            if later is None:
+                self._dirty = True  # the next end settles it
+                self._unsettled -= 1
+            elif later.settles:
+                self._unsettled -= 1
+            else:
+                later.settles = True
+
     def _screen(
         self, chunk: bytes, start: int, end: int, pieces: list[bytes] | None, cut: int
     ) -> tuple[list[bytes] | None, int]:
@@ -701,9 +792,11 @@ class Tracker:
 
     def _layout(self, head: _Pending, chunk: bytes, start: int, end: int) -> None:
         fields = _fields(chunk, start, end)
-        self.events.append(RowLayout(head.note, fields))
+        # All text, but for a FETCH from a BINARY cursor.
+        formats = tuple(f.format for f in fields) if any(f.format for f in fields) else ()
+        self.events.append(RowLayout(head.note, fields, formats))
         if self.plan_rows is not None:
-            head.filter = self.plan_rows(head.note, fields, ())
+            head.filter = self.plan_rows(head.note, fields, formats)
 
     def _plan(self, pending: _Pending, *, final: bool = False) -> None:
         """Find an Execute's layout and ask ``plan_rows`` for its filter.
@@ -734,16 +827,29 @@ class Tracker:
     def _ready(self) -> None:
         """ReadyForQuery: everything up to the next Sync or Query end is answered."""
         queue = self._queue
+        undone: list[_Pending] | None = None
         while queue:
             head = queue.popleft()
             if head.kind in _ENDS:
                 if head.settles:
                     self._unsettled -= 1
-                return
+                break
+            if head.undo is not None:
+                if undone is None:
+                    undone = []
+                undone.append(head)
             if head.kind in _RUNS or head.kind == _R_FUNCTION:
                 self.events.append(
-                    Finished(head.note, None, "not executed: no answer", started=head.started)
+                    Finished(
+                        head.note,
+                        None,
+                        "not executed: no answer",
+                        started=head.started,
+                        filter=_planned(head),
+                    )
                 )
+        if undone:
+            _undo(undone)
 
     def _failed(self, error: m.ErrorResponse) -> None:
         if error.severity in ("FATAL", "PANIC"):
@@ -758,7 +864,13 @@ class Tracker:
         reason = f"SQLSTATE {code if well_formed else 'invalid'}"
         if failed.kind in _RUNS or failed.kind in (_R_FUNCTION, _R_PARSE):
             self.events.append(
-                Finished(failed.note, failed.rows or None, reason, started=failed.started)
+                Finished(
+                    failed.note,
+                    failed.rows or None,
+                    reason,
+                    started=failed.started,
+                    filter=_planned(failed),
+                )
             )
         if failed.kind in (_R_STATEMENT, _R_FUNCTION):
             self._skip(_ENDS, reason)  # the rest of this simple Query
@@ -766,18 +878,36 @@ class Tracker:
             # An extended-protocol batch: the server discards everything up to
             # Sync, simple Queries sent inside the batch included.
             self._skip((_R_SYNC,), reason)
+        if failed.undo is not None:
+            # A Parse or Bind under a name in use fails and leaves it as it was;
+            # a failed one of the unnamed statement or portal leaves none.
+            named, name, _, made = failed.undo
+            if failed.kind == _R_CLOSE or name:
+                _undo([failed])
+            elif named.get(name) is made:
+                del named[name]
 
     def _skip(self, until: tuple[int, ...], reason: str) -> None:
         """Drop what the server will not answer after an error, up to ``until``."""
         queue = self._queue
+        undone: list[_Pending] | None = None
         while queue and queue[0].kind not in until:
             skipped = queue.popleft()
+            if skipped.undo is not None:
+                if undone is None:
+                    undone = []
+                undone.append(skipped)
             if skipped.kind in _RUNS or skipped.kind == _R_FUNCTION:
                 self.events.append(
                     Finished(
-                        skipped.note, None, f"not executed: an earlier message failed ({reason})"
+                        skipped.note,
+                        None,
+                        f"not executed: an earlier message failed ({reason})",
+                        filter=_planned(skipped),
                     )
                 )
+        if undone:
+            _undo(undone)
 
     def abandon(self, reason: str) -> list[TrackerEvent]:
         """Finish every request still pending when either side went away."""
@@ -786,7 +916,13 @@ class Tracker:
             head = queue.popleft()
             if head.kind in _RUNS or head.kind == _R_FUNCTION:
                 self.events.append(
-                    Finished(head.note, head.rows or None, reason, started=head.started)
+                    Finished(
+                        head.note,
+                        head.rows or None,
+                        reason,
+                        started=head.started,
+                        filter=_planned(head),
+                    )
                 )
         return self.take_events()
 
@@ -796,8 +932,9 @@ _QUERY, _PARSE, _BIND, _EXECUTE, _SYNC, _DESCRIBE, _CLOSE = b"QPBESDC"
 _FUNCTION_CALL, _TERMINATE, _FLUSH = b"FXH"
 _PASSED_THROUGH = frozenset(b"dcfH")  # CopyData, CopyDone, CopyFail, Flush
 _DATA_ROW, _COMMAND_COMPLETE, _READY_FOR_QUERY, _ERROR_RESPONSE, _ROW_DESCRIPTION = b"DCZET"
-_PARAMETER_STATUS, _FUNCTION_RESULT, _NOTICE_RESPONSE = b"SVN"
-_COPY_OUT, _COPY_DATA = b"Hd"
+_PARAMETER_STATUS, _FUNCTION_RESULT = b"SV"
+_COPY_OUT, _COPY_DATA, _COPY_IN = b"HdG"
+_COPY_DONE, _COPY_FAIL = b"cf"
 _TYPE_BYTES = tuple(bytes([i]) for i in range(256))
 _DESCRIBED = {
     b"C": "a command completion",
@@ -832,7 +969,7 @@ def _names(chunk: bytes, start: int, end: int, count: int) -> list[str]:
         if nul < 0:
             decode_frontend(Frame(chunk[start : start + 1], chunk[start:end]))
             raise RemoteProtocolError("malformed message: name is not NUL-terminated")
-        names.append(chunk[pos:nul].decode("utf-8", "surrogateescape"))
+        names.append(chunk[pos : min(nul, pos + _NAME_BYTES)].decode("utf-8", "surrogateescape"))
         pos = nul + 1
     return names
 
@@ -847,16 +984,36 @@ def _target(chunk: bytes, start: int, end: int) -> tuple[str, str]:
     if of not in b"SP" or chunk.find(b"\0", start + 6, end) != end - 1:
         decode_frontend(Frame(chunk[start : start + 1], chunk[start:end]))
         raise RemoteProtocolError("malformed message: invalid target")
-    return chr(of), chunk[start + 6 : end - 1].decode("utf-8", "surrogateescape")
+    name_end = min(end - 1, start + 6 + _NAME_BYTES)
+    return chr(of), chunk[start + 6 : name_end].decode("utf-8", "surrogateescape")
 
 
 def _fields(chunk: bytes, start: int, end: int) -> tuple[m.FieldDescription, ...]:
     return cast(m.RowDescription, decode_backend(Frame(b"T", chunk[start:end]))).fields
 
 
-def _remember(named: dict[Any, Any], name: Any, value: Any) -> None:
-    """Keep ``value`` under ``name``, forgetting the oldest beyond the bound."""
+def _planned(pending: _Pending) -> RowFilter | None:
+    return pending.filter if pending.filter is not _UNPLANNED else None
+
+
+def _undo(pending: list[_Pending]) -> None:
+    """Put back what Parses, Binds and Closes the server did not run changed, newest first."""
+    for request in reversed(pending):
+        assert request.undo is not None
+        named, name, previous, made = request.undo
+        if named.get(name) is not made:
+            continue  # changed again since
+        if previous is None:
+            named.pop(name, None)
+        else:
+            _remember(named, name, previous)
+
+
+def _remember(named: dict[Any, Any], name: Any, value: Any) -> bool:
+    """Keep ``value`` under ``name``, forgetting the oldest beyond the bound (then True)."""
     named.pop(name, None)
     named[name] = value
     if len(named) > _MAX_NAMED:
         del named[next(iter(named))]
+        return True
+    return False
