@@ -242,6 +242,20 @@ def test_detection_skips_types_too_short_for_any_data_class(type_oid: int, longe
     assert plan.maskers[0](b"4222222222222") is None  # a card: the whole integer goes
 
 
+def test_binary_values_of_types_that_are_not_text_get_no_screen() -> None:
+    # An int8 in binary is eight raw bytes: the detector reads its printed form,
+    # which the screen (a test of the bytes as they come) cannot see.
+    int8 = [field("id", USERS, 1, type_oid=20)]
+    card = (4222222222222).to_bytes(8, "big", signed=True)
+    assert 0 not in card.translate(NEEDED)  # the screen would have let it through unread
+    binary = masker(detect=True).plan(analyze("SELECT id FROM users")[0], int8, (1,))
+    assert binary is not None and binary.maskers[0] is not None
+    assert binary.screens == {}
+    assert binary.maskers[0](card) is None
+    text = masker(detect=True).plan(analyze("SELECT id FROM users")[0], int8, (0,))
+    assert text is not None and text.screens == {0: NEEDED}
+
+
 def test_unaligned_columns_are_masked_when_the_statement_reads_masked_ones() -> None:
     sql = "SELECT * FROM users JOIN shop.orders USING (id)"
     plan = masker().plan(analyze(sql)[0], [field("id"), field("name"), field("x")])

@@ -544,10 +544,10 @@ class Masker:
                 labels.update(found)
                 maskers.append(self.strategies.masker(strategy, fd.type_oid, binary, text_like))
             elif config.detect:
-                detector = self._detector(fd.type_oid, binary, labels)
+                detector, screen = self._detector(fd.type_oid, binary, labels)
                 maskers.append(detector)
-                if detector is not None:
-                    screens[i] = NEEDED
+                if screen is not None:
+                    screens[i] = screen
             else:
                 maskers.append(None)
         if not any(m is not None for m in maskers):
@@ -582,7 +582,7 @@ class Masker:
                     self.strategies.masker(strategy, type_oid, False, self._catalog.text_like)
                 )
             elif self.config.detect:
-                maskers.append(self._detector(type_oid, False, labels))
+                maskers.append(self._detector(type_oid, False, labels)[0])
             else:
                 maskers.append(None)
         if not any(m is not None for m in maskers):
@@ -611,9 +611,17 @@ class Masker:
             return Plan([], labels, every=self.detector(labels, spans=False))
         return None
 
-    def _detector(self, type_oid: int, binary: bool, labels: set[str]) -> ValueMasker | None:
+    def _detector(
+        self, type_oid: int, binary: bool, labels: set[str]
+    ) -> tuple[ValueMasker | None, bytes | None]:
+        """Detection's masker for a column, and the screen the row filter may test first.
+
+        The screen (:data:`NEEDED`) holds for a value read as it comes; a binary
+        value of a type that is not text is read in its printed form, which
+        only the masker makes, so it gets no screen.
+        """
         if type_oid in _TOO_SHORT:
-            return None
+            return None, None
         text_like = type_oid in TEXT_LIKE_OIDS or type_oid in self._catalog.text_like
         spans = text_like or (type_oid in (_SPAN_SAFE_BINARY if binary else _SPAN_SAFE_TEXT))
         if binary and not spans:
@@ -623,8 +631,8 @@ class Masker:
             def detect_binary(value: bytes) -> bytes | None:
                 return value if detect(text_form(value, type_oid)) is not None else None
 
-            return detect_binary
-        return self.detector(labels, spans=spans)
+            return detect_binary, None
+        return self.detector(labels, spans=spans), NEEDED
 
     def detector(self, labels: set[str], *, spans: bool = True) -> ValueMasker:
         """A value masker that masks each detected datum (or the whole value if not ``spans``)."""
