@@ -14,6 +14,7 @@ import struct
 import pytest
 
 from steward_proxy import wire
+from steward_proxy.masking.rows import WITHHELD
 from tests.conftest import Proxy, ProxyFactory, error_fields, raw_login, recv_messages
 from tests.test_masking_live import POLICY, leaks, seeded  # noqa: F401 (a fixture)
 
@@ -200,6 +201,25 @@ def test_a_notification_payload_is_read_by_detection(
     assert len(notifications) == 3
     assert leaks(raw(answers)) == []
     assert all(p[4:].startswith(b"c\0message withheld by Steward") for p in notifications)
+
+
+def test_every_notification_payload_is_withheld_from_a_subject_with_column_rules(
+    masking_proxy: Proxy,
+    seeded,  # noqa: F811
+) -> None:
+    """Another session (or a trigger) can notify a masked column's value: a name,
+    which detection does not recognise. The notification still arrives, without it."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        assert codes(exchange(sock, wire.Query("LISTEN names"))) == []
+        seeded.execute("SELECT pg_notify('names', full_name) FROM crm.customers")
+        answers = exchange(sock, wire.Query("SELECT 1"))
+    finally:
+        sock.close()
+    notifications = [p for k, p in answers if k == b"A"]
+    assert len(notifications) == 3
+    assert leaks(raw(answers)) == []
+    assert all(p[4:] == b"names\0" + WITHHELD.encode() + b"\0" for p in notifications)
 
 
 @pytest.mark.parametrize(

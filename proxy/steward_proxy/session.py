@@ -78,15 +78,18 @@ _CATALOG_CHANGES = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT", "R
 Record = tuple[str, dict[str, Any]]
 
 
-def _screen_notification(message: bytes, *, detect: bool) -> bytes:
+def _screen_notification(message: bytes, *, detect: bool, withhold: bool) -> bytes:
     """A NotificationResponse as a masked subject may see it.
 
-    Its payload is any text (``pg_notify``) and reaches whoever listens: with
-    detection on, one holding a detected datum is withheld. The channel stays
-    (a listener had to name it to get it).
+    Its payload is any text (``pg_notify``) and reaches whoever listens: a
+    trigger, or another session, can put a masked column's value in it, which
+    no content test recognises (a name). So with ``withhold`` (the subject has
+    column rules) every payload is withheld; with detection on, one holding a
+    detected datum is. The channel and the sender stay (a listener had to name
+    the channel, and a wake-up still wakes).
     """
     body = message[9:]  # the channel and the payload, NUL after each
-    if not detect or 0 not in body.translate(NEEDED) or not find(body):
+    if not withhold and (not detect or 0 not in body.translate(NEEDED) or not find(body)):
         return message
     channel = body.partition(b"\0")[0]
     out = message[5:9] + channel + b"\0" + masking_rows.WITHHELD.encode() + b"\0"
@@ -773,7 +776,8 @@ class Session:
         masker = self._masker
         assert masker is not None
         if message[:1] == b"A":
-            return _screen_notification(message, detect=masker.config.detect)
+            config = masker.config
+            return _screen_notification(message, detect=config.detect, withhold=config.column_rules)
         if message[:1] == b"S":
             return _screen_setting(message, detect=masker.config.detect)
         lineage = self._effective(note.lineage) if isinstance(note, Note) else None
