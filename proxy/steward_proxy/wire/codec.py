@@ -140,15 +140,6 @@ class MessageReader:
         self._pos = pos
         return bytes(buf[start:pos]), spans
 
-    def unread(self, count: int) -> None:
-        """Give back the last ``count`` bytes of what :meth:`read_spans` returned.
-
-        Valid only before the next :meth:`feed`: they are read again next time.
-        """
-        if not 0 <= count <= self._pos:
-            raise ValueError("cannot unread more than was read")
-        self._pos -= count
-
     def take_pending(self) -> bytes:
         """Remove and return every buffered byte not yet framed."""
         data = bytes(self._buf[self._pos :])
