@@ -464,3 +464,100 @@ def test_a_reported_setting_is_read_by_detection(
     assert codes(answers) == []
     assert any(k == b"S" and p.startswith(b"application_name\0") for k, p in answers)
     assert leaks(raw(answers)) == []
+
+
+CARD_NUMBER = (
+    "SELECT replace(substring(notes from '\\d{4} \\d{4} \\d{4} \\d{4}'), ' ', '')::bigint "
+    "FROM crm.customers WHERE id = 1"
+)
+
+
+def test_binary_rows_never_described_are_not_read_as_text(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """Rows whose columns were never described have no types: detection reads each
+    value as it comes. Asked for in binary (by the Bind, or by a BINARY cursor run
+    by an Execute under its name), an int8 card number is eight bytes no test
+    recognises: such rows must not pass as read."""
+    proxy = start_proxy(DETECT_ONLY)
+    card = (4716287144365186).to_bytes(8, "big")
+    sock, _ = raw_login(proxy, "dave")
+    try:
+        bound = exchange(
+            sock,
+            wire.Parse("", CARD_NUMBER),
+            wire.Bind("", "", result_formats=(1,)),
+            wire.Execute(""),
+            wire.Sync(),
+        )
+        cursor = exchange(
+            sock,
+            wire.Query(f"BEGIN; DECLARE c BINARY CURSOR FOR {CARD_NUMBER}"),
+        )
+        executed = exchange(sock, wire.Execute("c"), wire.Sync())
+    finally:
+        sock.close()
+    assert codes(bound) == codes(cursor) == codes(executed) == []
+    for answers in (bound, executed):
+        rows = [p for k, p in answers if k == b"D"]
+        assert len(rows) == 1
+        assert card not in rows[0]
+
+
+def test_a_cursor_declared_and_fetched_in_one_string_is_masked_as_declared(
+    masking_proxy: Proxy,
+) -> None:
+    """The server's answers to a DECLARE and a FETCH after it arrive together: the
+    FETCH's rows are planned by this DECLARE, not by an older cursor of its name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        for sql in ("BEGIN", "DECLARE c CURSOR FOR SELECT 'harmless'::text", "CLOSE c"):
+            assert codes(exchange(sock, wire.Query(sql))) == [], sql
+        rows = exchange(
+            sock,
+            wire.Query(
+                "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers; FETCH ALL FROM c"
+            ),
+        )
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
+@pytest.mark.parametrize("declare", ["simple", "extended"])
+def test_an_execute_sent_behind_a_declare_runs_the_cursor(
+    masking_proxy: Proxy, declare: str
+) -> None:
+    """A protocol Execute sent right behind a DECLARE (in SQL, or a prepared one
+    run by its own Execute), before the server answered it, runs the cursor: not a
+    portal a Bind once made under that name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    declared = "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers"
+    try:
+        setup = exchange(
+            sock,
+            wire.Parse("harmless", "SELECT 'harmless'::text"),
+            wire.Parse("declare", declared),
+            wire.Sync(),
+        )
+        assert codes(setup) == []
+        old = exchange(
+            sock, wire.Bind("c", "harmless"), wire.Describe("P", "c"), wire.Execute("c"), wire.Sync()
+        )
+        assert codes(old) == []
+        assert codes(exchange(sock, wire.Query("BEGIN"))) == []
+        if declare == "simple":
+            first: tuple[wire.Message, ...] = (wire.Query(declared),)
+        else:
+            first = (wire.Bind("", "declare"), wire.Execute(""), wire.Sync())
+        sock.sendall(b"".join(wire.encode(message) for message in (*first, wire.Execute("c"))))
+        sock.sendall(wire.encode(wire.Sync()))
+        rows = recv_messages(sock) + recv_messages(sock)
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []

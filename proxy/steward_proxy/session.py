@@ -746,6 +746,8 @@ class Session:
         assert self._masker is not None
         known = isinstance(note, Note)
         lineage = self._effective(note.lineage) if known else None
+        if fields is None and not known:
+            formats = (1,)  # an Execute of a portal no Bind made: a cursor, maybe BINARY
         labels: set[str] = set()
         plan = self._masker.plan(lineage, fields, formats, labels=labels)
         if plan is None:

@@ -484,7 +484,7 @@ class Masker:
         if labels is None:
             labels = set()
         if fields is None:
-            return self._plan_blind(lineage, labels)
+            return self._plan_blind(lineage, labels, binary=any(formats))
         outputs = None
         if lineage is not None and lineage.outputs is not None:
             outputs = self.expand(lineage.outputs)
@@ -601,11 +601,21 @@ class Masker:
         }
         return types.pop() if len(types) == 1 else 0
 
-    def _plan_blind(self, lineage: StatementLineage | None, labels: set[str]) -> Plan | None:
-        """Rows whose columns were never described: NULL if masked, else detection."""
+    def _plan_blind(
+        self, lineage: StatementLineage | None, labels: set[str], *, binary: bool
+    ) -> Plan | None:
+        """Rows whose columns were never described: NULL if masked, else detection.
+
+        Detection reads a value as it comes, which holds for text only: a
+        binary value of a type not known (an int8 card number is eight bytes)
+        is NULL.
+        """
         if self.tainted(lineage):
             masked, _ = self.masked_sources(lineage.reads if lineage else frozenset())
             labels.update(f"{m}:null" for m in masked or [UNRESOLVED])
+            return Plan([], labels, every=_null_all)
+        if self.config.detect and binary:
+            labels.add(f"{UNRESOLVED}:null")
             return Plan([], labels, every=_null_all)
         if self.config.detect:
             return Plan([], labels, every=self.detector(labels, spans=False))
