@@ -725,6 +725,12 @@ class Session:
 
     # -- masking -------------------------------------------------------------------
 
+    def _catch_up(self) -> None:
+        """Handle the answers before the one being planned or screened, which came in
+        the same bytes: a DECLARE's completion before its FETCH's rows."""
+        if self.tracker.events:
+            self._events(self.tracker.take_events())
+
     def _effective(self, lineage: StatementLineage | None) -> StatementLineage | None:
         """The lineage of the rows a statement returns (a cursor's, a prepared statement's)."""
         if lineage is None:
@@ -744,6 +750,7 @@ class Session:
         self, note: Any, fields: tuple[Any, ...] | None, formats: tuple[int, ...]
     ) -> wire.RowFilter | None:
         assert self._masker is not None
+        self._catch_up()
         known = isinstance(note, Note)
         lineage = self._effective(note.lineage) if known else None
         if fields is None and not known:
@@ -758,6 +765,7 @@ class Session:
 
     def _plan_copy(self, note: Any, response: bytes) -> wire.CopyFilter | None:
         assert self._masker is not None
+        self._catch_up()
         known = isinstance(note, Note)
         lineage = self._effective(note.lineage) if known else None
         columns = int.from_bytes(response[6:8], "big")
@@ -777,6 +785,7 @@ class Session:
     def _screen_message(self, note: Any, message: bytes) -> bytes:
         masker = self._masker
         assert masker is not None
+        self._catch_up()
         if message[:1] == b"A":
             config = masker.config
             return _screen_notification(message, detect=config.detect, withhold=config.column_rules)
