@@ -526,3 +526,39 @@ def test_a_cursor_declared_and_fetched_in_one_string_is_masked_as_declared(
     assert sum(1 for k, _ in rows if k == b"D") == 3
     assert leaks(raw(rows)) == []
 
+
+
+@pytest.mark.parametrize("declare", ["simple", "extended"])
+def test_an_execute_sent_behind_a_declare_runs_the_cursor(
+    masking_proxy: Proxy, declare: str
+) -> None:
+    """A protocol Execute sent right behind a DECLARE (in SQL, or a prepared one
+    run by its own Execute), before the server answered it, runs the cursor: not a
+    portal a Bind once made under that name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    declared = "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers"
+    try:
+        setup = exchange(
+            sock,
+            wire.Parse("harmless", "SELECT 'harmless'::text"),
+            wire.Parse("declare", declared),
+            wire.Sync(),
+        )
+        assert codes(setup) == []
+        old = exchange(
+            sock, wire.Bind("c", "harmless"), wire.Describe("P", "c"), wire.Execute("c"), wire.Sync()
+        )
+        assert codes(old) == []
+        assert codes(exchange(sock, wire.Query("BEGIN"))) == []
+        if declare == "simple":
+            first: tuple[wire.Message, ...] = (wire.Query(declared),)
+        else:
+            first = (wire.Bind("", "declare"), wire.Execute(""), wire.Sync())
+        sock.sendall(b"".join(wire.encode(message) for message in (*first, wire.Execute("c"))))
+        sock.sendall(wire.encode(wire.Sync()))
+        rows = recv_messages(sock) + recv_messages(sock)
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []

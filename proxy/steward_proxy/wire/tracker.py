@@ -312,9 +312,14 @@ class Tracker:
         plan_rows: RowPlanner | None = None,
         screen_messages: MessageScreen | None = None,
         plan_copy: CopyPlanner | None = None,
+        declares: Callable[[Any], str | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
+        self.declares = declares
+        """For a note, the cursor its statement DECLAREs, if any: that name stops
+        being a portal a Bind made as the statement goes (a Query) or is executed,
+        so an Execute sent behind it, before the answer, is not taken for that portal."""
         self.plan_rows = plan_rows
         self.screen_messages = screen_messages
         self.plan_copy = plan_copy
@@ -465,10 +470,13 @@ class Tracker:
         if now is None:
             now = self.clock()
         if statement.kind == "Q":
+            declares = self.declares
             for note in notes or [None]:
                 queue.append(pending := _Pending(_R_STATEMENT, note, now))
                 if self._copy_ends:
                     pending.copy_ends = self._copy_ends
+                if declares is not None and (cursor := declares(note)) is not None:
+                    self._portals.pop(_key(cursor), None)
             self._dirty = True
             self._end(_R_QUERY_END)
         elif statement.kind == "P":
@@ -581,6 +589,8 @@ class Tracker:
                 portal, (None, (), 0, 0)
             )
             self._dirty = True
+            if self.declares is not None and (cursor := self.declares(note)) is not None:
+                self._portals.pop(_key(cursor), None)
             pending = _Pending(_R_EXECUTE, note, self._now)
             if self._copy_ends:
                 pending.copy_ends = self._copy_ends
