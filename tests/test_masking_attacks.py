@@ -562,3 +562,46 @@ def test_an_execute_sent_behind_a_declare_runs_the_cursor(
     assert codes(rows) == []
     assert sum(1 for k, _ in rows if k == b"D") == 3
     assert leaks(raw(rows)) == []
+
+
+PADDING = "/* " + "x" * 4096 + " */"  # past what is analysed inline: traced by no lineage
+
+
+def test_a_fetch_too_long_to_trace_is_masked_as_unknown(masking_proxy: Proxy) -> None:
+    """A FETCH names no table: analysed off the event loop, with no lineage, its
+    rows must not be taken for rows that read nothing masked."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        for sql in ("BEGIN", "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers"):
+            assert codes(exchange(sock, wire.Query(sql))) == [], sql
+        rows = exchange(sock, wire.Query(f"FETCH ALL FROM c {PADDING}"))
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
+PREDICATES_ALLOWED = POLICY.replace("    detect: true\n", "    detect: true\n    predicates: allow\n")
+
+
+def test_a_declare_too_long_to_trace_is_refused_over_masked_columns(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """Analysed off the event loop, a DECLARE has no lineage: the name of its cursor
+    is not known, so a FETCH from it would be masked by an older cursor of that name."""
+    proxy = start_proxy(PREDICATES_ALLOWED)
+    sock, _ = raw_login(proxy, "alice")
+    try:
+        for sql in ("BEGIN", "DECLARE c CURSOR FOR SELECT 'harmless'::text", "CLOSE c"):
+            assert codes(exchange(sock, wire.Query(sql))) == [], sql
+        declared = exchange(
+            sock,
+            wire.Query(f"DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers {PADDING}"),
+        )
+        rows = exchange(sock, wire.Query("FETCH ALL FROM c"))
+    finally:
+        sock.close()
+    assert codes(declared) == ["42501"]
+    assert leaks(raw(rows)) == []

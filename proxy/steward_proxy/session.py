@@ -433,8 +433,18 @@ class Session:
             if traced is not None:
                 lineage = traced[i]
             else:  # too large to trace inline
-                lineage = masker.untraced(statement.tables, bool(statement.writes))
+                lineage = masker.untraced(
+                    statement.tables, bool(statement.writes), statement.command
+                )
             reason = masker.refusal(self._effective(lineage) or lineage)
+            if reason is None and traced is None and statement.command == "DECLARE":
+                if masker.tainted(masker.untraced(statement.tables, False)):
+                    # Its cursor's name is not known: a FETCH from it would be
+                    # masked by an older cursor of that name.
+                    reason = (
+                        "statement refused: a DECLARE too long to trace inline may not read "
+                        "masked columns"
+                    )
             if reason is not None:
                 for _, names in changes:  # none of it runs
                     masker.changed(names, ran=False)

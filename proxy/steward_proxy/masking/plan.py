@@ -352,12 +352,16 @@ class Masker:
 
     # -- refusals ----------------------------------------------------------------------
 
-    def untraced(self, tables: Sequence[str], writes: bool) -> StatementLineage:
+    def untraced(
+        self, tables: Sequence[str], writes: bool, command: str | None = None
+    ) -> StatementLineage:
         """A stand-in lineage for a statement too large to trace inline.
 
         Everything it names counts as read, filtered by and (if it writes)
         moved; a relation the catalog does not know counts only when a column
-        rule could name one of its columns.
+        rule could name one of its columns. A FETCH or DECLARE (``command``)
+        is ``opaque``: the rows of a cursor come from no table the FETCH names,
+        and the cursor a DECLARE names is not known.
         """
         sources: set[Source] = set()
         for table in tables:
@@ -372,6 +376,7 @@ class Masker:
             reads=everything,
             filters=everything,
             moves=everything if writes else frozenset(),
+            opaque=command in ("FETCH", "DECLARE"),
         )
 
     def _might_cover(self, schema: str, name: str) -> bool:
