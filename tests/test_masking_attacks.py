@@ -527,7 +527,6 @@ def test_a_cursor_declared_and_fetched_in_one_string_is_masked_as_declared(
     assert leaks(raw(rows)) == []
 
 
-
 @pytest.mark.parametrize("declare", ["simple", "extended"])
 def test_an_execute_sent_behind_a_declare_runs_the_cursor(
     masking_proxy: Proxy, declare: str
@@ -546,7 +545,11 @@ def test_an_execute_sent_behind_a_declare_runs_the_cursor(
         )
         assert codes(setup) == []
         old = exchange(
-            sock, wire.Bind("c", "harmless"), wire.Describe("P", "c"), wire.Execute("c"), wire.Sync()
+            sock,
+            wire.Bind("c", "harmless"),
+            wire.Describe("P", "c"),
+            wire.Execute("c"),
+            wire.Sync(),
         )
         assert codes(old) == []
         assert codes(exchange(sock, wire.Query("BEGIN"))) == []
@@ -582,7 +585,9 @@ def test_a_fetch_too_long_to_trace_is_masked_as_unknown(masking_proxy: Proxy) ->
     assert leaks(raw(rows)) == []
 
 
-PREDICATES_ALLOWED = POLICY.replace("    detect: true\n", "    detect: true\n    predicates: allow\n")
+PREDICATES_ALLOWED = POLICY.replace(
+    "    detect: true\n", "    detect: true\n    predicates: allow\n"
+)
 
 
 def test_a_declare_too_long_to_trace_is_refused_over_masked_columns(
@@ -598,7 +603,9 @@ def test_a_declare_too_long_to_trace_is_refused_over_masked_columns(
             assert codes(exchange(sock, wire.Query(sql))) == [], sql
         declared = exchange(
             sock,
-            wire.Query(f"DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers {PADDING}"),
+            wire.Query(
+                f"DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers {PADDING}"
+            ),
         )
         rows = exchange(sock, wire.Query("FETCH ALL FROM c"))
     finally:

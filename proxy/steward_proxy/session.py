@@ -437,14 +437,18 @@ class Session:
                     statement.tables, bool(statement.writes), statement.command
                 )
             reason = masker.refusal(self._effective(lineage) or lineage)
-            if reason is None and traced is None and statement.command == "DECLARE":
-                if masker.tainted(masker.untraced(statement.tables, False)):
-                    # Its cursor's name is not known: a FETCH from it would be
-                    # masked by an older cursor of that name.
-                    reason = (
-                        "statement refused: a DECLARE too long to trace inline may not read "
-                        "masked columns"
-                    )
+            if (
+                reason is None
+                and traced is None
+                and statement.command == "DECLARE"
+                and masker.tainted(masker.untraced(statement.tables, False))
+            ):
+                # Its cursor's name is not known: a FETCH from it would be
+                # masked by an older cursor of that name.
+                reason = (
+                    "statement refused: a DECLARE too long to trace inline may not read "
+                    "masked columns"
+                )
             if reason is not None:
                 for _, names in changes:  # none of it runs
                     masker.changed(names, ran=False)
