@@ -612,3 +612,29 @@ def test_a_declare_too_long_to_trace_is_refused_over_masked_columns(
         sock.close()
     assert codes(declared) == ["42501"]
     assert leaks(raw(rows)) == []
+
+
+def test_the_names_a_notice_gives_are_read_by_detection(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """RAISE ... USING COLUMN, CONSTRAINT, DATATYPE, TABLE and SCHEMA put any text
+    in the fields that otherwise name things."""
+    proxy = start_proxy(DETECT_ONLY)
+    card = (
+        "(SELECT substring(notes from '\\d{4} \\d{4} \\d{4} \\d{4}') "
+        "FROM crm.customers WHERE id = 1)"
+    )
+    options = ", ".join(
+        f"{option} = {card}" for option in ("COLUMN", "CONSTRAINT", "DATATYPE", "TABLE", "SCHEMA")
+    )
+    sock, _ = raw_login(proxy, "dave")
+    try:
+        answers = exchange(
+            sock, wire.Query(f"DO $$ BEGIN RAISE NOTICE 'hi' USING {options}; END $$")
+        )
+    finally:
+        sock.close()
+    assert codes(answers) == []
+    assert any(k == b"N" for k, _ in answers)
+    assert leaks(raw(answers)) == []

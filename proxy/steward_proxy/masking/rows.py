@@ -61,6 +61,10 @@ WITHHELD = (
 # Fields that may quote values; the others name things or say where.
 _FREE_TEXT = frozenset("MDHWqp")
 _KEPT = frozenset("SVCPLFRcdnst")
+# Names, but RAISE ... USING COLUMN, CONSTRAINT, DATATYPE, TABLE or SCHEMA
+# sets them to any text: detection reads them too.
+_NAMES = frozenset("cdnst")
+_READ = _FREE_TEXT | _NAMES
 
 
 _MOST_SPECIALIZED = 32  # masked columns; the source written per shape grows with them
@@ -311,10 +315,14 @@ def screen_message(message: bytes, *, tainted: bool, detect: bool) -> bytes:
         return message
     quoting = tainted
     if not quoting and detect:
-        quoting = any(find(value) for code, value in fields if chr(code) in _FREE_TEXT and value)
+        quoting = any(find(value) for code, value in fields if chr(code) in _READ and value)
     if not quoting:
         return message
-    kept = [(code, value) for code, value in fields if chr(code) in _KEPT]
+    kept = [
+        (code, value)
+        for code, value in fields
+        if chr(code) in _KEPT and not (detect and chr(code) in _NAMES and find(value))
+    ]
     kept.append((ord("M"), WITHHELD.encode()))
     body = b"".join(bytes((code,)) + value + b"\0" for code, value in kept) + b"\0"
     return message[:1] + _LENGTH.pack(len(body) + 4) + body
