@@ -638,3 +638,24 @@ def test_the_names_a_notice_gives_are_read_by_detection(
     assert codes(answers) == []
     assert any(k == b"N" for k, _ in answers)
     assert leaks(raw(answers)) == []
+
+
+def test_a_query_sent_into_a_copy_from_stdin_does_not_shift_the_answers(
+    masking_proxy: Proxy,
+) -> None:
+    """During COPY FROM STDIN the server takes any message but CopyData, CopyDone,
+    CopyFail, Flush and Sync for a protocol violation and drops it: a Query sent
+    there is never answered, and must not take the answers of the next one."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    received: list[tuple[bytes, bytes]] = []
+    try:
+        assert codes(exchange(sock, wire.Query("CREATE TEMP TABLE scratch (x text)"))) == []
+        sock.sendall(
+            wire.encode(wire.Query("COPY scratch FROM STDIN"))
+            + wire.encode(wire.Query("SELECT 'harmless'::text"))
+        )
+        received += recv_messages(sock)
+        received += exchange(sock, wire.Query("SELECT upper(full_name) FROM crm.customers"))
+    finally:
+        sock.close()
+    assert leaks(raw(received)) == []
