@@ -659,3 +659,16 @@ def test_a_query_sent_into_a_copy_from_stdin_does_not_shift_the_answers(
     finally:
         sock.close()
     assert leaks(raw(received)) == []
+
+
+def test_only_the_citext_extensions_type_is_read_as_text(seeded) -> None:  # noqa: F811
+    """A binary value of a type read as text is scanned as it comes: a domain over
+    int8 that anyone may name ``citext`` in a schema of theirs is not text."""
+    from steward_proxy.masking.catalog import QUERIES
+
+    seeded.execute("CREATE SCHEMA lookalike; CREATE DOMAIN lookalike.citext AS int8")
+    try:
+        oid = seeded.execute("SELECT 'lookalike.citext'::regtype::oid").strip()
+        assert oid not in seeded.execute(QUERIES["text_types"]).split()
+    finally:
+        seeded.execute("DROP SCHEMA lookalike CASCADE")
