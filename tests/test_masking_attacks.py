@@ -655,7 +655,8 @@ def test_a_query_sent_into_a_copy_from_stdin_does_not_shift_the_answers(
             + wire.encode(wire.Query("SELECT 'harmless'::text"))
         )
         received += recv_messages(sock)
-        received += exchange(sock, wire.Query("SELECT upper(full_name) FROM crm.customers"))
+        if received[-1][0] == b"Z":  # else the session ended
+            received += exchange(sock, wire.Query("SELECT upper(full_name) FROM crm.customers"))
     finally:
         sock.close()
     assert leaks(raw(received)) == []
