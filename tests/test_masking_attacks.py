@@ -644,8 +644,9 @@ def test_a_query_sent_into_a_copy_from_stdin_does_not_shift_the_answers(
     masking_proxy: Proxy,
 ) -> None:
     """During COPY FROM STDIN the server takes any message but CopyData, CopyDone,
-    CopyFail, Flush and Sync for a protocol violation and drops it: a Query sent
-    there is never answered, and must not take the answers of the next one."""
+    CopyFail, Flush and Sync for a protocol violation: it reads that message's type
+    byte alone, and ends the connection (synchronization lost) rather than answer
+    the Query sent there with the next one's answers."""
     sock, _ = raw_login(masking_proxy, "alice")
     received: list[tuple[bytes, bytes]] = []
     try:

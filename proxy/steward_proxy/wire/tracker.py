@@ -265,9 +265,8 @@ class _Pending:
     # PARSE, BIND, CLOSE: the name it (re)made or dropped, what the name held
     # before and holds now; put back when the server does not run it.
     undo: tuple[dict[str, Any], str, Any, Any] | None = None
-    # CopyDone and CopyFail messages the client had sent before it (a Sync
-    # between a COPY FROM STDIN and its end is ignored, any other request is
-    # taken for a protocol violation).
+    # STATEMENT, EXECUTE, SYNC: CopyDone and CopyFail messages the client had
+    # sent before it (a Sync between a COPY FROM STDIN and its end is ignored).
     copy_ends: int = 0
 
     def __init__(self, kind: int, note: Any = None, started: float = 0.0) -> None:
@@ -491,9 +490,9 @@ class Tracker:
                 self.forgot_statements = True
             parse = _Pending(_R_PARSE, notes, now)
             parse.undo = (statements, name, previous, made)
-            self._queue_request(parse)
+            queue.append(parse)
         else:
-            self._queue_request(_Pending(_R_FUNCTION, notes, now))
+            queue.append(_Pending(_R_FUNCTION, notes, now))
             self._dirty = True
             self._end(_R_QUERY_END)
 
@@ -501,7 +500,7 @@ class Tracker:
         """Refuse ``statement``: the client gets ``error`` (an encoded ErrorResponse)."""
         self._answered(statement)
         _, start, end, _ = self._spans[self._index - 1]
-        self._queue_request(_refusal(error))
+        self._queue.append(_refusal(error))
         if statement.kind == "P":
             if not statement.name:
                 # PostgreSQL drops the unnamed statement before parsing a new one,
@@ -558,11 +557,6 @@ class Tracker:
             pending.copy_ends = self._copy_ends
         self._queue.append(pending)
 
-    def _queue_request(self, pending: _Pending) -> None:
-        if self._copy_ends:
-            pending.copy_ends = self._copy_ends
-        self._queue.append(pending)
-
     def _client_message(self, kind: int, start: int, end: int) -> Statement | None:
         """Track one client message; a Statement when it needs an answer first."""
         if self._skipping:
@@ -592,7 +586,7 @@ class Tracker:
             self._dirty = True  # a parameter's input function may run code
             bind = _Pending(_R_BIND)
             bind.undo = (portals, portal, previous, made)
-            self._queue_request(bind)
+            self._queue.append(bind)
         elif kind == _EXECUTE:
             portal = _names(chunk, start, end, 1)[0]
             note, formats, statement_generation, portal_generation = self._portals.get(
@@ -617,12 +611,12 @@ class Tracker:
                 found = named.get(name)
                 describe = _Pending(_R_DESCRIBE)
                 describe.target = (of, found[-1]) if found is not None else None
-                self._queue_request(describe)
+                self._queue.append(describe)
             else:
                 named = self._statements if of == "S" else self._portals
                 close = _Pending(_R_CLOSE)
                 close.undo = (named, name, named.pop(name, None), None)
-                self._queue_request(close)
+                self._queue.append(close)
         elif kind == _TERMINATE:
             self.terminated = True
         elif kind == _QUERY:
@@ -784,20 +778,9 @@ class Tracker:
         libpq sends one after the Execute, before it knows the statement is a
         COPY; those the client sent between ``head`` and its end of the COPY
         get no ReadyForQuery. What the dropped ones were to settle, the next
-        end settles. Any other request sent there the server takes for a
-        protocol violation that ends the COPY, and drops: its answers would
-        not come, and the next request's would be taken for them (Desync).
+        end settles.
         """
         queue = self._queue
-        own = head.kind == _R_STATEMENT  # the rest of its Query string comes after it
-        for pending in itertools.islice(queue, 1, None):
-            if own:
-                own = pending.kind != _R_QUERY_END
-                continue
-            if pending.copy_ends != head.copy_ends:
-                break
-            if pending.kind != _R_SYNC:
-                raise Desync("a COPY FROM STDIN start (the client sent requests into the COPY)")
         ignored = [
             p
             for p in queue
