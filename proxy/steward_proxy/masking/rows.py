@@ -69,9 +69,9 @@ _READ = _FREE_TEXT | _NAMES
 
 _MOST_SPECIALIZED = 32  # masked columns; the source written per shape grows with them
 # Bytes of rows of one shape the general loop filters before the shape is
-# compiled (a compile costs about what the loop spends on this much), and
-# how many shapes such counts are kept for.
-_WARM_BYTES = 1 << 16
+# compiled (a compile, up to 5 ms for 32 masked columns, costs about what the
+# loop spends on this much), and how many shapes such counts are kept for.
+_WARM_BYTES = 1 << 18
 _MAX_WARMING = 4096
 _warming: dict[tuple[rowcode.Kind, ...], int] = {}
 _MAX_COMPILED = 256
