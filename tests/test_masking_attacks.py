@@ -527,6 +527,26 @@ def test_a_cursor_declared_and_fetched_in_one_string_is_masked_as_declared(
     assert leaks(raw(rows)) == []
 
 
+def test_a_statement_prepared_and_executed_in_one_string_is_masked_as_prepared(
+    masking_proxy: Proxy,
+) -> None:
+    """The same for SQL PREPARE and EXECUTE: not by an older statement of that name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        assert codes(exchange(sock, wire.Query("PREPARE p AS SELECT 'harmless'::text"))) == []
+        rows = exchange(
+            sock,
+            wire.Query(
+                "DEALLOCATE p; PREPARE p AS SELECT upper(full_name) FROM crm.customers; EXECUTE p"
+            ),
+        )
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
 @pytest.mark.parametrize("declare", ["simple", "extended"])
 def test_an_execute_sent_behind_a_declare_runs_the_cursor(
     masking_proxy: Proxy, declare: str
