@@ -547,6 +547,37 @@ def test_a_statement_prepared_and_executed_in_one_string_is_masked_as_prepared(
     assert leaks(raw(rows)) == []
 
 
+def test_a_bind_sent_behind_a_prepare_binds_the_statement_it_prepares(
+    masking_proxy: Proxy,
+) -> None:
+    """SQL PREPARE and DEALLOCATE share the protocol's statement names: a Bind sent
+    right behind them, before their answer, binds what they leave, not an older
+    statement of that name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        assert codes(exchange(sock, wire.Query("PREPARE s AS SELECT 'harmless'::text"))) == []
+        sock.sendall(
+            b"".join(
+                wire.encode(message)
+                for message in (
+                    wire.Query(
+                        "DEALLOCATE s; PREPARE s AS SELECT upper(full_name) FROM crm.customers"
+                    ),
+                    wire.Bind("", "s"),
+                    wire.Describe("P", ""),
+                    wire.Execute(""),
+                    wire.Sync(),
+                )
+            )
+        )
+        rows = recv_messages(sock) + recv_messages(sock)
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
 @pytest.mark.parametrize("declare", ["simple", "extended"])
 def test_an_execute_sent_behind_a_declare_runs_the_cursor(
     masking_proxy: Proxy, declare: str

@@ -107,12 +107,6 @@ def _screen_setting(message: bytes, *, detect: bool) -> bytes:
     return b"S" + (len(out) + 4).to_bytes(4, "big") + out
 
 
-def _declared_cursor(note: Any) -> str | None:
-    """The cursor a note's statement DECLAREs (the tracker's ``declares``)."""
-    lineage = note.lineage if isinstance(note, Note) else None
-    return lineage.declares if lineage is not None else None
-
-
 def _withhold_copy_data(message: bytes) -> bytes:
     """COPY rows whose format the session cannot read: an empty row in their place."""
     return b"d\x00\x00\x00\x05\n"
@@ -195,7 +189,7 @@ class Session:
             plan_rows=self._plan_rows if self._masker is not None else None,
             screen_messages=self._screen_message if self._masker is not None else None,
             plan_copy=self._plan_copy if self._masker is not None else None,
-            declares=_declared_cursor if self._masker is not None else None,
+            running=self._running if self._masker is not None else None,
         )
         # What the server must keep reporting: the pinned settings, and the
         # privilege it signed in with.
@@ -745,6 +739,22 @@ class Session:
             note.masked.clear()
 
     # -- masking -------------------------------------------------------------------
+
+    def _running(self, note: Any) -> None:
+        """A statement goes to run: what a Bind or Execute sent behind it names is not
+        what its name held before (the tracker's ``running``)."""
+        if not isinstance(note, Note):
+            return
+        lineage = note.lineage
+        if lineage is not None and lineage.declares is not None:
+            self.tracker.forget_portal(lineage.declares)
+        statement = note.statement
+        if (
+            statement is not None
+            and statement.prepared_name is not None
+            and statement.command in ("PREPARE", "DEALLOCATE", "DISCARD")
+        ):
+            self.tracker.forget_statement(statement.prepared_name or None)
 
     def _catch_up(self) -> None:
         """Handle the answers before the one being planned or screened, which came in

@@ -315,14 +315,16 @@ class Tracker:
         plan_rows: RowPlanner | None = None,
         screen_messages: MessageScreen | None = None,
         plan_copy: CopyPlanner | None = None,
-        declares: Callable[[Any], str | None] | None = None,
+        running: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
-        self.declares = declares
-        """For a note, the cursor its statement DECLAREs, if any: that name stops
-        being a portal a Bind made as the statement goes (a Query) or is executed,
-        so an Execute sent behind it, before the answer, is not taken for that portal."""
+        self.running = running
+        """Called with a note as its statement goes to run (each of a Query's, an
+        Execute's), before the client's next message is read: names the statement
+        may make or drop (a cursor, a prepared statement) can be forgotten
+        (:meth:`forget_portal`, :meth:`forget_statement`) before a Bind or Execute
+        sent behind it, ahead of its answer, is taken for what they held."""
         self.plan_rows = plan_rows
         self.screen_messages = screen_messages
         self.plan_copy = plan_copy
@@ -474,13 +476,13 @@ class Tracker:
         if now is None:
             now = self.clock()
         if statement.kind == "Q":
-            declares = self.declares
+            running = self.running
             for note in notes or [None]:
                 queue.append(pending := _Pending(_R_STATEMENT, note, now))
                 if self._copy_ends:
                     pending.copy_ends = self._copy_ends
-                if declares is not None and (cursor := declares(note)) is not None:
-                    self._portals.pop(_key(cursor), None)
+                if running is not None:
+                    running(note)
             self._dirty = True
             self._end(_R_QUERY_END)
         elif statement.kind == "P":
@@ -593,8 +595,8 @@ class Tracker:
                 portal, (None, (), 0, 0)
             )
             self._dirty = True
-            if self.declares is not None and (cursor := self.declares(note)) is not None:
-                self._portals.pop(_key(cursor), None)
+            if self.running is not None:
+                self.running(note)
             pending = _Pending(_R_EXECUTE, note, self._now)
             if self._copy_ends:
                 pending.copy_ends = self._copy_ends
