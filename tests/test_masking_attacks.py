@@ -464,3 +464,264 @@ def test_a_reported_setting_is_read_by_detection(
     assert codes(answers) == []
     assert any(k == b"S" and p.startswith(b"application_name\0") for k, p in answers)
     assert leaks(raw(answers)) == []
+
+
+CARD_NUMBER = (
+    "SELECT replace(substring(notes from '\\d{4} \\d{4} \\d{4} \\d{4}'), ' ', '')::bigint "
+    "FROM crm.customers WHERE id = 1"
+)
+
+
+def test_binary_rows_never_described_are_not_read_as_text(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """Rows whose columns were never described have no types: detection reads each
+    value as it comes. Asked for in binary (by the Bind, or by a BINARY cursor run
+    by an Execute under its name), an int8 card number is eight bytes no test
+    recognises: such rows must not pass as read."""
+    proxy = start_proxy(DETECT_ONLY)
+    card = (4716287144365186).to_bytes(8, "big")
+    sock, _ = raw_login(proxy, "dave")
+    try:
+        bound = exchange(
+            sock,
+            wire.Parse("", CARD_NUMBER),
+            wire.Bind("", "", result_formats=(1,)),
+            wire.Execute(""),
+            wire.Sync(),
+        )
+        cursor = exchange(
+            sock,
+            wire.Query(f"BEGIN; DECLARE c BINARY CURSOR FOR {CARD_NUMBER}"),
+        )
+        executed = exchange(sock, wire.Execute("c"), wire.Sync())
+    finally:
+        sock.close()
+    assert codes(bound) == codes(cursor) == codes(executed) == []
+    for answers in (bound, executed):
+        rows = [p for k, p in answers if k == b"D"]
+        assert len(rows) == 1
+        assert card not in rows[0]
+
+
+def test_a_cursor_declared_and_fetched_in_one_string_is_masked_as_declared(
+    masking_proxy: Proxy,
+) -> None:
+    """The server's answers to a DECLARE and a FETCH after it arrive together: the
+    FETCH's rows are planned by this DECLARE, not by an older cursor of its name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        for sql in ("BEGIN", "DECLARE c CURSOR FOR SELECT 'harmless'::text", "CLOSE c"):
+            assert codes(exchange(sock, wire.Query(sql))) == [], sql
+        rows = exchange(
+            sock,
+            wire.Query(
+                "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers; FETCH ALL FROM c"
+            ),
+        )
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
+def test_a_statement_prepared_and_executed_in_one_string_is_masked_as_prepared(
+    masking_proxy: Proxy,
+) -> None:
+    """The same for SQL PREPARE and EXECUTE: not by an older statement of that name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        assert codes(exchange(sock, wire.Query("PREPARE p AS SELECT 'harmless'::text"))) == []
+        rows = exchange(
+            sock,
+            wire.Query(
+                "DEALLOCATE p; PREPARE p AS SELECT upper(full_name) FROM crm.customers; EXECUTE p"
+            ),
+        )
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
+def test_a_bind_sent_behind_a_prepare_binds_the_statement_it_prepares(
+    masking_proxy: Proxy,
+) -> None:
+    """SQL PREPARE and DEALLOCATE share the protocol's statement names: a Bind sent
+    right behind them, before their answer, binds what they leave, not an older
+    statement of that name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        assert codes(exchange(sock, wire.Query("PREPARE s AS SELECT 'harmless'::text"))) == []
+        sock.sendall(
+            b"".join(
+                wire.encode(message)
+                for message in (
+                    wire.Query(
+                        "DEALLOCATE s; PREPARE s AS SELECT upper(full_name) FROM crm.customers"
+                    ),
+                    wire.Bind("", "s"),
+                    wire.Describe("P", ""),
+                    wire.Execute(""),
+                    wire.Sync(),
+                )
+            )
+        )
+        rows = recv_messages(sock) + recv_messages(sock)
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
+@pytest.mark.parametrize("declare", ["simple", "extended"])
+def test_an_execute_sent_behind_a_declare_runs_the_cursor(
+    masking_proxy: Proxy, declare: str
+) -> None:
+    """A protocol Execute sent right behind a DECLARE (in SQL, or a prepared one
+    run by its own Execute), before the server answered it, runs the cursor: not a
+    portal a Bind once made under that name."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    declared = "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers"
+    try:
+        setup = exchange(
+            sock,
+            wire.Parse("harmless", "SELECT 'harmless'::text"),
+            wire.Parse("declare", declared),
+            wire.Sync(),
+        )
+        assert codes(setup) == []
+        old = exchange(
+            sock,
+            wire.Bind("c", "harmless"),
+            wire.Describe("P", "c"),
+            wire.Execute("c"),
+            wire.Sync(),
+        )
+        assert codes(old) == []
+        assert codes(exchange(sock, wire.Query("BEGIN"))) == []
+        if declare == "simple":
+            first: tuple[wire.Message, ...] = (wire.Query(declared),)
+        else:
+            first = (wire.Bind("", "declare"), wire.Execute(""), wire.Sync())
+        sock.sendall(b"".join(wire.encode(message) for message in (*first, wire.Execute("c"))))
+        sock.sendall(wire.encode(wire.Sync()))
+        rows = recv_messages(sock) + recv_messages(sock)
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
+PADDING = "/* " + "x" * 4096 + " */"  # past what is analysed inline: traced by no lineage
+
+
+def test_a_fetch_too_long_to_trace_is_masked_as_unknown(masking_proxy: Proxy) -> None:
+    """A FETCH names no table: analysed off the event loop, with no lineage, its
+    rows must not be taken for rows that read nothing masked."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    try:
+        for sql in ("BEGIN", "DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers"):
+            assert codes(exchange(sock, wire.Query(sql))) == [], sql
+        rows = exchange(sock, wire.Query(f"FETCH ALL FROM c {PADDING}"))
+    finally:
+        sock.close()
+    assert codes(rows) == []
+    assert sum(1 for k, _ in rows if k == b"D") == 3
+    assert leaks(raw(rows)) == []
+
+
+PREDICATES_ALLOWED = POLICY.replace(
+    "    detect: true\n", "    detect: true\n    predicates: allow\n"
+)
+
+
+def test_a_declare_too_long_to_trace_is_refused_over_masked_columns(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """Analysed off the event loop, a DECLARE has no lineage: the name of its cursor
+    is not known, so a FETCH from it would be masked by an older cursor of that name."""
+    proxy = start_proxy(PREDICATES_ALLOWED)
+    sock, _ = raw_login(proxy, "alice")
+    try:
+        for sql in ("BEGIN", "DECLARE c CURSOR FOR SELECT 'harmless'::text", "CLOSE c"):
+            assert codes(exchange(sock, wire.Query(sql))) == [], sql
+        declared = exchange(
+            sock,
+            wire.Query(
+                f"DECLARE c CURSOR FOR SELECT upper(full_name) FROM crm.customers {PADDING}"
+            ),
+        )
+        rows = exchange(sock, wire.Query("FETCH ALL FROM c"))
+    finally:
+        sock.close()
+    assert codes(declared) == ["42501"]
+    assert leaks(raw(rows)) == []
+
+
+def test_the_names_a_notice_gives_are_read_by_detection(
+    seeded,  # noqa: F811
+    start_proxy: ProxyFactory,
+) -> None:
+    """RAISE ... USING COLUMN, CONSTRAINT, DATATYPE, TABLE and SCHEMA put any text
+    in the fields that otherwise name things."""
+    proxy = start_proxy(DETECT_ONLY)
+    card = (
+        "(SELECT substring(notes from '\\d{4} \\d{4} \\d{4} \\d{4}') "
+        "FROM crm.customers WHERE id = 1)"
+    )
+    options = ", ".join(
+        f"{option} = {card}" for option in ("COLUMN", "CONSTRAINT", "DATATYPE", "TABLE", "SCHEMA")
+    )
+    sock, _ = raw_login(proxy, "dave")
+    try:
+        answers = exchange(
+            sock, wire.Query(f"DO $$ BEGIN RAISE NOTICE 'hi' USING {options}; END $$")
+        )
+    finally:
+        sock.close()
+    assert codes(answers) == []
+    assert any(k == b"N" for k, _ in answers)
+    assert leaks(raw(answers)) == []
+
+
+def test_a_query_sent_into_a_copy_from_stdin_does_not_shift_the_answers(
+    masking_proxy: Proxy,
+) -> None:
+    """During COPY FROM STDIN the server takes any message but CopyData, CopyDone,
+    CopyFail, Flush and Sync for a protocol violation: it reads that message's type
+    byte alone, and ends the connection (synchronization lost) rather than answer
+    the Query sent there with the next one's answers."""
+    sock, _ = raw_login(masking_proxy, "alice")
+    received: list[tuple[bytes, bytes]] = []
+    try:
+        assert codes(exchange(sock, wire.Query("CREATE TEMP TABLE scratch (x text)"))) == []
+        sock.sendall(
+            wire.encode(wire.Query("COPY scratch FROM STDIN"))
+            + wire.encode(wire.Query("SELECT 'harmless'::text"))
+        )
+        received += recv_messages(sock)
+        if received[-1][0] == b"Z":  # else the session ended
+            received += exchange(sock, wire.Query("SELECT upper(full_name) FROM crm.customers"))
+    finally:
+        sock.close()
+    assert leaks(raw(received)) == []
+
+
+def test_only_the_citext_extensions_type_is_read_as_text(seeded) -> None:  # noqa: F811
+    """A binary value of a type read as text is scanned as it comes: a domain over
+    int8 that anyone may name ``citext`` in a schema of theirs is not text."""
+    from steward_proxy.masking.catalog import QUERIES
+
+    seeded.execute("CREATE SCHEMA lookalike; CREATE DOMAIN lookalike.citext AS int8")
+    try:
+        oid = seeded.execute("SELECT 'lookalike.citext'::regtype::oid").strip()
+        assert oid not in seeded.execute(QUERIES["text_types"]).split()
+    finally:
+        seeded.execute("DROP SCHEMA lookalike CASCADE")

@@ -241,3 +241,35 @@ def test_values_that_overrun_their_row_are_a_protocol_error(
     for data in (row, row + data_row(b"123-45-6789", b"536-22-8714")):
         with pytest.raises(RemoteProtocolError, match="overrun"):
             masked(data, 0, len(data))
+
+
+def test_a_shape_is_compiled_only_once_its_rows_pay_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client chooses the shapes (the columns it selects, a Bind's result formats
+    per column): one asked for once, with few rows, costs no compile; one whose
+    rows add up is compiled once, and a request switches to it between runs."""
+    written: list[tuple[str, ...]] = []
+    source = rowcode.source
+
+    def counted(shape: tuple[rowcode.Kind, ...]) -> str:
+        written.append(shape)
+        return source(shape)
+
+    monkeypatch.setattr(rowcode, "source", counted)
+    hashed = MASKERS["hash"]
+    for width in range(40, 140):  # each width its own shape
+        maskers = [hashed, *[None] * (width - 1)]
+        row = data_row(b"Ann", *[None] * (width - 1))
+        assert row_filter(Plan(maskers))(row, 0, len(row)) == model(maskers, row)
+    assert written == []
+    maskers = [None, hashed] * 20 + [None] * 7  # a shape no other test plans
+    row = data_row(*[b"x" * 100, b"Ann"] * 20, *[None] * 7)
+    rewrite = row_filter(Plan(maskers))
+    run = row * 20
+    out = [rewrite(run, 0, len(run)) for _ in range(40)]  # well past what pays for it
+    assert out == [model(maskers, row) * 20] * 40
+    assert len(written) == 1
+    again = row_filter(Plan(maskers))
+    assert again(run, 0, len(run)) == out[0]
+    assert len(written) == 1

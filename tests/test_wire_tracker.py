@@ -481,3 +481,27 @@ def test_names_are_what_postgresql_keys_them_by_their_first_63_bytes() -> None:
     assert tracker.statement_note(stem + "é2") == "first"
     drive(tracker, enc(wire.Close("S", stem + "éz"), wire.Sync()))
     assert tracker.statement_notes() == []
+
+
+def test_layouts_of_statements_made_again_are_kept_within_a_bound_of_columns() -> None:
+    """Each Parse makes a new statement, and its Describe's layout is kept: a
+    client re-preparing a wide statement must not make the tracker hold every
+    old one (a 20-byte Parse of a wide table is a RowDescription of 1664 columns)."""
+    tracker = wire.Tracker(track_layouts=True)
+    wide = wire.RowDescription(
+        tuple(wire.FieldDescription(f"c{i}", type_oid=25) for i in range(1000))
+    )
+    answers = enc(
+        wire.ParseComplete(), wire.ParameterDescription(()), wide, wire.ReadyForQuery("I")
+    )
+    for _ in range(300):
+        drive(
+            tracker, enc(wire.Parse("", "SELECT * FROM wide"), wire.Describe("S", ""), wire.Sync())
+        )
+        tracker.receive_server(answers)
+    held = sum(len(fields) for fields in tracker._layouts.values())
+    assert held <= 100_000
+    tracker.take_events()
+    drive(tracker, enc(wire.Bind("", ""), wire.Execute(""), wire.Sync()))
+    (layout,) = [e for e in tracker.take_events() if isinstance(e, wire.RowLayout)]
+    assert len(layout.fields) == 1000  # the newest is kept

@@ -189,6 +189,7 @@ class Session:
             plan_rows=self._plan_rows if self._masker is not None else None,
             screen_messages=self._screen_message if self._masker is not None else None,
             plan_copy=self._plan_copy if self._masker is not None else None,
+            running=self._running if self._masker is not None else None,
         )
         # What the server must keep reporting: the pinned settings, and the
         # privilege it signed in with.
@@ -426,8 +427,22 @@ class Session:
             if traced is not None:
                 lineage = traced[i]
             else:  # too large to trace inline
-                lineage = masker.untraced(statement.tables, bool(statement.writes))
+                lineage = masker.untraced(
+                    statement.tables, bool(statement.writes), statement.command
+                )
             reason = masker.refusal(self._effective(lineage) or lineage)
+            if (
+                reason is None
+                and traced is None
+                and statement.command == "DECLARE"
+                and masker.tainted(masker.untraced(statement.tables, False))
+            ):
+                # Its cursor's name is not known: a FETCH from it would be
+                # masked by an older cursor of that name.
+                reason = (
+                    "statement refused: a DECLARE too long to trace inline may not read "
+                    "masked columns"
+                )
             if reason is not None:
                 for _, names in changes:  # none of it runs
                     masker.changed(names, ran=False)
@@ -725,6 +740,28 @@ class Session:
 
     # -- masking -------------------------------------------------------------------
 
+    def _running(self, note: Any) -> None:
+        """A statement goes to run: what a Bind or Execute sent behind it names is not
+        what its name held before (the tracker's ``running``)."""
+        if not isinstance(note, Note):
+            return
+        lineage = note.lineage
+        if lineage is not None and lineage.declares is not None:
+            self.tracker.forget_portal(lineage.declares)
+        statement = note.statement
+        if (
+            statement is not None
+            and statement.prepared_name is not None
+            and statement.command in ("PREPARE", "DEALLOCATE", "DISCARD")
+        ):
+            self.tracker.forget_statement(statement.prepared_name or None)
+
+    def _catch_up(self) -> None:
+        """Handle the answers before the one being planned or screened, which came in
+        the same bytes: a DECLARE's completion before its FETCH's rows."""
+        if self.tracker.events:
+            self._events(self.tracker.take_events())
+
     def _effective(self, lineage: StatementLineage | None) -> StatementLineage | None:
         """The lineage of the rows a statement returns (a cursor's, a prepared statement's)."""
         if lineage is None:
@@ -744,8 +781,11 @@ class Session:
         self, note: Any, fields: tuple[Any, ...] | None, formats: tuple[int, ...]
     ) -> wire.RowFilter | None:
         assert self._masker is not None
+        self._catch_up()
         known = isinstance(note, Note)
         lineage = self._effective(note.lineage) if known else None
+        if fields is None and not known:
+            formats = (1,)  # an Execute of a portal no Bind made: a cursor, maybe BINARY
         labels: set[str] = set()
         plan = self._masker.plan(lineage, fields, formats, labels=labels)
         if plan is None:
@@ -756,6 +796,7 @@ class Session:
 
     def _plan_copy(self, note: Any, response: bytes) -> wire.CopyFilter | None:
         assert self._masker is not None
+        self._catch_up()
         known = isinstance(note, Note)
         lineage = self._effective(note.lineage) if known else None
         columns = int.from_bytes(response[6:8], "big")
@@ -775,6 +816,7 @@ class Session:
     def _screen_message(self, note: Any, message: bytes) -> bytes:
         masker = self._masker
         assert masker is not None
+        self._catch_up()
         if message[:1] == b"A":
             config = masker.config
             return _screen_notification(message, detect=config.detect, withhold=config.column_rules)

@@ -41,7 +41,7 @@ QUERIES: Final = {
     ),
     "text_types": (
         "SELECT t.oid::int8 FROM pg_catalog.pg_type t "
-        "WHERE t.typname IN ('citext') "
+        "WHERE (t.typname = 'citext' AND t.typtype = 'b') "
         "OR (t.typtype = 'd' AND t.typbasetype IN (25, 1043, 1042, 19))"
     ),
 }

@@ -352,12 +352,16 @@ class Masker:
 
     # -- refusals ----------------------------------------------------------------------
 
-    def untraced(self, tables: Sequence[str], writes: bool) -> StatementLineage:
+    def untraced(
+        self, tables: Sequence[str], writes: bool, command: str | None = None
+    ) -> StatementLineage:
         """A stand-in lineage for a statement too large to trace inline.
 
         Everything it names counts as read, filtered by and (if it writes)
         moved; a relation the catalog does not know counts only when a column
-        rule could name one of its columns.
+        rule could name one of its columns. A FETCH or DECLARE (``command``)
+        is ``opaque``: the rows of a cursor come from no table the FETCH names,
+        and the cursor a DECLARE names is not known.
         """
         sources: set[Source] = set()
         for table in tables:
@@ -372,6 +376,7 @@ class Masker:
             reads=everything,
             filters=everything,
             moves=everything if writes else frozenset(),
+            opaque=command in ("FETCH", "DECLARE"),
         )
 
     def _might_cover(self, schema: str, name: str) -> bool:
@@ -484,7 +489,7 @@ class Masker:
         if labels is None:
             labels = set()
         if fields is None:
-            return self._plan_blind(lineage, labels)
+            return self._plan_blind(lineage, labels, binary=any(formats))
         outputs = None
         if lineage is not None and lineage.outputs is not None:
             outputs = self.expand(lineage.outputs)
@@ -601,11 +606,21 @@ class Masker:
         }
         return types.pop() if len(types) == 1 else 0
 
-    def _plan_blind(self, lineage: StatementLineage | None, labels: set[str]) -> Plan | None:
-        """Rows whose columns were never described: NULL if masked, else detection."""
+    def _plan_blind(
+        self, lineage: StatementLineage | None, labels: set[str], *, binary: bool
+    ) -> Plan | None:
+        """Rows whose columns were never described: NULL if masked, else detection.
+
+        Detection reads a value as it comes, which holds for text only: a
+        binary value of a type not known (an int8 card number is eight bytes)
+        is NULL.
+        """
         if self.tainted(lineage):
             masked, _ = self.masked_sources(lineage.reads if lineage else frozenset())
             labels.update(f"{m}:null" for m in masked or [UNRESOLVED])
+            return Plan([], labels, every=_null_all)
+        if self.config.detect and binary:
+            labels.add(f"{UNRESOLVED}:null")
             return Plan([], labels, every=_null_all)
         if self.config.detect:
             return Plan([], labels, every=self.detector(labels, spans=False))

@@ -6,7 +6,9 @@ masked column, hands each masked value to its masker, and rebuilds the run
 around the values it replaced (a new header per row, one join per run). A
 value that overruns its row is a protocol error, never read as the next
 row's. For plans of up to 32 masked columns the filter is code written for
-the plan's shape (:mod:`.rowcode`), compiled once per shape; other plans
+the plan's shape (:mod:`.rowcode`), compiled once per shape once the general
+loop has filtered enough of its rows to pay for it (a client may ask for any
+number of shapes: a Bind's result formats alone change one); other plans
 (and rows never described) go through one general loop.
 
 :func:`copy_filter` does the same for the rows of a text or CSV COPY out.
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from functools import lru_cache
+from typing import Any
 
 from steward_proxy.masking import rowcode
 from steward_proxy.masking.detect import find
@@ -59,9 +61,21 @@ WITHHELD = (
 # Fields that may quote values; the others name things or say where.
 _FREE_TEXT = frozenset("MDHWqp")
 _KEPT = frozenset("SVCPLFRcdnst")
+# Names, but RAISE ... USING COLUMN, CONSTRAINT, DATATYPE, TABLE or SCHEMA
+# sets them to any text: detection reads them too.
+_NAMES = frozenset("cdnst")
+_READ = _FREE_TEXT | _NAMES
 
 
 _MOST_SPECIALIZED = 32  # masked columns; the source written per shape grows with them
+# Bytes of rows of one shape the general loop filters before the shape is
+# compiled (a compile, up to 5 ms for 32 masked columns, costs about what the
+# loop spends on this much), and how many shapes such counts are kept for.
+_WARM_BYTES = 1 << 18
+_MAX_WARMING = 4096
+_warming: dict[tuple[rowcode.Kind, ...], int] = {}
+_MAX_COMPILED = 256
+_made: dict[tuple[rowcode.Kind, ...], Callable[..., RowFilter]] = {}
 
 RowFilter = Callable[[bytes, int, int], bytes]
 
@@ -76,12 +90,45 @@ def row_filter(plan: Plan) -> RowFilter:
     if plan.every is None:
         masked = sum(m is not None for m in plan.maskers)
         if 0 < masked <= _MOST_SPECIALIZED:
-            return specialized_filter(plan)
+            shape, bound = _shape(plan)
+            make = _made.pop(shape, None)
+            if make is not None:
+                _made[shape] = make  # the newest: the last evicted
+                return make(*bound)
+            return _warming_filter(plan, shape, bound)
     return looped_filter(plan)
+
+
+def _warming_filter(
+    plan: Plan, shape: tuple[rowcode.Kind, ...], bound: tuple[Any, ...]
+) -> RowFilter:
+    """The general loop, until its rows of ``shape`` (this request's and earlier ones')
+    pay for compiling the shape's filter; then that filter."""
+    looped = looped_filter(plan)
+    current = [looped]
+
+    def rewrite(data: bytes, start: int, end: int) -> bytes:
+        if current[0] is looped:
+            seen = _warming.pop(shape, 0) + end - start
+            if seen < _WARM_BYTES:
+                _warming[shape] = seen
+                if len(_warming) > _MAX_WARMING:
+                    del _warming[next(iter(_warming))]
+                return looped(data, start, end)
+            current[0] = _compiled(shape)(*bound)
+        return current[0](data, start, end)
+
+    return rewrite
 
 
 def specialized_filter(plan: Plan) -> RowFilter:
     """:func:`row_filter` as code written for the shape of ``plan`` (columns described)."""
+    shape, bound = _shape(plan)
+    return _compiled(shape)(*bound)
+
+
+def _shape(plan: Plan) -> tuple[tuple[rowcode.Kind, ...], tuple[Any, ...]]:
+    """The shape of ``plan`` and what its filter's ``make`` binds."""
     maskers = plan.maskers
     screens = plan.screens
     # Runs of screened columns are screened at once: by one table (others are called).
@@ -98,7 +145,7 @@ def specialized_filter(plan: Plan) -> RowFilter:
     def looped(data: bytes, start: int, end: int) -> bytes:
         return looped_filter(plan)(data, start, end)
 
-    return _compiled(tuple(shape))(maskers, constants, longers, screens, looped)
+    return tuple(shape), (maskers, constants, longers, screens, looped)
 
 
 def _kind(masker: object, constant: bytes | None, screened: bool) -> rowcode.Kind:
@@ -109,8 +156,18 @@ def _kind(masker: object, constant: bytes | None, screened: bool) -> rowcode.Kin
     return "screened" if screened else "call"
 
 
-@lru_cache(maxsize=256)
 def _compiled(shape: tuple[rowcode.Kind, ...]) -> Callable[..., RowFilter]:
+    """The ``make`` of the filter for ``shape``, compiled once (the newest kept)."""
+    make = _made.pop(shape, None)
+    if make is None:
+        make = _compile(shape)
+    _made[shape] = make
+    if len(_made) > _MAX_COMPILED:
+        del _made[next(iter(_made))]
+    return make
+
+
+def _compile(shape: tuple[rowcode.Kind, ...]) -> Callable[..., RowFilter]:
     namespace = {
         "head": _HEAD_AND_SIZE.unpack_from,
         "unpack": _LENGTH.unpack_from,
@@ -258,10 +315,14 @@ def screen_message(message: bytes, *, tainted: bool, detect: bool) -> bytes:
         return message
     quoting = tainted
     if not quoting and detect:
-        quoting = any(find(value) for code, value in fields if chr(code) in _FREE_TEXT and value)
+        quoting = any(find(value) for code, value in fields if chr(code) in _READ and value)
     if not quoting:
         return message
-    kept = [(code, value) for code, value in fields if chr(code) in _KEPT]
+    kept = [
+        (code, value)
+        for code, value in fields
+        if chr(code) in _KEPT and not (detect and chr(code) in _NAMES and find(value))
+    ]
     kept.append((ord("M"), WITHHELD.encode()))
     body = b"".join(bytes((code,)) + value + b"\0" for code, value in kept) + b"\0"
     return message[:1] + _LENGTH.pack(len(body) + 4) + body

@@ -282,6 +282,9 @@ def _refusal(error: bytes) -> _Pending:
 
 
 _MAX_NAMED = 10_000  # prepared statements and portals remembered per session
+# Columns of described layouts remembered per session (one may have 1664);
+# an Execute whose layout was forgotten is planned as never described.
+_MAX_LAYOUT_COLUMNS = 100_000
 # PostgreSQL keys prepared statements and portals by their first NAMEDATALEN - 1
 # bytes: longer names that share those are one name.
 _NAME_BYTES = 63
@@ -312,9 +315,16 @@ class Tracker:
         plan_rows: RowPlanner | None = None,
         screen_messages: MessageScreen | None = None,
         plan_copy: CopyPlanner | None = None,
+        running: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
+        self.running = running
+        """Called with a note as its statement goes to run (each of a Query's, an
+        Execute's), before the client's next message is read: names the statement
+        may make or drop (a cursor, a prepared statement) can be forgotten
+        (:meth:`forget_portal`, :meth:`forget_statement`) before a Bind or Execute
+        sent behind it, ahead of its answer, is taken for what they held."""
         self.plan_rows = plan_rows
         self.screen_messages = screen_messages
         self.plan_copy = plan_copy
@@ -339,6 +349,7 @@ class Tracker:
         # portal name -> note, result formats, the statement it was bound from
         self._portals: dict[str, tuple[Any, tuple[int, ...], int, int]] = {}
         self._layouts: dict[tuple[str, int], tuple[m.FieldDescription, ...]] = {}
+        self._layout_columns = 0  # in all of them
         self._skipping = False  # dropping client messages until Sync after a refusal
         self._dirty = False
         self._unsettled = 0
@@ -465,10 +476,13 @@ class Tracker:
         if now is None:
             now = self.clock()
         if statement.kind == "Q":
+            running = self.running
             for note in notes or [None]:
                 queue.append(pending := _Pending(_R_STATEMENT, note, now))
                 if self._copy_ends:
                     pending.copy_ends = self._copy_ends
+                if running is not None:
+                    running(note)
             self._dirty = True
             self._end(_R_QUERY_END)
         elif statement.kind == "P":
@@ -581,6 +595,8 @@ class Tracker:
                 portal, (None, (), 0, 0)
             )
             self._dirty = True
+            if self.running is not None:
+                self.running(note)
             pending = _Pending(_R_EXECUTE, note, self._now)
             if self._copy_ends:
                 pending.copy_ends = self._copy_ends
@@ -731,7 +747,7 @@ class Tracker:
             elif answer is A.DONE:
                 queue.popleft()
                 if kind == _ROW_DESCRIPTION and self.track_layouts and head.target is not None:
-                    _remember(self._layouts, head.target, _fields(chunk, start, end))
+                    self._keep_layout(head.target, _fields(chunk, start, end))
                     for later in queue:  # Executes pipelined behind this Describe
                         if later.unplanned is not None:
                             self._plan(later)
@@ -743,6 +759,20 @@ class Tracker:
             return chunk
         pieces.append(chunk[cut:])
         return b"".join(pieces)
+
+    def _keep_layout(self, target: tuple[str, int], fields: tuple[m.FieldDescription, ...]) -> None:
+        """Remember a described layout, forgetting the oldest beyond the bounds
+        (a statement made again leaves its old one behind)."""
+        layouts = self._layouts
+        old = layouts.pop(target, None)
+        if old is not None:
+            self._layout_columns -= len(old)
+        layouts[target] = fields
+        self._layout_columns += len(fields)
+        while len(layouts) > 1 and (
+            self._layout_columns > _MAX_LAYOUT_COLUMNS or len(layouts) > _MAX_NAMED
+        ):
+            self._layout_columns -= len(layouts.pop(next(iter(layouts))))
 
     def _copy_in(self, head: _Pending) -> None:
         """COPY FROM STDIN: the server ignores Syncs until the client's CopyDone or CopyFail.
