@@ -12,6 +12,7 @@ The audit sink is a list that records each ``write`` call; no sockets are used.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -629,6 +630,21 @@ def test_a_query_sent_inside_a_failed_batch_is_discarded_with_it() -> None:
     session.feed_upstream(rows_reply("SELECT 1", (b"3",)))
     assert audit.statements()[-1]["rows"] == 1
     assert not session.busy
+
+
+def test_a_statement_skipped_after_an_error_is_timed_from_when_it_went() -> None:
+    # Not from the clock's zero: a monotonic clock reads hours of uptime.
+    audit = AuditLog()
+    ticks = itertools.count()
+    session = make_session(audit, clock=lambda: 5000.0 + next(ticks) / 1000)
+    batch = execute_batch("SELECT 1 / 0") + execute_batch("SELECT 2") + enc(wire.Sync())
+    session.feed_client(batch)
+    session.feed_upstream(
+        enc(wire.ParseComplete(), wire.BindComplete()) + error_reply("22012") + ready("I")
+    )
+    skipped = audit.statements()[-1]
+    assert skipped["error"] == "not executed: an earlier message failed (SQLSTATE 22012)"
+    assert 0 <= skipped["duration_ms"] < 100
 
 
 def test_named_prepared_statement_is_judged_once_and_audited_per_execute() -> None:

@@ -868,16 +868,7 @@ class Tracker:
                 if undone is None:
                     undone = []
                 undone.append(head)
-            if head.kind in _RUNS or head.kind == _R_FUNCTION:
-                self.events.append(
-                    Finished(
-                        head.note,
-                        None,
-                        "not executed: no answer",
-                        started=head.started,
-                        filter=_planned(head),
-                    )
-                )
+            self._unfinished(head, "not executed: no answer")
         if undone:
             _undo(undone)
 
@@ -892,16 +883,10 @@ class Tracker:
         code = error.sqlstate
         well_formed = len(code) == 5 and code.isascii() and code.isalnum()
         reason = f"SQLSTATE {code if well_formed else 'invalid'}"
-        if failed.kind in _RUNS or failed.kind in (_R_FUNCTION, _R_PARSE):
-            self.events.append(
-                Finished(
-                    failed.note,
-                    failed.rows or None,
-                    reason,
-                    started=failed.started,
-                    filter=_planned(failed),
-                )
-            )
+        if failed.kind == _R_PARSE:
+            self.events.append(Finished(failed.note, None, reason, started=failed.started))
+        else:
+            self._unfinished(failed, reason)
         if failed.kind in (_R_STATEMENT, _R_FUNCTION):
             self._skip(_ENDS, reason)  # the rest of this simple Query
         else:
@@ -927,15 +912,7 @@ class Tracker:
                 if undone is None:
                     undone = []
                 undone.append(skipped)
-            if skipped.kind in _RUNS or skipped.kind == _R_FUNCTION:
-                self.events.append(
-                    Finished(
-                        skipped.note,
-                        None,
-                        f"not executed: an earlier message failed ({reason})",
-                        filter=_planned(skipped),
-                    )
-                )
+            self._unfinished(skipped, f"not executed: an earlier message failed ({reason})")
         if undone:
             _undo(undone)
 
@@ -943,18 +920,21 @@ class Tracker:
         """Finish every request still pending when either side went away."""
         queue = self._queue
         while queue:
-            head = queue.popleft()
-            if head.kind in _RUNS or head.kind == _R_FUNCTION:
-                self.events.append(
-                    Finished(
-                        head.note,
-                        head.rows or None,
-                        reason,
-                        started=head.started,
-                        filter=_planned(head),
-                    )
-                )
+            self._unfinished(queue.popleft(), reason)
         return self.take_events()
+
+    def _unfinished(self, pending: _Pending, error: str) -> None:
+        """A statement's request that ends without its completion: Finished with ``error``."""
+        if pending.kind in _RUNS or pending.kind == _R_FUNCTION:
+            self.events.append(
+                Finished(
+                    pending.note,
+                    pending.rows or None,
+                    error,
+                    started=pending.started,
+                    filter=_planned(pending),
+                )
+            )
 
 
 # Message type bytes, as ints, for the loops.
