@@ -437,8 +437,14 @@ def query_message(sql: str) -> bytes:
     return message(b"Q", sql.encode() + b"\0")
 
 
-def recv_messages(sock: socket.socket, until: bytes = b"Z") -> list[tuple[bytes, bytes]]:
-    """Read backend messages until one of type ``until`` arrives or the peer closes."""
+def recv_messages(
+    sock: socket.socket, until: bytes = b"Z", count: int = 1
+) -> list[tuple[bytes, bytes]]:
+    """Read backend messages until ``count`` of type ``until`` arrived or the peer closes.
+
+    Bytes after the last one are not kept: ask for every answer the requests
+    sent owe (``count`` ReadyForQuery for two Syncs) in one call.
+    """
     buf = b""
     out: list[tuple[bytes, bytes]] = []
     while True:
@@ -450,7 +456,9 @@ def recv_messages(sock: socket.socket, until: bytes = b"Z") -> list[tuple[bytes,
             out.append((kind, buf[5 : 1 + length]))
             buf = buf[1 + length :]
             if kind == until:
-                return out
+                count -= 1
+                if not count:
+                    return out
         chunk = sock.recv(65536)
         if not chunk:
             if buf:

@@ -570,7 +570,7 @@ def test_a_bind_sent_behind_a_prepare_binds_the_statement_it_prepares(
                 )
             )
         )
-        rows = recv_messages(sock) + recv_messages(sock)
+        rows = recv_messages(sock, count=2)
     finally:
         sock.close()
     assert codes(rows) == []
@@ -610,7 +610,7 @@ def test_an_execute_sent_behind_a_declare_runs_the_cursor(
             first = (wire.Bind("", "declare"), wire.Execute(""), wire.Sync())
         sock.sendall(b"".join(wire.encode(message) for message in (*first, wire.Execute("c"))))
         sock.sendall(wire.encode(wire.Sync()))
-        rows = recv_messages(sock) + recv_messages(sock)
+        rows = recv_messages(sock, count=2)
     finally:
         sock.close()
     assert codes(rows) == []

@@ -60,46 +60,38 @@ _SKIP_MANY = """\
                     size = unpack(data, p)[0]
                     p += 4 + size if size > 0 else 4
 """
-_CALL = """\
-                if size >= 0:
-                    value_end = p + 4 + size
-                    new_{i} = masker_{i}(data[p + 4 : value_end])
-                    if new_{i} is None:
-                        prefix_{i} = NULL
-                        new_{i} = b""
-                        length -= size
-                    else:
-                        n = len(new_{i})
-                        prefix_{i} = prefixes[n] if n < 256 else pack(n)
-                        length += n - size
-                    p = value_end
-                else:
-                    prefix_{i} = NULL
-                    new_{i} = b""
-                    p += 4
+_MASK = """\
+new_{i} = masker_{i}(new_{i})
+if new_{i} is None:
+    prefix_{i} = NULL
+    new_{i} = b""
+    length -= size
+else:
+    n = len(new_{i})
+    prefix_{i} = prefixes[n] if n < 256 else pack(n)
+    length += n - size
 """
-_SCREENED = """\
+_VALUE = """\
                 if size >= 0:
                     value_end = p + 4 + size
                     new_{i} = data[p + 4 : value_end]
-                    if 0 in new_{i}.translate(screen_{i}):
-                        new_{i} = masker_{i}(new_{i})
-                        if new_{i} is None:
-                            prefix_{i} = NULL
-                            new_{i} = b""
-                            length -= size
-                        else:
-                            n = len(new_{i})
-                            prefix_{i} = prefixes[n] if n < 256 else pack(n)
-                            length += n - size
-                    else:
-                        prefix_{i} = prefixes[size] if size < 256 else pack(size)
+"""
+_NULL_VALUE = """\
                     p = value_end
                 else:
                     prefix_{i} = NULL
                     new_{i} = b""
                     p += 4
 """
+_CALL = _VALUE + indent(_MASK, " " * 20) + _NULL_VALUE
+_SCREENED = (
+    _VALUE
+    + "                    if 0 in new_{i}.translate(screen_{i}):\n"
+    + indent(_MASK, " " * 24)
+    + "                    else:\n"
+    + "                        prefix_{i} = prefixes[size] if size < 256 else pack(size)\n"
+    + _NULL_VALUE
+)
 _CONSTANT = """\
                 if size >= 0:
                     new_{i} = constant_{i}
