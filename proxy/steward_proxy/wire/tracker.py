@@ -979,7 +979,8 @@ def _names(chunk: bytes, start: int, end: int, count: int) -> list[str]:
         if nul < 0:
             decode_frontend(Frame(chunk[start : start + 1], chunk[start:end]))
             raise RemoteProtocolError("malformed message: name is not NUL-terminated")
-        names.append(chunk[pos : min(nul, pos + _NAME_BYTES)].decode("utf-8", "surrogateescape"))
+        cut = nul if nul - pos <= _NAME_BYTES else pos + _NAME_BYTES
+        names.append(chunk[pos:cut].decode("utf-8", "surrogateescape"))
         pos = nul + 1
     return names
 
