@@ -9,7 +9,9 @@ each, rows per second and the ratio to direct:
 
 - ``unmasked``: the same query by ``plain`` (today's pass-through);
 - ``masked``: three masked columns;
-- ``detect``: three masked columns and detection on the other text columns.
+- ``detect``: three masked columns and detection on the other text columns;
+- ``workers``: ``masked`` through a second proxy started with
+  ``--mask-workers 2`` (long runs of rows masked in worker processes).
 
 Nothing is asserted. Usage::
 
@@ -96,25 +98,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    times: dict[str, list[float]] = {"direct": [], "unmasked": [], "masked": [], "detect": []}
+    times: dict[str, list[float]] = {
+        "direct": [],
+        "unmasked": [],
+        "masked": [],
+        "detect": [],
+        "workers": [],
+    }
     with tempfile.TemporaryDirectory(prefix="steward-bench-") as tmp, LocalPostgres() as pg:
         seed(pg, args.rows)
         workdir = Path(tmp)
         (workdir / "policy.yaml").write_text(POLICY)
         (workdir / "hash.key").write_text("bench-key-of-32-bytes-0123456789\n")
-        with LocalProxy(
-            pg,
-            policy=workdir / "policy.yaml",
-            audit_log=workdir / "audit.jsonl",
-            log_path=workdir / "proxy.log",
-            extra_args=["--hash-key-file", str(workdir / "hash.key")],
-        ) as proxy:
+        (workdir / "workers").mkdir()
+        key = ["--hash-key-file", str(workdir / "hash.key")]
+        with (
+            LocalProxy(
+                pg,
+                policy=workdir / "policy.yaml",
+                audit_log=workdir / "audit.jsonl",
+                log_path=workdir / "proxy.log",
+                extra_args=key,
+            ) as proxy,
+            LocalProxy(
+                pg,
+                policy=workdir / "policy.yaml",
+                audit_log=workdir / "workers" / "audit.jsonl",
+                log_path=workdir / "workers" / "proxy.log",
+                extra_args=[*key, "--mask-workers", "2"],
+            ) as pooled,
+        ):
             direct_dsn = pg.dsn(LocalPostgres.SCRAM_USER)
             for _ in range(args.repeat):
                 times["direct"].append(read_all(direct_dsn))
                 times["unmasked"].append(read_all(proxy.dsn("plain")))
                 times["masked"].append(read_all(proxy.dsn("masked")))
                 times["detect"].append(read_all(proxy.dsn("detect")))
+                times["workers"].append(read_all(pooled.dsn("masked")))
     best = {path: min(t) for path, t in times.items()}
     print(f"{args.rows} rows x 6 columns, best of {args.repeat}, psycopg fetchall")
     print(f"{'path':<10} {'seconds':>8} {'rows/s':>12} {'of direct':>10}")

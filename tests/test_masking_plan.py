@@ -10,7 +10,7 @@ from steward_proxy import wire
 from steward_proxy.masking.catalog import Catalog
 from steward_proxy.masking.detect import NEEDED, find
 from steward_proxy.masking.lineage import analyze
-from steward_proxy.masking.plan import Masker, MaskingConfig
+from steward_proxy.masking.plan import Masker, MaskingConfig, plan_from_recipe
 from steward_proxy.masking.strategies import Strategies
 from steward_proxy.policy.compile import compile_masking_rule
 
@@ -350,3 +350,46 @@ def test_a_relation_a_schema_change_names_resolves_as_unknown_until_the_reload()
     # A change that does not run leaves its names as they were.
     subject.changed(subject.changing(["shop.orders"]), ran=False)
     assert subject.refusal(filtering) is None
+
+
+RECIPE_CASES = [
+    (
+        "SELECT id, name, email, ssn FROM users",
+        [
+            field("id", USERS, 1, 23),
+            field("name", USERS, 2),
+            field("email", USERS, 3),
+            field("ssn", USERS, 4),
+        ],
+        (0, 1),
+    ),
+    ("SELECT upper(ssn), email FROM users", [field("upper"), field("email", USERS, 3)], (1,)),
+    ("SELECT email, ssn FROM users", [field("email", USERS, 3), field("ssn", USERS, 4)], (0, 1)),
+]
+
+
+@pytest.mark.parametrize(("sql", "fields", "formats"), RECIPE_CASES)
+def test_a_plan_rebuilt_from_its_recipe_masks_every_row_alike(
+    sql: str, fields: list[wire.FieldDescription], formats: tuple[int, ...]
+) -> None:
+    plan = masker().plan(analyze(sql)[0], fields, formats)
+    assert plan is not None and plan.recipe is not None
+    rebuilt = plan_from_recipe(plan.recipe)
+    values = [b"ann@example.org", b"536-22-8714", b"\x00\x00\x00\x07", "Zoë".encode(), b"x" * 300]
+    for value in values:
+        for mine, theirs in zip(plan.maskers, rebuilt.maskers, strict=True):
+            assert (mine is None) == (theirs is None)
+            if mine is not None and theirs is not None:
+                assert theirs(value) == mine(value)
+    assert rebuilt.recipe == plan.recipe
+
+
+def test_a_plan_with_detection_has_no_recipe_to_be_masked_elsewhere() -> None:
+    """A detector adds to the audit labels as it finds: it must run in the session."""
+    sql = "SELECT email, name FROM users"
+    plan = masker(detect=True).plan(
+        analyze(sql)[0], [field("email", USERS, 3), field("name", USERS, 2)]
+    )
+    assert plan is not None and plan.recipe is None
+    plain = masker().plan(analyze(sql)[0], [field("email", USERS, 3), field("name", USERS, 2)])
+    assert plain is not None and plain.recipe is not None

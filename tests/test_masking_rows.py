@@ -11,6 +11,7 @@ way of cutting the rows into runs, wherever a run sits in its chunk.
 from __future__ import annotations
 
 import itertools
+import pickle
 import struct
 from collections.abc import Callable
 
@@ -22,8 +23,15 @@ from steward_proxy import wire
 from steward_proxy.masking import rowcode
 from steward_proxy.masking.catalog import Catalog
 from steward_proxy.masking.detect import NEEDED
-from steward_proxy.masking.plan import Masker, MaskingConfig, Plan
-from steward_proxy.masking.rows import looped_filter, row_filter, specialized_filter
+from steward_proxy.masking.plan import Masker, MaskingConfig, Plan, plan_from_recipe
+from steward_proxy.masking.rows import (
+    MaskJob,
+    looped_filter,
+    offloading_filter,
+    row_filter,
+    run_job,
+    specialized_filter,
+)
 from steward_proxy.masking.strategies import Strategies, Strategy, ValueMasker
 from steward_proxy.wire import RemoteProtocolError
 
@@ -273,3 +281,67 @@ def test_a_shape_is_compiled_only_once_its_rows_pay_for_it(
     again = row_filter(Plan(maskers))
     assert again(run, 0, len(run)) == out[0]
     assert len(written) == 1
+
+
+RECIPE_COLUMNS = st.none() | st.tuples(
+    st.sampled_from(["redact", "null", "hash", "email", "partial"]),
+    st.integers(0, 5),
+    st.sampled_from([TEXT, INT4, 20, 21, 1082]),
+    st.booleans(),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    columns=st.lists(RECIPE_COLUMNS, min_size=1, max_size=8).filter(
+        lambda cs: any(c is not None for c in cs)
+    ),
+    rows=st.lists(st.lists(VALUES, min_size=0, max_size=8), min_size=1, max_size=8),
+    least=st.integers(1, 200),
+)
+def test_a_run_masked_elsewhere_is_what_the_plan_gives_in_the_session(
+    columns: list[tuple[str, int, int, bool, bool] | None],
+    rows: list[list[bytes | None]],
+    least: int,
+) -> None:
+    recipe = (b"row-key", tuple(columns))
+    plan = plan_from_recipe(recipe)
+    # Rows mostly of the plan's width; others have every value NULL.
+    run = b"".join(data_row(*(values + [None] * len(columns))[: len(columns)]) for values in rows)
+    run += data_row(*rows[0])
+    expected = row_filter(plan)(run, 0, len(run))
+    assert expected == b"".join(
+        model(plan.maskers, row) for row in [*split_rows(run)]
+    )  # the model agrees, so the comparison below is with what is right
+    rewrite = offloading_filter(plan, least)
+    chunk = b"xx" + run + b"yy"
+    out = rewrite(chunk, 2, len(chunk) - 2)
+    if len(run) < least:
+        assert out == expected  # short runs are masked in place
+    else:
+        assert isinstance(out, MaskJob) and out.recipe == recipe and out.rows == run
+        assert run_job(*pickle.loads(pickle.dumps((out.recipe, out.rows)))) == expected
+
+
+def split_rows(run: bytes) -> list[bytes]:
+    rows, pos = [], 0
+    while pos < len(run):
+        end = pos + 1 + struct.unpack_from("!i", run, pos + 1)[0]
+        rows.append(run[pos:end])
+        pos = end
+    return rows
+
+
+def test_a_plan_without_a_recipe_cannot_be_masked_elsewhere() -> None:
+    with pytest.raises(ValueError, match="recipe"):
+        offloading_filter(Plan([MASKERS["detect"]]), 1)
+
+
+def test_a_job_of_rows_that_overrun_is_the_protocol_error_it_is_in_place() -> None:
+    recipe = (b"row-key", (("redact", 4, TEXT, False, True),))
+    bad = malformed(1, (50, b"short"))
+    with pytest.raises(RemoteProtocolError):
+        row_filter(plan_from_recipe(recipe))(bad, 0, len(bad))
+    with pytest.raises(RemoteProtocolError):
+        run_job(recipe, bad)

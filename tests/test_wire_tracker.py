@@ -204,6 +204,39 @@ def test_a_row_filter_gets_whole_rows_a_run_at_a_time_whatever_the_chunking(
     assert [(e.rows, e.error) for e in finished] == [(5, "SQLSTATE 57014")]
 
 
+class Later(wire.Deferred):
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: bytes) -> None:
+        self.rows = rows
+
+
+def test_rows_a_filter_defers_come_back_in_place_among_the_bytes_around_them() -> None:
+    def plan(note: Any, fields: Any, formats: tuple[int, ...]) -> wire.RowFilter | None:
+        return (lambda chunk, start, end: Later(chunk[start:end])) if note == "secret0" else None
+
+    tracker = wire.Tracker(plan_rows=plan)
+    drive(tracker, enc(wire.Query("SELECT ssn FROM t; SELECT 1")), note="secret")
+    rows = enc(wire.DataRow((b"123-45-6789",)), wire.DataRow((b"987-65-4321",)))
+    rest = enc(
+        wire.CommandComplete("SELECT 2"),
+        ROW,
+        wire.DataRow((b"1",)),
+        wire.CommandComplete("SELECT 1"),
+        wire.ReadyForQuery("I"),
+    )
+    out = tracker.receive_server(enc(ROW) + rows + rest)
+    assert isinstance(out, list)
+    assert [type(p) for p in out] == [bytes, Later, bytes]
+    assert out[0] == enc(ROW) and out[1].rows == rows and out[2] == rest
+    finished = [e for e in tracker.take_events() if isinstance(e, wire.Finished)]
+    assert [e.rows for e in finished] == [2, 1]
+    # Nothing deferred in a chunk: one bytes object, as always.
+    drive(tracker, enc(wire.Query("SELECT 1")), note="plain")
+    plain = enc(ROW, wire.DataRow((b"1",)), wire.CommandComplete("SELECT 1"))
+    assert tracker.receive_server(plain) == plain
+
+
 def each_row(rewrite: Callable[[bytes], bytes]) -> wire.RowFilter:
     """A row filter that rewrites each DataRow of a run by itself."""
 

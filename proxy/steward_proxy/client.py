@@ -20,6 +20,7 @@ import secrets
 import ssl
 import time
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING
 
 from steward_proxy import wire
@@ -28,6 +29,8 @@ from steward_proxy.audit import AuditWriteError
 from steward_proxy.auth import AuthFailed, ClientFacts
 from steward_proxy.engine import Judge
 from steward_proxy.escape import escape
+from steward_proxy.masking.rows import MaskJob
+from steward_proxy.maskworkers import MaskWorkerError
 from steward_proxy.policy import Identity
 from steward_proxy.session import Session, SessionEnded
 from steward_proxy.sqlstate import (
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
     from steward_proxy.server import ProxyServer
 
 log = logging.getLogger("steward.proxy")
+
+_MASK_JOBS_IN_FLIGHT = 4
+"""A session's runs of rows at masking workers before its upstream reading pauses."""
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -69,6 +75,12 @@ class ClientProtocol(asyncio.Protocol):
         self._closing = False
         self._paused = False  # the client transport's reading is paused
         self._backpressure = False  # the upstream's write buffer is full
+        self._client_full = False  # the client's write buffer is full
+        self._upstream_paused = False
+        # Bytes for the client behind a run of rows at a masking worker, in order.
+        self._outbox: deque[bytes | asyncio.Future[bytes]] = deque()
+        self._jobs = 0  # masking jobs in the outbox
+        self._lost_upstream: tuple[Exception | None] | None = None  # noticed behind the outbox
         self._held = False  # the session holds client input (Session.stalled)
         self._analysis: asyncio.Future[None] | None = None
         self.auth_method = server.authenticator.method
@@ -119,12 +131,22 @@ class ClientProtocol(asyncio.Protocol):
         self._close("client disconnected")
 
     def pause_writing(self) -> None:
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.pause_reading()
+        self._client_full = True
+        self._update_upstream_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.resume_reading()
+        self._client_full = False
+        self._update_upstream_reading()
+
+    def _update_upstream_reading(self) -> None:
+        pause = self._client_full or self._jobs >= _MASK_JOBS_IN_FLIGHT
+        upstream = self.upstream
+        if upstream and upstream.transport and pause != self._upstream_paused:
+            self._upstream_paused = pause
+            if pause:
+                upstream.transport.pause_reading()
+            else:
+                upstream.transport.resume_reading()
 
     def pause_reading(self) -> None:
         self._backpressure = True
@@ -377,7 +399,7 @@ class ClientProtocol(asyncio.Protocol):
             backend_pid=backend_pid,
             judge=judge,
             max_message_size=server.settings.max_message_size,
-            limits=server.settings.analysis_limits,
+            limits=server.session_limits,
             parameters={
                 m.name: m.value
                 for m in self._upstream_params
@@ -433,12 +455,81 @@ class ClientProtocol(asyncio.Protocol):
             return
         if not self._apply(session):
             return
-        if out:
-            self.transport.write(out)  # type: ignore[union-attr]
+        if out.__class__ is list or self._outbox:
+            self._queue_out(out)
+        elif out:
+            self.transport.write(out)  # type: ignore[union-attr, arg-type]
         if session.resumable:
             self._resume()
-        if self._draining and not session.running:
+        if self._draining and not session.running and not self._outbox:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
+
+    def _queue_out(self, out: bytes | list[bytes | wire.Deferred]) -> None:
+        """Send ``out`` behind what the outbox holds, runs of rows once masked."""
+        pool = self.server.mask_pool
+        outbox = self._outbox
+        for piece in out if isinstance(out, list) else (out,):
+            if isinstance(piece, MaskJob):
+                assert pool is not None
+                metrics = self.server.metrics
+                metrics.mask_jobs += 1
+                metrics.mask_job_bytes += len(piece.rows)
+                job = asyncio.ensure_future(pool.mask(piece))
+                job.add_done_callback(self._flush_out)
+                outbox.append(job)
+                self._jobs += 1
+            elif piece:
+                assert isinstance(piece, bytes)
+                outbox.append(piece)
+        self._flush_out()
+
+    def _flush_out(self, done: asyncio.Future[bytes] | None = None) -> None:
+        """Write the outbox up to its first job not answered yet."""
+        if self._closing:
+            if done is not None and not done.cancelled():
+                done.exception()  # answered after the session ended: dropped
+            return
+        outbox = self._outbox
+        ready: list[bytes] = []
+        failed: BaseException | None = None
+        while outbox:
+            head = outbox[0]
+            if isinstance(head, bytes):
+                ready.append(outbox.popleft())
+                continue
+            if not head.done():
+                break
+            outbox.popleft()
+            self._jobs -= 1
+            failed = head.exception() if not head.cancelled() else MaskWorkerError("cancelled")
+            if failed is not None:
+                break
+            ready.append(head.result())
+        if ready:
+            self.transport.write(b"".join(ready))  # type: ignore[union-attr]
+        if failed is not None:
+            self._mask_failed(failed)
+            return
+        self._update_upstream_reading()
+        if outbox:
+            return
+        if self._lost_upstream is not None:
+            self.upstream_lost(self._lost_upstream[0])
+        elif self._draining and self.session is not None and not self.session.running:
+            self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
+
+    def _mask_failed(self, exc: BaseException) -> None:
+        self._outbox.clear()  # jobs still out finish at their workers, unread
+        if isinstance(exc, Exception) and not isinstance(exc, MaskWorkerError):
+            self._relay_failed(exc, "upstream")
+            return
+        log.warning("session %s: ended: %s", self.session_id, exc)
+        self.server.metrics.error("mask_worker")
+        self.terminate(
+            INTERNAL_ERROR,
+            "terminating connection: masking its results failed",
+            reason=f"masking worker: {exc}",
+        )
 
     def _apply(self, session: Session) -> bool:
         """Write the session's audit records and count its metrics, before any bytes move.
@@ -513,6 +604,9 @@ class ClientProtocol(asyncio.Protocol):
     def upstream_lost(self, exc: Exception | None) -> None:
         if self._closing:
             return
+        if self._outbox:
+            self._lost_upstream = (exc,)  # what the upstream sent before goes first
+            return
         if self.session is not None and self.session.terminated:
             self._close("client disconnected")
             return
@@ -557,7 +651,7 @@ class ClientProtocol(asyncio.Protocol):
         session = self.session
         if session is None:
             self.terminate(ADMIN_SHUTDOWN, "the proxy is shutting down")
-        elif not session.running:
+        elif not session.running and not self._outbox:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
 
     def terminate(

@@ -54,6 +54,8 @@ class ProxyMetrics:
         self.statements: Counter[tuple[str, str]] = Counter()  # by (command, decision)
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
+        self.mask_jobs = 0  # runs of rows sent to masking workers
+        self.mask_job_bytes = 0
         self.errors: Counter[str] = Counter()
         self.sign_in_failures: Counter[str] = Counter()  # by reason
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -149,6 +151,16 @@ class _Collector:
         relayed.add_metric(["client_to_upstream"], m.bytes_from_client)
         relayed.add_metric(["upstream_to_client"], m.bytes_from_upstream)
         yield relayed
+        yield CounterMetricFamily(
+            "steward_mask_jobs",
+            "Runs of rows masked by worker processes (--mask-workers).",
+            value=m.mask_jobs,
+        )
+        yield CounterMetricFamily(
+            "steward_mask_job_bytes",
+            "Bytes of rows sent to masking worker processes.",
+            value=m.mask_job_bytes,
+        )
         failures = CounterMetricFamily(
             "steward_sign_in_failures",
             "Refused sign-ins by reason (authentication, policy, upstream, ...).",

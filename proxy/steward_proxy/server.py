@@ -32,7 +32,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from steward_proxy import wire
@@ -47,6 +47,7 @@ from steward_proxy.engine import Analysis, Judge, Verdict
 from steward_proxy.escape import escape, has_controls
 from steward_proxy.hashkeys import DEFAULT_HASH_KEY_DIR, HashKeys
 from steward_proxy.masking.plan import Masker, MaskingConfig
+from steward_proxy.maskworkers import MaskPool
 from steward_proxy.metrics import ProxyMetrics
 from steward_proxy.policy import Identity, Policy, PolicySet
 from steward_proxy.readiness import UpstreamCheck
@@ -65,6 +66,9 @@ from steward_proxy.sqlstate import (
 from steward_proxy.upstream import UpstreamTarget
 
 log = logging.getLogger("steward.proxy")
+
+MASK_OFFLOAD_BYTES = 16384
+"""With masking workers, runs of rows at least this long are masked by one."""
 
 EVICTION_LOG_INTERVAL = 5.0
 """Seconds between two log lines about pending connections closed at the bound."""
@@ -100,6 +104,8 @@ class ProxySettings:
     """Seconds an analysis off the event loop may take, waiting for a worker included."""
     analysis_memory: int = 1 << 30
     """Bytes of address space an analysis worker may use."""
+    mask_workers: int = 0
+    """Processes that mask long results; 0: sessions mask rows on the event loop."""
     hash_key: bytes | None = field(default=None, repr=False)
     """Key of the ``hash`` masking strategy; None: a random key per process."""
     hash_key_dir: str = DEFAULT_HASH_KEY_DIR
@@ -222,6 +228,13 @@ class ProxyServer:
             memory_bytes=settings.analysis_memory,
             max_statements=settings.analysis_limits.max_statements,
         )
+        self.mask_pool = MaskPool(settings.mask_workers) if settings.mask_workers else None
+        self.session_limits = settings.analysis_limits
+        """What each session is built with (runs of rows go to the pool, if any)."""
+        if self.mask_pool is not None and not self.session_limits.mask_offload_bytes:
+            self.session_limits = replace(
+                self.session_limits, mask_offload_bytes=MASK_OFFLOAD_BYTES
+            )
         self.hash_keys = HashKeys(settings.hash_key, settings.hash_key_dir)
         self.hash_keys.check(policies)
         self.catalog = CatalogKeeper(
@@ -248,6 +261,8 @@ class ProxyServer:
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         await self.analyzer.start()
+        if self.mask_pool is not None:
+            await self.mask_pool.start()
         # Checked before listening, so /readyz and the log tell the truth from the start.
         if self.settings.key_source is not None:
             await self.settings.key_source.refresh(force=True)
@@ -306,6 +321,8 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.analyzer.close()
+        if self.mask_pool is not None:
+            await self.mask_pool.close()
         await self.catalog.close()
 
     async def _reap(self) -> None:

@@ -145,6 +145,9 @@ class AnalysisLimits:
     """Requests the server may owe answers to before client input is held
     (``backlog``) until it owes half as many: each costs memory, and a 5-byte
     Sync is one."""
+    mask_offload_bytes: int = 0
+    """Runs of rows at least this long, masked by strategies alone, come out of
+    :meth:`Session.feed_upstream` as jobs for masking workers; 0: never."""
 
 
 class Session:
@@ -637,8 +640,12 @@ class Session:
 
     # -- upstream -> client ------------------------------------------------------
 
-    def feed_upstream(self, data: bytes) -> bytes:
+    def feed_upstream(self, data: bytes) -> bytes | list[bytes | wire.Deferred]:
         """Bytes from the upstream; returns the bytes for the client.
+
+        With ``mask_offload_bytes`` they may come as a list of pieces in order:
+        bytes and :class:`~steward_proxy.masking.rows.MaskJob` runs, each to be
+        replaced by :func:`~steward_proxy.masking.rows.run_job`'s answer.
 
         Raises :class:`SessionEnded` when the upstream's answers do not match
         what was judged (``desync``) or the server reports a pinned setting
@@ -790,7 +797,11 @@ class Session:
         plan = self._masker.plan(lineage, fields, formats, labels=labels)
         if plan is None:
             return None
-        rows = masking_rows.row_filter(plan)
+        offload = self.limits.mask_offload_bytes
+        if offload and plan.recipe is not None:
+            rows: wire.RowFilter = masking_rows.offloading_filter(plan, offload)
+        else:
+            rows = masking_rows.row_filter(plan)
         self._labels[rows] = labels
         return rows
 

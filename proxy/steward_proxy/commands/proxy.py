@@ -54,6 +54,12 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def non_negative_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "proxy",
@@ -252,6 +258,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="processes that analyse large statements off the event loop",
     )
     p.add_argument(
+        "--mask-workers",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="processes that mask long results (runs of rows of 16 KiB or more masked by "
+        "column rules alone) off the event loop, on other cores; 0: masked in the proxy's "
+        "own process",
+    )
+    p.add_argument(
         "--analysis-timeout",
         type=float,
         default=5.0,
@@ -447,6 +462,7 @@ def run(args: argparse.Namespace) -> int:
             max_statement_bytes=args.max_statement_bytes, max_statements=args.max_statements
         ),
         analysis_workers=args.analysis_workers,
+        mask_workers=args.mask_workers,
         analysis_timeout=args.analysis_timeout,
         analysis_memory=args.analysis_memory << 20,
         hash_key=hash_key,

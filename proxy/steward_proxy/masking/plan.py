@@ -51,7 +51,7 @@ from steward_proxy.policy.model import (
     PolicySet,
 )
 
-__all__ = ["UNRESOLVED", "Masker", "MaskingConfig", "Plan"]
+__all__ = ["UNRESOLVED", "Masker", "MaskingConfig", "Plan", "Recipe", "plan_from_recipe"]
 
 UNRESOLVED = "unresolved"
 """The audit label of a column masked because what feeds it cannot be told."""
@@ -145,6 +145,13 @@ def _strategy(rule: MaskingColumnRule) -> Strategy:
     return Strategy(rule.strategy, rule.keep_last if rule.keep_last is not None else 4)
 
 
+Recipe = tuple[bytes, tuple[tuple[str, int, int, bool, bool] | None, ...]]
+"""A plan of strategies only, as plain values another process can rebuild it
+from: the hash key and, per result column, None (kept) or its strategy's name
+and ``keepLast``, its type OID, whether it is in binary form and whether the
+type is text-like."""
+
+
 @dataclass(slots=True)
 class Plan:
     """What was decided for one result: the row filter's column maskers and audit labels."""
@@ -157,6 +164,9 @@ class Plan:
     """Per column masked by detection, a translation table: a value in which it
     leaves no NUL byte is one the masker gives back unchanged (the row filter
     keeps it without calling the masker)."""
+    recipe: Recipe | None = None
+    """The same maskers as plain values, when every one is a strategy's (no
+    detection): what :func:`plan_from_recipe` rebuilds this plan from."""
 
 
 class Masker:
@@ -499,6 +509,7 @@ class Masker:
         catalog = self._catalog
         maskers: list[ValueMasker | None] = []
         screens: dict[int, bytes] = {}
+        columns: list[tuple[str, int, int, bool, bool] | None] = []
         text_like = catalog.text_like
         for i, fd in enumerate(fields):
             strategy: Strategy | None = None
@@ -548,6 +559,15 @@ class Masker:
             if strategy is not None:
                 labels.update(found)
                 maskers.append(self.strategies.masker(strategy, fd.type_oid, binary, text_like))
+                columns.append(
+                    (
+                        strategy.name,
+                        strategy.keep_last,
+                        fd.type_oid,
+                        binary,
+                        fd.type_oid in text_like,
+                    )
+                )
             elif config.detect:
                 detector, screen = self._detector(fd.type_oid, binary, labels)
                 maskers.append(detector)
@@ -555,9 +575,11 @@ class Masker:
                     screens[i] = screen
             else:
                 maskers.append(None)
+                columns.append(None)
         if not any(m is not None for m in maskers):
             return None
-        return Plan(maskers, labels, screens=screens)
+        recipe = None if config.detect else (self.strategies.key, tuple(columns))
+        return Plan(maskers, labels, screens=screens, recipe=recipe)
 
     def plan_copy(
         self, lineage: StatementLineage | None, columns: int, *, labels: set[str] | None = None
@@ -697,3 +719,27 @@ def _name(masked: list[str]) -> str:
     if len(masked) == 1:
         return masked[0]
     return f"{masked[0]} (and {len(masked) - 1} more)"
+
+
+_rebuilt: dict[bytes, Strategies] = {}
+_MAX_KEYS = 8  # each remembers up to 65,536 pseudonyms
+
+
+def plan_from_recipe(recipe: Recipe) -> Plan:
+    """The plan whose :attr:`Plan.recipe` is ``recipe``: the same maskers, no labels."""
+    key, columns = recipe
+    strategies = _rebuilt.get(key)
+    if strategies is None:
+        if len(_rebuilt) >= _MAX_KEYS:
+            _rebuilt.clear()
+        strategies = _rebuilt[key] = Strategies(key)  # one pseudonym memory per key
+    maskers: list[ValueMasker | None] = []
+    for column in columns:
+        if column is None:
+            maskers.append(None)
+            continue
+        name, keep_last, type_oid, binary, text_like = column
+        strategy = Strategy(name, keep_last)  # type: ignore[arg-type]
+        like = frozenset({type_oid}) if text_like else frozenset()
+        maskers.append(strategies.masker(strategy, type_oid, binary, like))
+    return Plan(maskers, recipe=recipe)

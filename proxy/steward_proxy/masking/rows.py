@@ -11,6 +11,12 @@ loop has filtered enough of its rows to pay for it (a client may ask for any
 number of shapes: a Bind's result formats alone change one); other plans
 (and rows never described) go through one general loop.
 
+:func:`offloading_filter` is :func:`row_filter` for a proxy with masking
+workers: long runs come out as a :class:`MaskJob` (the plan's recipe and the
+rows, as plain values) that the shell hands to a worker process, where
+:func:`run_job` applies the same filter. The pure core stays sans-I/O; the
+event loop keeps its core for framing and the sessions.
+
 :func:`copy_filter` does the same for the rows of a text or CSV COPY out.
 
 :func:`screen_message` handles an ErrorResponse or NoticeResponse for a
@@ -27,20 +33,25 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from steward_proxy.masking import rowcode
 from steward_proxy.masking.detect import find
 from steward_proxy.masking.lineage import CopyOut
-from steward_proxy.masking.plan import Plan
+from steward_proxy.masking.plan import Plan, Recipe, plan_from_recipe
 from steward_proxy.masking.strategies import NULL_MASKER, REDACT_MASKER, REDACTED
 from steward_proxy.wire.errors import RemoteProtocolError
+from steward_proxy.wire.tracker import Deferred
 
 __all__ = [
     "WITHHELD",
+    "MaskJob",
     "copy_filter",
     "looped_filter",
+    "offloading_filter",
     "row_filter",
+    "run_job",
     "screen_message",
     "specialized_filter",
 ]
@@ -97,6 +108,52 @@ def row_filter(plan: Plan) -> RowFilter:
                 return make(*bound)
             return _warming_filter(plan, shape, bound)
     return looped_filter(plan)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskJob(Deferred):
+    """A run of whole DataRows to mask elsewhere: :func:`run_job` gives what replaces it."""
+
+    recipe: Recipe
+    rows: bytes
+
+
+def offloading_filter(plan: Plan, min_bytes: int) -> Callable[[bytes, int, int], bytes | MaskJob]:
+    """:func:`row_filter`, except that a run of at least ``min_bytes`` comes out as a job.
+
+    ``plan`` must have a recipe (no detection: a detector adds to the
+    statement's audit labels as it finds, which must happen before the
+    statement's record is written).
+    """
+    recipe = plan.recipe
+    if recipe is None:
+        raise ValueError("only a plan with a recipe can be masked elsewhere")
+    local = row_filter(plan)
+
+    def rewrite(data: bytes, start: int, end: int) -> bytes | MaskJob:
+        if end - start < min_bytes:
+            return local(data, start, end)
+        return MaskJob(recipe, data[start:end])
+
+    return rewrite
+
+
+_jobs: dict[Recipe, RowFilter] = {}
+
+
+def run_job(recipe: Recipe, rows: bytes) -> bytes:
+    """What the whole DataRows ``rows`` become under the plan ``recipe`` describes.
+
+    In a masking worker: each recipe's filter is kept (the newest 256), so a
+    long result's shape is compiled once.
+    """
+    rewrite = _jobs.pop(recipe, None)
+    if rewrite is None:
+        rewrite = row_filter(plan_from_recipe(recipe))
+        if len(_jobs) >= _MAX_COMPILED:
+            del _jobs[next(iter(_jobs))]
+    _jobs[recipe] = rewrite
+    return rewrite(rows, 0, len(rows))
 
 
 def _warming_filter(

@@ -92,6 +92,10 @@ class Strategies:
         self.pseudonym: ValueMasker = _pseudonymizer(key)
         """``h_`` and 16 hex digits: a stable, keyed stand-in for a value."""
 
+    @property
+    def key(self) -> bytes:
+        return self._key
+
     def digest(self, value: bytes) -> bytes:
         return hmac.digest(self._key, value, "sha256")
 

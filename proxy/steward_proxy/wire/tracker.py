@@ -45,7 +45,10 @@ when the client never had them described) and their formats, and returns a
 :data:`RowFilter` (or None to pass the rows untouched). The filter gets each
 run of consecutive DataRow messages of a received chunk at once (the chunk
 and where the run starts and ends: one call, not one per row) and returns
-the DataRows to send instead.
+the DataRows to send instead, or a :class:`Deferred`: rows the caller's
+shell will have rewritten elsewhere (another process) and puts in their
+place. :meth:`Tracker.receive_server` then returns a list of pieces, bytes
+and deferred runs, in the order they go to the client.
 
 Errors and notices can be rewritten too (masking: PostgreSQL quotes values
 in them): a ``screen_messages`` callback gets the note of the request at the
@@ -77,6 +80,7 @@ __all__ = [
     "Answer",
     "CopyFilter",
     "CopyPlanner",
+    "Deferred",
     "Desync",
     "Finished",
     "MessageScreen",
@@ -230,9 +234,17 @@ class RowLayout(NamedTuple):
 
 TrackerEvent = Finished | ParameterChanged | RowLayout
 
-RowFilter = Callable[[bytes, int, int], bytes]
+
+class Deferred:
+    """A row filter's answer to be computed elsewhere: the shell sends the
+    rows it stands for in its place, in order (subclasses say how)."""
+
+    __slots__ = ()
+
+
+RowFilter = Callable[[bytes, int, int], "bytes | Deferred"]
 """``(chunk, start, end)``: whole DataRow messages ``chunk[start:end]`` in, the DataRows
-to send in their place out."""
+to send in their place (or a :class:`Deferred` standing for them) out."""
 CopyFilter = Callable[[bytes], bytes]
 """A CopyData message in, the CopyData message to send in its place out."""
 CopyPlanner = Callable[[Any, bytes], "CopyFilter | None"]
@@ -643,17 +655,20 @@ class Tracker:
 
     # -- server -> client ----------------------------------------------------------
 
-    def receive_server(self, data: bytes) -> bytes:
+    def receive_server(self, data: bytes) -> bytes | list[bytes | Deferred]:
         """Bytes from the server; returns the bytes for the client.
 
-        Events land in :attr:`events`. Raises :class:`Desync` (nothing of
-        ``data`` is then meant for the client).
+        When a row filter deferred a run, the bytes come as a list of pieces
+        in order, bytes and :class:`Deferred` runs. Events land in
+        :attr:`events`. Raises :class:`Desync` (nothing of ``data`` is then
+        meant for the client).
         """
         reader = self._from_server
         reader.feed(data)
         chunk, spans = reader.read_spans(_DATA_ROW)
         queue = self._queue
-        pieces: list[bytes] | None = None  # only when a message is replaced
+        pieces: list[Any] | None = None  # only when a message is replaced
+        deferred = False
         cut = 0
         for kind, start, end, count in spans:
             if kind == _DATA_ROW:  # a run of ``count`` rows
@@ -667,7 +682,9 @@ class Tracker:
                     if head.filter is not None:
                         if pieces is None:
                             pieces = []
-                        pieces += (chunk[cut:start], head.filter(chunk, start, end))
+                        rows = head.filter(chunk, start, end)
+                        pieces += (chunk[cut:start], rows)
+                        deferred = deferred or rows.__class__ is not bytes
                         cut = end
                 continue
             if kind == _COMMAND_COMPLETE:  # the common answer, ahead of the table
@@ -758,6 +775,8 @@ class Tracker:
         if pieces is None:
             return chunk
         pieces.append(chunk[cut:])
+        if deferred:
+            return pieces
         return b"".join(pieces)
 
     def _keep_layout(self, target: tuple[str, int], fields: tuple[m.FieldDescription, ...]) -> None:

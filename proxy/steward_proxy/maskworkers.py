@@ -1,0 +1,157 @@
+"""Masking long results in worker processes, so rows are masked on every core.
+
+Masking a row costs microseconds of Python (a keyed hash alone is one), and
+one event loop runs on one core. With ``--mask-workers N``, a session's row
+filter hands each run of rows longer than ``AnalysisLimits.mask_offload_bytes``
+out as a :class:`~steward_proxy.masking.rows.MaskJob` (see
+``masking.rows.offloading_filter``); the shell sends it to a :class:`MaskPool`
+worker, which runs the same filter (:func:`~steward_proxy.masking.rows.run_job`),
+and the client gets the rows in order (``client.ClientProtocol``).
+
+A worker speaks the framed protocol of :mod:`steward_proxy.analyzer`: a
+4-byte big-endian length, then a pickle. Requests are ``(recipe, rows)``;
+answers ``("ok", rows)`` or ``("protocol", message)`` for rows that break
+the protocol. Both ends are this module: the pickles never cross a trust
+boundary. A worker that dies or is interrupted mid-answer is killed and
+replaced, and its job fails: the session it was for ends, no row unmasked.
+
+Run as ``python -m steward_proxy.maskworkers`` (the pool does this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import sys
+from typing import Any
+
+from steward_proxy.masking.rows import MaskJob, run_job
+from steward_proxy.wire import ProtocolError, RemoteProtocolError
+
+log = logging.getLogger("steward.proxy")
+
+_LENGTH = 4
+
+
+class MaskWorkerError(Exception):
+    """A masking worker died or answered nothing usable; the job's rows are lost."""
+
+
+class MaskPool:
+    """``workers`` processes that mask jobs, one job each at a time, in order of arrival."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("a masking pool needs at least one worker")
+        self.workers = workers
+        self._free: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        for _ in range(workers):
+            self._free.put_nowait(None)  # a slot; the process starts on first use
+        self._running: set[_Worker] = set()
+        self.failed = 0
+        """Workers that died or were interrupted (for metrics)."""
+
+    async def start(self) -> None:
+        """Start the worker processes now rather than on the first job."""
+        slots = [self._free.get_nowait() for _ in range(self._free.qsize())]
+        for slot in slots:
+            self._free.put_nowait(slot or await self._spawn())
+
+    async def mask(self, job: MaskJob) -> bytes:
+        """The rows that replace ``job.rows``.
+
+        Raises :class:`RemoteProtocolError` for rows that break the protocol
+        (as the filter would inline) and :class:`MaskWorkerError` when the
+        worker fails.
+        """
+        worker = await self._free.get()
+        try:
+            if worker is None:
+                worker = await self._spawn()
+            answer = await worker.ask((job.recipe, job.rows))
+        except asyncio.CancelledError:
+            self._kill(worker)  # its answer may still come: it must not reach another job
+            worker = None
+            raise
+        except (OSError, EOFError, RuntimeError, pickle.PickleError) as exc:
+            # RuntimeError: the event loop's word for a pipe already closed.
+            self._kill(worker)
+            worker = None
+            raise MaskWorkerError(f"masking worker failed: {exc or type(exc).__name__}") from None
+        finally:
+            self._free.put_nowait(worker)
+        if answer[0] == "ok":
+            return answer[1]  # type: ignore[no-any-return]
+        raise RemoteProtocolError(answer[1])
+
+    async def close(self) -> None:
+        """End every worker process."""
+        for worker in list(self._running):
+            self._kill(worker, failed=False)
+            with contextlib.suppress(ProcessLookupError):
+                await worker.process.wait()
+
+    async def _spawn(self) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "steward_proxy.maskworkers",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        worker = _Worker(process)
+        self._running.add(worker)
+        return worker
+
+    def _kill(self, worker: _Worker | None, *, failed: bool = True) -> None:
+        if worker is None:
+            return
+        if failed:
+            self.failed += 1
+            log.warning("masking worker %d ended; a fresh one starts on next use", worker.pid)
+        self._running.discard(worker)
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.kill()
+
+
+class _Worker:
+    __slots__ = ("pid", "process")
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    async def ask(self, request: Any) -> Any:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(_frame(request))
+        await stdin.drain()
+        size = int.from_bytes(await stdout.readexactly(_LENGTH), "big")
+        return pickle.loads(await stdout.readexactly(size))
+
+
+def _frame(value: Any) -> bytes:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(data).to_bytes(_LENGTH, "big") + data
+
+
+def main() -> int:
+    """The worker: answer jobs on stdin until it closes."""
+    reader, writer = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        header = reader.read(_LENGTH)
+        if len(header) < _LENGTH:
+            return 0
+        recipe, rows = pickle.loads(reader.read(int.from_bytes(header, "big")))
+        try:
+            answer: tuple[str, Any] = ("ok", run_job(recipe, rows))
+        except ProtocolError as exc:
+            answer = ("protocol", exc.message)
+        writer.write(_frame(answer))
+        writer.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Masking in worker processes (``--mask-workers``) against a real PostgreSQL.
+
+The same policy and hash key through a proxy that masks in its own process
+and through one that hands long runs of rows to workers: every byte the
+client receives must be the same, in the same order, and a worker that dies
+must end its session without a row getting out unmasked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import (
+    LocalPostgres,
+    Proxy,
+    ProxyFactory,
+    error_fields,
+    query_message,
+    raw_login,
+    wait_for,
+)
+
+ROWS = 20_000
+
+SCHEMA = f"""
+CREATE SCHEMA wk;
+CREATE TABLE wk.people AS
+SELECT g AS id,
+       'Person ' || g AS name,
+       'user' || g || '@example.org' AS email,
+       lpad((100 + g % 800)::text, 3, '0') || '-55-' || lpad(g::text, 4, '0') AS ssn,
+       (g * 7919)::bigint AS account,
+       'note ' || g AS notes
+FROM generate_series(1, {ROWS}) g;
+ANALYZE wk.people;
+"""
+
+POLICY = """\
+apiVersion: steward.dev/v1alpha1
+kind: DatabaseAccessPolicy
+metadata: {name: wk-readers}
+spec:
+  subjects: [{kind: User, name: alice}]
+  defaultAction: allow
+  masking: {rules: [wk-pii]}
+---
+apiVersion: steward.dev/v1alpha1
+kind: MaskingRule
+metadata: {name: wk-pii}
+spec:
+  rules:
+    - {columns: [wk.people.email], strategy: email}
+    - {columns: [wk.people.ssn], strategy: redact}
+    - {columns: [wk.people.name, wk.people.account], strategy: hash}
+"""
+
+SELECT = "SELECT id, name, email, ssn, account, notes FROM wk.people ORDER BY id"
+
+
+@pytest.fixture(scope="module")
+def seeded(pg: LocalPostgres) -> Iterator[LocalPostgres]:
+    pg.execute(SCHEMA)
+    yield pg
+    pg.execute("DROP SCHEMA wk CASCADE")
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("key") / "hash.key"
+    path.write_text("workers-test-key-0123456789abcdef\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def in_process(seeded: LocalPostgres, module_proxy_factory: ProxyFactory, key_file: Path) -> Proxy:
+    return module_proxy_factory(POLICY, "--hash-key-file", str(key_file))
+
+
+@pytest.fixture
+def pooled(seeded: LocalPostgres, start_proxy: ProxyFactory, key_file: Path) -> Proxy:
+    return start_proxy(POLICY, "--hash-key-file", str(key_file), "--mask-workers", "2")
+
+
+def every_byte(proxy: Proxy, sql: str, user: str = "alice") -> bytes:
+    """Every byte the client receives for ``sql``, up to the connection's end or its
+    ReadyForQuery."""
+    sock, _ = raw_login(proxy, user)
+    try:
+        sock.sendall(query_message(sql))
+        return read_answers(sock)
+    finally:
+        sock.close()
+
+
+def read_answers(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        pos = 0
+        while len(data) - pos >= 5:
+            kind = data[pos : pos + 1]
+            (length,) = struct.unpack_from("!i", data, pos + 1)
+            if len(data) < pos + 1 + length:
+                break
+            if kind == b"Z":
+                return data
+            pos += 1 + length
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def messages(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("!i", data, pos + 1)
+        out.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
+        pos += 1 + length
+    return out
+
+
+def mask_jobs(proxy: Proxy) -> int:
+    status, text = proxy.http_get("/metrics")
+    assert status == 200
+    line = next(x for x in text.splitlines() if x.startswith("steward_mask_jobs_total "))
+    return int(float(line.split()[1]))
+
+
+def workers_of(proxy: Proxy) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if parent == proxy.pid and b"steward_proxy.maskworkers" in command:
+            found.append(int(entry))
+    return found
+
+
+def test_workers_send_every_byte_the_session_would_in_the_same_order(
+    in_process: Proxy, pooled: Proxy
+) -> None:
+    # Several results, masked and not, in one string: runs at workers and bytes
+    # between them must reach the client in the server's order.
+    sql = (
+        f"{SELECT}; SELECT 1 AS one; SELECT email, id FROM wk.people ORDER BY id DESC; "
+        "SELECT count(*) FROM wk.people"
+    )
+    before = mask_jobs(pooled)
+    expected = every_byte(in_process, sql)
+    got = every_byte(pooled, sql)
+    assert got == expected
+    kinds = [k for k, _ in messages(got)]
+    assert kinds.count(b"D") == 2 * ROWS + 2 and kinds[-1] == b"Z"
+    assert mask_jobs(pooled) > before, "no run of rows went to a worker"
+    assert b"user17@example.org" not in got and b"Person 17" not in got
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_psycopg_gets_the_same_masked_rows_from_workers(
+    in_process: Proxy, pooled: Proxy, binary: bool
+) -> None:
+    def fetch(proxy: Proxy) -> list[tuple[object, ...]]:
+        with psycopg.connect(proxy.dsn("alice")) as conn, conn.cursor(binary=binary) as cur:
+            cur.execute(SELECT)
+            return cur.fetchall()
+
+    expected = fetch(in_process)
+    got = fetch(pooled)
+    assert got == expected
+    assert got[16][:4] == (17, got[16][1], "u***@example.org", "****")
+    assert str(got[16][1]).startswith("h_") and got[16][4] != 17 * 7919
+    assert mask_jobs(pooled) > 0
+
+
+def test_audit_records_say_what_workers_masked(pooled: Proxy) -> None:
+    with psycopg.connect(pooled.dsn("alice")) as conn:
+        conn.execute(SELECT).fetchall()
+    records = [r for r in pooled.audit_records() if r.get("command") == "SELECT"]
+    assert mask_jobs(pooled) > 0
+    assert set(records[-1]["masked"]) == {  # type: ignore[arg-type]
+        "wk.people.account:hash",
+        "wk.people.email:email",
+        "wk.people.name:hash",
+        "wk.people.ssn:redact",
+    }
+
+
+def test_a_worker_that_dies_ends_its_session_with_no_row_unmasked(pooled: Proxy) -> None:
+    with psycopg.connect(pooled.dsn("alice")) as conn:
+        conn.execute(SELECT).fetchall()  # the workers are running
+    workers = workers_of(pooled)
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    data = every_byte(pooled, SELECT)
+    errors = [error_fields(p) for k, p in messages(data) if k == b"E"]
+    assert errors and errors[-1]["S"] == "FATAL" and errors[-1]["C"] == "XX000"
+    assert "masking" in errors[-1]["M"], pooled.log()
+    assert b"@example.org" not in data.replace(b"u***@example.org", b"")
+    assert b"Person " not in data
+    # Fresh workers serve the next session; the proxy went on.
+    with psycopg.connect(pooled.dsn("alice")) as conn:
+        rows = conn.execute(SELECT).fetchall()
+    assert len(rows) == ROWS and rows[0][2] == "u***@example.org"
+    wait_for(lambda: len(workers_of(pooled)) == 2, what="fresh masking workers")
+    assert not set(workers_of(pooled)) & set(workers)
+    assert "masking worker" in pooled.log()
+
+
+def test_rows_at_workers_reach_the_client_before_the_upstream_ends_the_session(
+    in_process: Proxy, pooled: Proxy
+) -> None:
+    # The server sends the rows, then a FATAL and closes: the rows still at
+    # workers go first, then the FATAL.
+    sql = f"{SELECT}; SELECT pg_terminate_backend(pg_backend_pid())"
+    got = every_byte(pooled, sql)
+    kinds = [k for k, _ in messages(got)]
+    assert kinds.count(b"D") == ROWS + 1  # and pg_terminate_backend's own row
+    fatal = error_fields(messages(got)[-1][1])
+    assert messages(got)[-1][0] == b"E" and fatal["C"] == "57P01"
+    assert got == every_byte(in_process, sql)
