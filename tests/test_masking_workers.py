@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import struct
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +23,11 @@ from tests.conftest import (
     LocalPostgres,
     Proxy,
     ProxyFactory,
+    active_upstream_queries,
     error_fields,
     query_message,
     raw_login,
+    read_until_closed,
     wait_for,
 )
 
@@ -222,15 +225,44 @@ def test_a_worker_that_dies_ends_its_session_with_no_row_unmasked(pooled: Proxy)
     assert "masking worker" in pooled.log()
 
 
+@pytest.mark.parametrize("rows", [ROWS, 400])
 def test_rows_at_workers_reach_the_client_before_the_upstream_ends_the_session(
-    in_process: Proxy, pooled: Proxy
+    in_process: Proxy, pooled: Proxy, rows: int
 ) -> None:
     # The server sends the rows, then a FATAL and closes: the rows still at
-    # workers go first, then the FATAL.
-    sql = f"{SELECT}; SELECT pg_terminate_backend(pg_backend_pid())"
+    # workers go first, then the FATAL. (400 rows come in one read with the
+    # FATAL, and the close is seen while they are at a worker.)
+    sql = f"{SELECT} LIMIT {rows}; SELECT pg_terminate_backend(pg_backend_pid())"
     got = every_byte(pooled, sql)
     kinds = [k for k, _ in messages(got)]
-    assert kinds.count(b"D") == ROWS + 1  # and pg_terminate_backend's own row
+    assert kinds.count(b"D") == rows + 1  # and pg_terminate_backend's own row
     fatal = error_fields(messages(got)[-1][1])
     assert messages(got)[-1][0] == b"E" and fatal["C"] == "57P01"
     assert got == every_byte(in_process, sql)
+
+
+def test_a_drain_sends_the_rows_still_at_workers_before_it_closes(
+    pooled: Proxy, seeded: LocalPostgres
+) -> None:
+    marker = "drain_" + uuid.uuid4().hex[:8]
+    sock, _ = raw_login(pooled, "alice")
+    try:
+        # SIGTERM comes while the server sleeps; then the rows, masked by workers,
+        # and the ReadyForQuery after them, on which the drain would close.
+        sock.sendall(query_message(f"SELECT pg_sleep(0.5) AS {marker}; {SELECT}"))
+        wait_for(lambda: active_upstream_queries(seeded, marker), "the statement to run upstream")
+        pooled.process.send_signal(signal.SIGTERM)
+        data = read_answers(sock)
+        data += read_until_closed(sock)
+    finally:
+        sock.close()
+    got = messages(data)
+    assert [k for k, _ in got].count(b"D") == ROWS + 1
+    assert b"Z" in [k for k, _ in got]
+    assert got[-1][0] == b"E" and error_fields(got[-1][1])["C"] == "57P01"
+    assert pooled.terminate() == 0
+    assert mask_jobs_logged_nothing_lost(pooled)
+
+
+def mask_jobs_logged_nothing_lost(proxy: Proxy) -> bool:
+    return "Traceback" not in proxy.log() and "masking worker" not in proxy.log()
