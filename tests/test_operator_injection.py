@@ -21,6 +21,7 @@ from steward_operator.injection import (
     HASH_KEY,
     INJECT,
     INJECTED,
+    MASK_WORKERS,
     PORT,
     Published,
     SidecarSettings,
@@ -172,6 +173,18 @@ REFUSED = [
         [POLICY],
         "name the same port",
         id="the app port and the admin port must differ",
+    ),
+    pytest.param(
+        pod_with(annotations={INJECT: "true", MASK_WORKERS: "17"}),
+        [POLICY],
+        "steward.dev/mask-workers must be a whole number from 0 to 16, not '17'",
+        id="more masking workers than the bound are refused",
+    ),
+    pytest.param(
+        pod_with(annotations={INJECT: "true", MASK_WORKERS: "two"}),
+        [POLICY],
+        "steward.dev/mask-workers must be a whole number",
+        id="masking workers that are not a number are refused",
     ),
     pytest.param(
         pod_with(annotations={INJECT: "true", DATABASE_URL_ENV: "DATABASE URL"}),
@@ -401,6 +414,14 @@ def test_ports_come_from_annotations() -> None:
     assert sidecar["ports"][0]["containerPort"] == 15000
     assert env_of(pod["spec"]["containers"][0])["PGPORT"] == "6543"
     assert pod["metadata"]["annotations"][ADMIN_PORT] == "15000"
+
+
+def test_masking_workers_come_from_an_annotation() -> None:
+    assert "--mask-workers" not in sidecar_of(injected(POD))["args"]
+    zero = injected(pod_with(annotations={INJECT: "true", MASK_WORKERS: "0"}))
+    assert "--mask-workers" not in sidecar_of(zero)["args"]
+    args = sidecar_of(injected(pod_with(annotations={INJECT: "true", MASK_WORKERS: "2"})))["args"]
+    assert args[args.index("--mask-workers") + 1] == "2"
 
 
 def test_the_pod_is_annotated_with_the_bundle() -> None:

@@ -51,6 +51,8 @@ PORT = "steward.dev/port"
 ADMIN_PORT = "steward.dev/admin-port"
 DATABASE_URL_ENV = "steward.dev/database-url-env"
 HASH_KEY = "steward.dev/hash-key"
+MASK_WORKERS = "steward.dev/mask-workers"
+MAX_MASK_WORKERS = 16
 NAMESPACE_LABEL = "steward.dev/injection"
 
 CONTAINER = "steward-proxy"
@@ -126,6 +128,19 @@ def already_injected(pod: Mapping[str, Any]) -> bool:
     return INJECTED in _annotations(pod) or any(c.get("name") == CONTAINER for c in containers)
 
 
+def _mask_workers(pod: Mapping[str, Any]) -> int | str:
+    """The sidecar's ``--mask-workers`` (0 unless annotated), or what is wrong with it."""
+    text = _annotations(pod).get(MASK_WORKERS)
+    if text is None:
+        return 0
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_MASK_WORKERS:
+        return (
+            f"annotation {MASK_WORKERS} must be a whole number from 0 to {MAX_MASK_WORKERS}, "
+            f"not {text[:20]!r}"
+        )
+    return int(text)
+
+
 def _port(pod: Mapping[str, Any], annotation: str, default: int) -> int | str:
     """The port an annotation gives (or ``default``), or a message saying what is wrong."""
     text = _annotations(pod).get(annotation)
@@ -168,6 +183,9 @@ def decide(
         pod, ADMIN_PORT, settings.default_admin_port
     ):
         return Decision("refuse", f"annotations {PORT} and {ADMIN_PORT} name the same port")
+    workers = _mask_workers(pod)
+    if isinstance(workers, str):
+        return Decision("refuse", workers)
     url_env = annotations.get(DATABASE_URL_ENV)
     if url_env is not None and not _ENV_NAME.match(url_env):
         return Decision(
@@ -327,6 +345,9 @@ def sidecar_container(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    workers = _mask_workers(pod)
+    if isinstance(workers, int) and workers:
+        container["args"] += ["--mask-workers", str(workers)]
     hash_key = hash_key_ref(policy)
     if hash_key is not None:
         container["args"] += ["--hash-key-dir", HASH_KEY_DIR]
