@@ -345,3 +345,11 @@ def test_a_job_of_rows_that_overrun_is_the_protocol_error_it_is_in_place() -> No
         row_filter(plan_from_recipe(recipe))(bad, 0, len(bad))
     with pytest.raises(RemoteProtocolError):
         run_job(recipe, bad)
+
+
+def test_a_job_and_a_plan_never_show_the_key_or_the_rows_in_their_repr() -> None:
+    recipe = (b"the-hash-key", (("hash", 4, TEXT, False, True),))
+    job = MaskJob(recipe, data_row(b"536-22-8714"))
+    plan = plan_from_recipe(recipe)
+    for shown in (repr(job), repr(plan)):
+        assert "the-hash-key" not in shown and "536-22-8714" not in shown

@@ -164,7 +164,7 @@ class Plan:
     """Per column masked by detection, a translation table: a value in which it
     leaves no NUL byte is one the masker gives back unchanged (the row filter
     keeps it without calling the masker)."""
-    recipe: Recipe | None = None
+    recipe: Recipe | None = field(default=None, repr=False)  # holds the hash key
     """The same maskers as plain values, when every one is a strategy's (no
     detection): what :func:`plan_from_recipe` rebuilds this plan from."""
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from steward_proxy.masking import rowcode
@@ -114,8 +114,8 @@ def row_filter(plan: Plan) -> RowFilter:
 class MaskJob(Deferred):
     """A run of whole DataRows to mask elsewhere: :func:`run_job` gives what replaces it."""
 
-    recipe: Recipe
-    rows: bytes
+    recipe: Recipe = field(repr=False)  # the hash key
+    rows: bytes = field(repr=False)  # values not masked yet
 
 
 def offloading_filter(plan: Plan, min_bytes: int) -> Callable[[bytes, int, int], bytes | MaskJob]:
