@@ -266,3 +266,64 @@ def test_a_drain_sends_the_rows_still_at_workers_before_it_closes(
 
 def mask_jobs_logged_nothing_lost(proxy: Proxy) -> bool:
     return "Traceback" not in proxy.log() and "masking worker" not in proxy.log()
+
+
+@pytest.fixture
+def one_worker(seeded: LocalPostgres, start_proxy: ProxyFactory, key_file: Path) -> Proxy:
+    return start_proxy(POLICY, "--hash-key-file", str(key_file), "--mask-workers", "1")
+
+
+def relayed_from_upstream(proxy: Proxy) -> int:
+    status, text = proxy.http_get("/metrics")
+    assert status == 200
+    prefix = 'steward_bytes_total{direction="upstream_to_client"} '
+    line = next(x for x in text.splitlines() if x.startswith(prefix))
+    return int(float(line.split()[1]))
+
+
+def backend_of(pg: LocalPostgres, needle: str) -> tuple[str, str]:
+    """(state, wait_event) of the upstream backend whose last query holds ``needle``."""
+    out = pg.execute(
+        "SELECT state || '|' || coalesce(wait_event, '') FROM pg_stat_activity "
+        f"WHERE pid <> pg_backend_pid() AND strpos(query, '{needle}') > 0"
+    ).strip()
+    state, _, wait = out.partition("|")
+    return state, wait
+
+
+def test_bytes_behind_a_run_at_a_stalled_worker_stop_the_reading_from_the_server(
+    one_worker: Proxy, seeded: LocalPostgres
+) -> None:
+    # A run of rows waits at a worker (stopped here; busy with other sessions'
+    # runs in life) and the server goes on with 20 MB of rows nobody masks:
+    # they wait behind the run, and the proxy stops reading at a bound.
+    (worker,) = wait_for(lambda: workers_of(one_worker), "the masking worker")  # type: ignore[misc]
+    marker = "behind_" + uuid.uuid4().hex[:8]
+    sock, _ = raw_login(one_worker, "alice")
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        sock.sendall(
+            query_message(
+                f"{SELECT} LIMIT 2000; "
+                f"SELECT g, repeat('x', 200) AS {marker} FROM generate_series(1, 100000) g"
+            )
+        )
+        seen = [-1]
+
+        def stalled() -> bool:
+            state, wait = backend_of(seeded, marker)
+            relayed, seen[0] = seen[0], relayed_from_upstream(one_worker)
+            return state == "idle" or (wait == "ClientWrite" and relayed == seen[0])
+
+        wait_for(stalled, "the server to finish or to wait for the proxy", interval=0.1)
+        assert backend_of(seeded, marker)[0] == "active", "the proxy read the whole result"
+        assert seen[0] < 4 << 20
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    try:
+        got = messages(read_answers(sock))
+    finally:
+        sock.close()
+    kinds = [k for k, _ in got]
+    assert kinds.count(b"D") == 2000 + 100_000 and kinds[-1] == b"Z"
+    assert b"Person 17" not in b"".join(p for _, p in got[:2100])

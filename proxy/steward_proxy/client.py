@@ -50,6 +50,8 @@ log = logging.getLogger("steward.proxy")
 
 _MASK_JOBS_IN_FLIGHT = 4
 """A session's runs of rows at masking workers before its upstream reading pauses."""
+_OUTBOX_BYTES = 1 << 18
+"""Bytes a session holds behind a run at a worker before its upstream reading pauses."""
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -80,6 +82,7 @@ class ClientProtocol(asyncio.Protocol):
         # Bytes for the client behind a run of rows at a masking worker, in order.
         self._outbox: deque[bytes | asyncio.Future[bytes]] = deque()
         self._jobs = 0  # masking jobs in the outbox
+        self._outbox_bytes = 0  # bytes in the outbox, not counting jobs
         self._lost_upstream: tuple[Exception | None] | None = None  # noticed behind the outbox
         self._held = False  # the session holds client input (Session.stalled)
         self._analysis: asyncio.Future[None] | None = None
@@ -139,7 +142,11 @@ class ClientProtocol(asyncio.Protocol):
         self._update_upstream_reading()
 
     def _update_upstream_reading(self) -> None:
-        pause = self._client_full or self._jobs >= _MASK_JOBS_IN_FLIGHT
+        pause = (
+            self._client_full
+            or self._jobs >= _MASK_JOBS_IN_FLIGHT
+            or self._outbox_bytes >= _OUTBOX_BYTES
+        )
         upstream = self.upstream
         if upstream and upstream.transport and pause != self._upstream_paused:
             self._upstream_paused = pause
@@ -481,6 +488,7 @@ class ClientProtocol(asyncio.Protocol):
             elif piece:
                 assert isinstance(piece, bytes)
                 outbox.append(piece)
+                self._outbox_bytes += len(piece)
         self._flush_out()
 
     def _flush_out(self, done: asyncio.Future[bytes] | None = None) -> None:
@@ -496,6 +504,7 @@ class ClientProtocol(asyncio.Protocol):
             head = outbox[0]
             if isinstance(head, bytes):
                 ready.append(outbox.popleft())
+                self._outbox_bytes -= len(head)
                 continue
             if not head.done():
                 break
