@@ -8,6 +8,7 @@ must end its session without a row getting out unmasked.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from steward_proxy.masking.rows import MaskJob
+from steward_proxy.maskworkers import MaskPool
 from tests.conftest import (
     LocalPostgres,
     Proxy,
@@ -138,6 +141,11 @@ def mask_jobs(proxy: Proxy) -> int:
 
 
 def workers_of(proxy: Proxy) -> list[int]:
+    return children_running(proxy.pid)
+
+
+def children_running(parent_pid: int) -> list[int]:
+    """The masking workers the process ``parent_pid`` started."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -149,7 +157,7 @@ def workers_of(proxy: Proxy) -> list[int]:
                 command = f.read()
         except OSError:
             continue
-        if parent == proxy.pid and b"steward_proxy.maskworkers" in command:
+        if parent == parent_pid and b"steward_proxy.maskworkers" in command:
             found.append(int(entry))
     return found
 
@@ -327,3 +335,78 @@ def test_bytes_behind_a_run_at_a_stalled_worker_stop_the_reading_from_the_server
     kinds = [k for k, _ in got]
     assert kinds.count(b"D") == 2000 + 100_000 and kinds[-1] == b"Z"
     assert b"Person 17" not in b"".join(p for _, p in got[:2100])
+
+
+def redact_job(value: bytes) -> MaskJob:
+    """A job of one text row of ``value``, redacted."""
+    row = b"D" + struct.pack("!iHi", 10 + len(value), 1, len(value)) + value
+    return MaskJob((b"k" * 32, (("redact", 4, 25, False, True),)), row)
+
+
+def test_a_job_cancelled_at_its_worker_is_finished_there_and_the_worker_serves_the_next() -> None:
+    async def run() -> tuple[bytes, int, list[int], list[int]]:
+        pool = MaskPool(1)
+        await pool.start()
+        workers = children_running(os.getpid())
+        os.kill(workers[0], signal.SIGSTOP)
+        try:
+            at_worker = asyncio.ensure_future(pool.mask(redact_job(b"x" * 100_000)))
+            waiting = asyncio.ensure_future(pool.mask(redact_job(b"y")))
+            while not pool._free.empty():  # the first takes the worker
+                await asyncio.sleep(0)
+            at_worker.cancel()
+            waiting.cancel()
+        finally:
+            os.kill(workers[0], signal.SIGCONT)
+        try:
+            rows = await pool.mask(redact_job(b"secret"))
+            return rows, pool.failed, workers, children_running(os.getpid())
+        finally:
+            await pool.close()
+
+    rows, failed, before, after = asyncio.run(run())
+    assert rows == redact_job(b"****").rows
+    assert failed == 0 and after == before
+
+
+def worker_reads(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("rchar:"))
+
+
+def mask_job_bytes(proxy: Proxy) -> int:
+    status, text = proxy.http_get("/metrics")
+    assert status == 200
+    line = next(x for x in text.splitlines() if x.startswith("steward_mask_job_bytes_total "))
+    return int(float(line.split()[1]))
+
+
+def test_the_runs_of_a_session_that_ended_never_reach_a_worker(one_worker: Proxy) -> None:
+    with psycopg.connect(one_worker.dsn("alice")) as conn:
+        conn.execute(SELECT).fetchall()  # the worker has masked this shape
+    (worker,) = workers_of(one_worker)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        sock, _ = raw_login(one_worker, "alice")
+        jobs, sent = mask_jobs(one_worker), mask_job_bytes(one_worker)
+        sock.sendall(query_message(SELECT))
+        wait_for(lambda: mask_jobs(one_worker) >= jobs + 4, "runs waiting for the worker")
+        closed = one_worker.log().count("closed (client disconnected)")
+        sock.close()
+        wait_for(
+            lambda: one_worker.log().count("closed (client disconnected)") > closed,
+            "the proxy to see the client go",
+        )
+        ended = mask_job_bytes(one_worker) - sent  # the runs of the session that ended
+        read = worker_reads(worker)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    sent = mask_job_bytes(one_worker)
+    with psycopg.connect(one_worker.dsn("alice")) as conn:
+        rows = conn.execute(f"{SELECT} LIMIT 5000").fetchall()
+    assert rows[16][2] == "u***@example.org"
+    after = mask_job_bytes(one_worker) - sent
+    assert after > 0, "the next session's rows went to no worker"
+    # Its rows came back, so the worker read what was queued before them: the
+    # run it held when the client went, not every run that session had sent.
+    assert worker_reads(worker) - read < ended + after

@@ -527,8 +527,15 @@ class ClientProtocol(asyncio.Protocol):
         elif self._draining and self.session is not None and not self.session.running:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
 
+    def _drop_outbox(self) -> None:
+        """Forget what waits for the client; its jobs not at a worker yet never go."""
+        for piece in self._outbox:
+            if not isinstance(piece, bytes):
+                piece.cancel()
+        self._outbox.clear()
+
     def _mask_failed(self, exc: BaseException) -> None:
-        self._outbox.clear()  # jobs still out finish at their workers, unread
+        self._drop_outbox()
         if isinstance(exc, Exception) and not isinstance(exc, MaskWorkerError):
             self._relay_failed(exc, "upstream")
             return
@@ -688,6 +695,7 @@ class ClientProtocol(asyncio.Protocol):
             self._login.cancel()
         if self._analysis is not None and not self._analysis.done():
             self._analysis.cancel()
+        self._drop_outbox()
         if self._signing_in is not None:
             self._audit_failed_sign_in(None, None, f"sign-in abandoned: {reason}")
         if self.upstream is not None and self.upstream.transport is not None:
