@@ -410,3 +410,37 @@ def test_the_runs_of_a_session_that_ended_never_reach_a_worker(one_worker: Proxy
     # Its rows came back, so the worker read what was queued before them: the
     # run it held when the client went, not every run that session had sent.
     assert worker_reads(worker) - read < ended + after
+
+
+def test_a_session_whose_rows_are_at_a_worker_is_not_idle(
+    seeded: LocalPostgres, start_proxy: ProxyFactory, key_file: Path
+) -> None:
+    proxy = start_proxy(
+        POLICY, "--hash-key-file", str(key_file), "--mask-workers", "1", "--idle-timeout", "1"
+    )
+    (worker,) = wait_for(lambda: workers_of(proxy), "the masking worker")  # type: ignore[misc]
+    marker = "idle_" + uuid.uuid4().hex[:8]
+    sock, _ = raw_login(proxy, "alice")
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        jobs = mask_jobs(proxy)
+        sock.sendall(query_message(f"SELECT {marker}.* FROM ({SELECT} LIMIT 2000) {marker}"))
+        # The server has answered in full; the rows wait at the stopped worker.
+        wait_for(lambda: backend_of(seeded, marker)[0] == "idle", "the server to answer")
+        assert mask_jobs(proxy) > jobs
+        # A session signed in after that one's last byte from the server,
+        # ended as idle: the first one has been idle as long.
+        clock, _ = raw_login(proxy, "alice")
+        try:
+            ended = messages(read_until_closed(clock))
+        finally:
+            clock.close()
+        assert error_fields(ended[-1][1])["C"] == "57P05"
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    try:
+        got = messages(read_answers(sock))
+    finally:
+        sock.close()
+    kinds = [k for k, _ in got]
+    assert kinds.count(b"D") == 2000 and kinds[-1] == b"Z", got[-1]

@@ -141,6 +141,11 @@ class ClientProtocol(asyncio.Protocol):
         self._client_full = False
         self._update_upstream_reading()
 
+    @property
+    def delivering(self) -> bool:
+        """Rows for the client are still at masking workers (the session is not idle)."""
+        return bool(self._outbox)
+
     def _update_upstream_reading(self) -> None:
         pause = (
             self._client_full
@@ -516,6 +521,8 @@ class ClientProtocol(asyncio.Protocol):
             ready.append(head.result())
         if ready:
             self.transport.write(b"".join(ready))  # type: ignore[union-attr]
+            if self.session is not None:  # idle from when the client has its answers
+                self.session.last_activity = self.session.clock()
         if failed is not None:
             self._mask_failed(failed)
             return
