@@ -17,9 +17,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 
+from steward_proxy import wire
 from steward_proxy.masking.rows import MaskJob
 from steward_proxy.maskworkers import MaskPool
 from tests.conftest import (
@@ -31,8 +33,10 @@ from tests.conftest import (
     query_message,
     raw_login,
     read_until_closed,
+    recv_messages,
     wait_for,
 )
+from tests.sessionkit import enc
 
 ROWS = 20_000
 
@@ -444,3 +448,82 @@ def test_a_session_whose_rows_are_at_a_worker_is_not_idle(
         sock.close()
     kinds = [k for k, _ in got]
     assert kinds.count(b"D") == 2000 and kinds[-1] == b"Z", got[-1]
+
+
+def test_a_pipeline_of_portals_cursors_errors_and_notices_gets_the_same_bytes(
+    in_process: Proxy, pooled: Proxy
+) -> None:
+    # Runs at workers and inline, binary and text, suspended portals, cursors,
+    # a reported setting, a notice, an error and a refusal, all sent before any answer.
+    pipeline = enc(
+        wire.Parse("s1", SELECT),
+        wire.Bind("p1", "s1", result_formats=(1,)),
+        wire.Describe("P", "p1"),
+        wire.Execute("p1", 7000),
+        wire.Execute("p1", 0),
+        wire.Parse("", "SELECT set_config('application_name', 'wk', false)"),
+        wire.Bind("", ""),
+        wire.Execute(""),
+        wire.Sync(),
+        wire.Bind("p2", "s1", result_formats=(0, 1, 0, 0, 1, 0)),
+        wire.Execute("p2", 100),
+        wire.Parse("", "SELECT 1 / (id - id) FROM wk.people"),
+        wire.Bind("", ""),
+        wire.Execute(""),
+        wire.Sync(),
+        wire.Bind("p3", "s1"),
+        wire.Describe("P", "p3"),
+        wire.Execute("p3"),
+        wire.Sync(),
+        wire.Query(
+            "BEGIN; DECLARE c CURSOR FOR " + SELECT + "; FETCH 5000 FROM c; "
+            "DECLARE b BINARY CURSOR FOR " + SELECT + "; FETCH ALL FROM b; FETCH ALL FROM c; "
+            "DROP TABLE IF EXISTS wk.none; COMMIT"
+        ),
+        wire.Query(f"{SELECT}; DO $$BEGIN RAISE NOTICE 'refused'; END$$"),
+    )
+
+    def answers(proxy: Proxy) -> list[tuple[bytes, bytes]]:
+        sock, _ = raw_login(proxy, "alice")
+        try:
+            sock.sendall(pipeline)
+            return recv_messages(sock, count=5)
+        finally:
+            sock.close()
+
+    before = mask_jobs(pooled)
+    expected = answers(in_process)
+    got = answers(pooled)
+    assert [k for k, _ in got] == [k for k, _ in expected]
+    assert got == expected
+    kinds = [k for k, _ in got]
+    assert kinds.count(b"D") == 4 * ROWS + 101 and kinds.count(b"Z") == 5
+    errors = [error_fields(p)["C"] for k, p in got if k == b"E"]
+    assert errors == ["22012", "42501"]
+    assert b"N" in kinds and b"E" in kinds and b"S" in kinds and b"s" in kinds
+    assert mask_jobs(pooled) >= before + 8
+    assert not any(b"Person 17\0" in p or b"user17@" in p for _, p in got)
+
+
+def test_asyncpg_prepared_binary_rows_and_a_cursor_are_the_same_from_workers(
+    in_process: Proxy, pooled: Proxy
+) -> None:
+    async def fetch(proxy: Proxy) -> list[list[tuple[object, ...]]]:
+        conn = await asyncpg.connect(**proxy.asyncpg_args("alice"))
+        try:
+            stmt = await conn.prepare(f"SELECT * FROM ({SELECT}) t WHERE id > $1")
+            results = [[tuple(r) for r in await stmt.fetch(n)] for n in (0, 5000, 0)]
+            async with conn.transaction():
+                cursor = await stmt.cursor(100)
+                results.append([tuple(r) for r in await cursor.fetch(15_000)])
+            return results
+        finally:
+            await conn.close()
+
+    before = mask_jobs(pooled)
+    expected = asyncio.run(fetch(in_process))
+    got = asyncio.run(fetch(pooled))
+    assert got == expected
+    assert [len(r) for r in got] == [ROWS, ROWS - 5000, ROWS, 15_000]
+    assert got[0][16][2] == "u***@example.org" and got[0][16][3] == "****"
+    assert mask_jobs(pooled) > before
