@@ -221,13 +221,23 @@ def test_a_worker_that_dies_ends_its_session_with_no_row_unmasked(pooled: Proxy)
     workers = workers_of(pooled)
     assert len(workers) == 2
     for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-    data = every_byte(pooled, SELECT)
+        os.kill(pid, signal.SIGSTOP)  # each gets a run, and holds it
+    sock, _ = raw_login(pooled, "alice")
+    try:
+        jobs = mask_jobs(pooled)
+        sock.sendall(query_message(SELECT))
+        wait_for(lambda: mask_jobs(pooled) >= jobs + 4, "runs at the workers")
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        data = read_answers(sock)
+    finally:
+        sock.close()
     errors = [error_fields(p) for k, p in messages(data) if k == b"E"]
     assert errors and errors[-1]["S"] == "FATAL" and errors[-1]["C"] == "XX000"
     assert "masking" in errors[-1]["M"], pooled.log()
     assert b"@example.org" not in data.replace(b"u***@example.org", b"")
     assert b"Person " not in data
+    assert [k for k, _ in messages(data)].count(b"D") < ROWS
     # Fresh workers serve the next session; the proxy went on.
     with psycopg.connect(pooled.dsn("alice")) as conn:
         rows = conn.execute(SELECT).fetchall()
@@ -235,6 +245,20 @@ def test_a_worker_that_dies_ends_its_session_with_no_row_unmasked(pooled: Proxy)
     wait_for(lambda: len(workers_of(pooled)) == 2, what="fresh masking workers")
     assert not set(workers_of(pooled)) & set(workers)
     assert "masking worker" in pooled.log()
+
+
+def test_a_worker_that_died_between_runs_ends_no_session(pooled: Proxy) -> None:
+    with psycopg.connect(pooled.dsn("alice")) as conn:
+        conn.execute(SELECT).fetchall()  # the workers are running
+    workers = workers_of(pooled)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    # Gone from /proc once the proxy has reaped it (and so knows).
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), "reaping")
+    with psycopg.connect(pooled.dsn("alice")) as conn:
+        rows = conn.execute(SELECT).fetchall()
+    assert len(rows) == ROWS and rows[16][2] == "u***@example.org"
+    assert len(workers_of(pooled)) == 2 and not set(workers_of(pooled)) & set(workers)
 
 
 @pytest.mark.parametrize("rows", [ROWS, 400])

@@ -81,6 +81,9 @@ class MaskPool:
 
     async def _ask(self, worker: _Worker | None, job: MaskJob) -> Any:
         try:
+            if worker is not None and worker.process.returncode is not None:
+                self._kill(worker)  # it died between jobs: none of its rows are lost
+                worker = None
             if worker is None:
                 worker = await self._spawn()
             return await worker.ask((job.recipe, job.rows))
