@@ -137,11 +137,16 @@ def messages(data: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def mask_jobs(proxy: Proxy) -> int:
+def counter(proxy: Proxy, sample: str) -> int:
+    """The value of one sample of the proxy's metrics, by its name and labels."""
     status, text = proxy.http_get("/metrics")
     assert status == 200
-    line = next(x for x in text.splitlines() if x.startswith("steward_mask_jobs_total "))
+    line = next(x for x in text.splitlines() if x.startswith(sample + " "))
     return int(float(line.split()[1]))
+
+
+def mask_jobs(proxy: Proxy) -> int:
+    return counter(proxy, "steward_mask_jobs_total")
 
 
 def workers_of(proxy: Proxy) -> list[int]:
@@ -296,7 +301,9 @@ def test_a_drain_sends_the_rows_still_at_workers_before_it_closes(
     assert [k for k, _ in got].count(b"D") == ROWS + 1
     assert b"Z" in [k for k, _ in got]
     assert got[-1][0] == b"E" and error_fields(got[-1][1])["C"] == "57P01"
-    assert pooled.terminate() == 0
+    # Waited for, not signalled again: a second SIGTERM after the event loop
+    # has closed (and its handlers with it) would end the process by the signal.
+    assert pooled.process.wait(timeout=30) == 0
     assert mask_jobs_logged_nothing_lost(pooled)
 
 
@@ -310,11 +317,7 @@ def one_worker(seeded: LocalPostgres, start_proxy: ProxyFactory, key_file: Path)
 
 
 def relayed_from_upstream(proxy: Proxy) -> int:
-    status, text = proxy.http_get("/metrics")
-    assert status == 200
-    prefix = 'steward_bytes_total{direction="upstream_to_client"} '
-    line = next(x for x in text.splitlines() if x.startswith(prefix))
-    return int(float(line.split()[1]))
+    return counter(proxy, 'steward_bytes_total{direction="upstream_to_client"}')
 
 
 def backend_of(pg: LocalPostgres, needle: str) -> tuple[str, str]:
@@ -403,10 +406,7 @@ def worker_reads(pid: int) -> int:
 
 
 def mask_job_bytes(proxy: Proxy) -> int:
-    status, text = proxy.http_get("/metrics")
-    assert status == 200
-    line = next(x for x in text.splitlines() if x.startswith("steward_mask_job_bytes_total "))
-    return int(float(line.split()[1]))
+    return counter(proxy, "steward_mask_job_bytes_total")
 
 
 def test_the_runs_of_a_session_that_ended_never_reach_a_worker(one_worker: Proxy) -> None:
