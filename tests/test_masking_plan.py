@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -393,3 +395,69 @@ def test_a_plan_with_detection_has_no_recipe_to_be_masked_elsewhere() -> None:
     assert plan is not None and plan.recipe is None
     plain = masker().plan(analyze(sql)[0], [field("email", USERS, 3), field("name", USERS, 2)])
     assert plain is not None and plain.recipe is not None
+
+
+KINDS = 400  # a table with a column of each kind
+CITEXT, DOMAIN = 16_500, 16_600  # text-like types the catalog lists
+KIND_COLUMNS = [
+    ("c_citext", CITEXT, "hash", None),
+    ("c_domain", DOMAIN, "partial", 2),
+    ("c_partial0", 25, "partial", 0),
+    ("c_int2", 21, "hash", None),
+    ("c_int4", 23, "hash", None),
+    ("c_int8", 20, "hash", None),
+    ("c_date", 1082, "hash", None),
+    ("c_null", 25, "null", None),
+    ("c_redact", 1043, "redact", None),
+    ("c_email", DOMAIN, "email", None),
+    ("c_kept", 25, None, None),
+]
+KINDS_CATALOG = Catalog.from_rows(
+    [(KINDS, "public", "kinds", "r")],
+    [(KINDS, i + 1, name, oid) for i, (name, oid, _, _) in enumerate(KIND_COLUMNS)],
+    (),
+    [(CITEXT,), (DOMAIN,)],
+)
+KINDS_RULES = compile_masking_rule(
+    "kinds",
+    "default",
+    {
+        "rules": [
+            {"columns": [f"public.kinds.{name}"], "strategy": strategy}
+            | ({"keepLast": keep} if keep is not None else {})
+            for name, _, strategy, keep in KIND_COLUMNS
+            if strategy is not None
+        ]
+    },
+)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_a_recipe_rebuilds_every_column_kind_as_the_session_masks_it(binary: bool) -> None:
+    fields = [
+        field(name, KINDS, i + 1, oid) for i, (name, oid, _, _) in enumerate(KIND_COLUMNS)
+    ] + [field("gone", 999, 1, 25), field("gone_int", 999, 2, 20)]  # unresolved
+    subject = Masker(MaskingConfig((KINDS_RULES,)), Strategies(b"kinds-key"), KINDS_CATALOG)
+    formats = (1,) if binary else (0,)
+    plan = subject.plan(analyze("SELECT * FROM kinds")[0], fields, formats)
+    assert plan is not None and plan.recipe is not None
+    rebuilt = plan_from_recipe(pickle.loads(pickle.dumps(plan.recipe)))
+    values = [b"", b"a", b"Zo\xc3\xab", b"ann@example.org", b"536-22-8714", b"x" * 300]
+    values += [n.to_bytes(w, "big", signed=True) for w in (2, 4, 8) for n in (-7, 0, 42)]
+    values += [b"-7", b"0", b"9223372036854775807"]
+    masked = 0
+    for mine, theirs in zip(plan.maskers, rebuilt.maskers, strict=True):
+        assert (mine is None) == (theirs is None)
+        if mine is None or theirs is None:
+            continue
+        masked += 1
+        for value in values:
+            try:
+                expected = mine(value)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    theirs(value)
+                continue
+            assert theirs(value) == expected
+    assert masked == len(fields) - 1
+    assert "unresolved:redact" in plan.labels

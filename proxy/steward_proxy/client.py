@@ -50,6 +50,8 @@ log = logging.getLogger("steward.proxy")
 
 _MASK_JOBS_IN_FLIGHT = 4
 """A session's runs of rows at masking workers before its upstream reading pauses."""
+_OUTBOX_BYTES = 1 << 18
+"""Bytes a session holds behind a run at a worker before its upstream reading pauses."""
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -80,6 +82,7 @@ class ClientProtocol(asyncio.Protocol):
         # Bytes for the client behind a run of rows at a masking worker, in order.
         self._outbox: deque[bytes | asyncio.Future[bytes]] = deque()
         self._jobs = 0  # masking jobs in the outbox
+        self._outbox_bytes = 0  # bytes in the outbox, not counting jobs
         self._lost_upstream: tuple[Exception | None] | None = None  # noticed behind the outbox
         self._held = False  # the session holds client input (Session.stalled)
         self._analysis: asyncio.Future[None] | None = None
@@ -138,8 +141,17 @@ class ClientProtocol(asyncio.Protocol):
         self._client_full = False
         self._update_upstream_reading()
 
+    @property
+    def delivering(self) -> bool:
+        """Rows for the client are still at masking workers (the session is not idle)."""
+        return bool(self._outbox)
+
     def _update_upstream_reading(self) -> None:
-        pause = self._client_full or self._jobs >= _MASK_JOBS_IN_FLIGHT
+        pause = (
+            self._client_full
+            or self._jobs >= _MASK_JOBS_IN_FLIGHT
+            or self._outbox_bytes >= _OUTBOX_BYTES
+        )
         upstream = self.upstream
         if upstream and upstream.transport and pause != self._upstream_paused:
             self._upstream_paused = pause
@@ -481,6 +493,7 @@ class ClientProtocol(asyncio.Protocol):
             elif piece:
                 assert isinstance(piece, bytes)
                 outbox.append(piece)
+                self._outbox_bytes += len(piece)
         self._flush_out()
 
     def _flush_out(self, done: asyncio.Future[bytes] | None = None) -> None:
@@ -496,6 +509,7 @@ class ClientProtocol(asyncio.Protocol):
             head = outbox[0]
             if isinstance(head, bytes):
                 ready.append(outbox.popleft())
+                self._outbox_bytes -= len(head)
                 continue
             if not head.done():
                 break
@@ -507,6 +521,8 @@ class ClientProtocol(asyncio.Protocol):
             ready.append(head.result())
         if ready:
             self.transport.write(b"".join(ready))  # type: ignore[union-attr]
+            if self.session is not None:  # idle from when the client has its answers
+                self.session.last_activity = self.session.clock()
         if failed is not None:
             self._mask_failed(failed)
             return
@@ -518,8 +534,15 @@ class ClientProtocol(asyncio.Protocol):
         elif self._draining and self.session is not None and not self.session.running:
             self.terminate(ADMIN_SHUTDOWN, "terminating connection: proxy shut down")
 
+    def _drop_outbox(self) -> None:
+        """Forget what waits for the client; its jobs not at a worker yet never go."""
+        for piece in self._outbox:
+            if not isinstance(piece, bytes):
+                piece.cancel()
+        self._outbox.clear()
+
     def _mask_failed(self, exc: BaseException) -> None:
-        self._outbox.clear()  # jobs still out finish at their workers, unread
+        self._drop_outbox()
         if isinstance(exc, Exception) and not isinstance(exc, MaskWorkerError):
             self._relay_failed(exc, "upstream")
             return
@@ -679,6 +702,7 @@ class ClientProtocol(asyncio.Protocol):
             self._login.cancel()
         if self._analysis is not None and not self._analysis.done():
             self._analysis.cancel()
+        self._drop_outbox()
         if self._signing_in is not None:
             self._audit_failed_sign_in(None, None, f"sign-in abandoned: {reason}")
         if self.upstream is not None and self.upstream.transport is not None:

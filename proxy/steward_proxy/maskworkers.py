@@ -64,27 +64,41 @@ class MaskPool:
 
         Raises :class:`RemoteProtocolError` for rows that break the protocol
         (as the filter would inline) and :class:`MaskWorkerError` when the
-        worker fails.
+        worker fails. Cancelled (its session ended), a job still waiting for
+        a worker never reaches one; one at a worker is finished there, its
+        answer dropped, and the worker serves the next.
         """
         worker = await self._free.get()
+        asked = asyncio.ensure_future(self._ask(worker, job))
         try:
+            answer = await asyncio.shield(asked)
+        except asyncio.CancelledError:
+            asked.add_done_callback(_dropped)
+            raise
+        if answer[0] == "ok":
+            return answer[1]  # type: ignore[no-any-return]
+        raise RemoteProtocolError(answer[1])
+
+    async def _ask(self, worker: _Worker | None, job: MaskJob) -> Any:
+        try:
+            if worker is not None and worker.process.returncode is not None:
+                self._kill(worker)  # it died between jobs: none of its rows are lost
+                worker = None
             if worker is None:
                 worker = await self._spawn()
-            answer = await worker.ask((job.recipe, job.rows))
+            return await worker.ask((job.recipe, job.rows))
         except asyncio.CancelledError:
             self._kill(worker)  # its answer may still come: it must not reach another job
             worker = None
             raise
-        except (OSError, EOFError, RuntimeError, pickle.PickleError) as exc:
+        except Exception as exc:
+            # Any failure mid-exchange leaves the pipe out of step: the worker goes.
             # RuntimeError: the event loop's word for a pipe already closed.
             self._kill(worker)
             worker = None
             raise MaskWorkerError(f"masking worker failed: {exc or type(exc).__name__}") from None
         finally:
             self._free.put_nowait(worker)
-        if answer[0] == "ok":
-            return answer[1]  # type: ignore[no-any-return]
-        raise RemoteProtocolError(answer[1])
 
     async def close(self) -> None:
         """End every worker process."""
@@ -130,6 +144,11 @@ class _Worker:
         await stdin.drain()
         size = int.from_bytes(await stdout.readexactly(_LENGTH), "big")
         return pickle.loads(await stdout.readexactly(size))
+
+
+def _dropped(asked: asyncio.Future[Any]) -> None:
+    if not asked.cancelled():
+        asked.exception()  # the session that wanted it has ended
 
 
 def _frame(value: Any) -> bytes:

@@ -347,7 +347,11 @@ class ProxyServer:
             if session is None:
                 if startup > 0 and now - client.connected_at > startup:
                     client.terminate(CONNECTION_FAILURE, "canceling sign-in: it took too long")
-            elif idle > 0 and not session.busy and now - session.last_activity > idle:
+            elif (
+                idle > 0
+                and not (session.busy or client.delivering)
+                and now - session.last_activity > idle
+            ):
                 client.terminate(
                     IDLE_SESSION_TIMEOUT,
                     f"terminating connection: idle for more than {idle:g}s",
