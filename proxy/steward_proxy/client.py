@@ -540,6 +540,7 @@ class ClientProtocol(asyncio.Protocol):
             if not isinstance(piece, bytes):
                 piece.cancel()
         self._outbox.clear()
+        self._jobs = self._outbox_bytes = 0
 
     def _mask_failed(self, exc: BaseException) -> None:
         self._drop_outbox()
