@@ -51,7 +51,7 @@ class MaskPool:
             self._free.put_nowait(None)  # a slot; the process starts on first use
         self._running: set[_Worker] = set()
         self.failed = 0
-        """Workers that died or were interrupted (for metrics)."""
+        """Workers that died or were interrupted, and were replaced (each is logged)."""
 
     async def start(self) -> None:
         """Start the worker processes now rather than on the first job."""
