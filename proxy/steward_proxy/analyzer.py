@@ -10,11 +10,9 @@ space is capped (``RLIMIT_AS``), and which is killed when it runs past its
 time. Either way the statement is refused (SQLSTATE 54000), the session goes
 on, and the pool starts a fresh worker.
 
-The worker speaks a small framed protocol on its standard input and output:
-a 4-byte big-endian length, then a pickle. Requests are
+The worker speaks :mod:`.workerpipe`'s framed protocol. Requests are
 ``(sql, max_statements)``; answers are tagged tuples (``("ok", statements)``,
-``("syntax", message, position)``, ``("limit", message)``). Both ends are
-this module, so the pickles never cross a trust boundary.
+``("syntax", message, position)``, ``("limit", message)``).
 
 Run as ``python -m steward_proxy.analyzer MEMORY_BYTES`` (the pool does this).
 """
@@ -30,10 +28,9 @@ from typing import Any
 
 from steward_proxy.engine import Analysis
 from steward_proxy.sql import AnalysisLimitError, SQLSyntaxError, analyze_uncached
+from steward_proxy.workerpipe import Worker, frame, requests, spawn
 
 log = logging.getLogger("steward.proxy")
-
-_LENGTH = 4
 
 
 class AnalysisPool:
@@ -57,10 +54,10 @@ class AnalysisPool:
         self.timeout = timeout
         self.memory_bytes = memory_bytes
         self.max_statements = max_statements
-        self._free: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        self._free: asyncio.Queue[Worker | None] = asyncio.Queue()
         for _ in range(workers):
             self._free.put_nowait(None)  # a slot; the process starts on first use
-        self._workers: set[_Worker] = set()
+        self._workers: set[Worker] = set()
         self.killed = 0
         """Workers ended for running past their time or memory (for metrics)."""
 
@@ -112,46 +109,18 @@ class AnalysisPool:
             with contextlib.suppress(ProcessLookupError):
                 await worker.process.wait()
 
-    async def _spawn(self) -> _Worker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "steward_proxy.analyzer",
-            str(self.memory_bytes),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        worker = _Worker(process)
+    async def _spawn(self) -> Worker:
+        worker = await spawn("steward_proxy.analyzer", str(self.memory_bytes))
         self._workers.add(worker)
         return worker
 
-    def _kill(self, worker: _Worker | None) -> None:
+    def _kill(self, worker: Worker | None) -> None:
         if worker is None:
             return
         self.killed += 1
         self._workers.discard(worker)
         with contextlib.suppress(ProcessLookupError):
             worker.process.kill()
-
-
-class _Worker:
-    __slots__ = ("process",)
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def ask(self, request: Any) -> Any:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
-        stdin.write(_frame(request))
-        await stdin.drain()
-        size = int.from_bytes(await stdout.readexactly(_LENGTH), "big")
-        return pickle.loads(await stdout.readexactly(size))
-
-
-def _frame(value: Any) -> bytes:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return len(data).to_bytes(_LENGTH, "big") + data
 
 
 def _result(answer: Any) -> Analysis:
@@ -189,19 +158,16 @@ def main(argv: list[str]) -> int:
 
     memory_bytes = int(argv[0])
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    reader, writer = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        header = reader.read(_LENGTH)
-        if len(header) < _LENGTH:
-            return 0
-        sql, max_statements = pickle.loads(reader.read(int.from_bytes(header, "big")))
+    writer = sys.stdout.buffer
+    for sql, max_statements in requests(sys.stdin.buffer):
         answer = _answer(sql, max_statements, memory_bytes)
         try:
-            data = _frame(answer)
+            data = frame(answer)
         except MemoryError:
-            data = _frame(("limit", _over_memory(memory_bytes)))
+            data = frame(("limit", _over_memory(memory_bytes)))
         writer.write(data)
         writer.flush()
+    return 0
 
 
 if __name__ == "__main__":

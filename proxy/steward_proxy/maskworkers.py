@@ -8,11 +8,9 @@ out as a :class:`~steward_proxy.masking.rows.MaskJob` (see
 worker, which runs the same filter (:func:`~steward_proxy.masking.rows.run_job`),
 and the client gets the rows in order (``client.ClientProtocol``).
 
-A worker speaks the framed protocol of :mod:`steward_proxy.analyzer`: a
-4-byte big-endian length, then a pickle. Requests are ``(recipe, rows)``;
-answers ``("ok", rows)`` or ``("protocol", message)`` for rows that break
-the protocol. Both ends are this module: the pickles never cross a trust
-boundary. A worker that dies or is interrupted mid-answer is killed and
+A worker speaks :mod:`.workerpipe`'s framed protocol. Requests are
+``(recipe, rows)``; answers ``("ok", rows)`` or ``("protocol", message)``
+for rows that break the protocol. A worker that dies or is interrupted mid-answer is killed and
 replaced, and its job fails: the session it was for ends, no row unmasked.
 
 Run as ``python -m steward_proxy.maskworkers`` (the pool does this).
@@ -23,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
 import sys
 from typing import Any
 
 from steward_proxy.masking.rows import MaskJob, run_job
 from steward_proxy.wire import ProtocolError, RemoteProtocolError
+from steward_proxy.workerpipe import Worker, frame, requests, spawn
 
 log = logging.getLogger("steward.proxy")
-
-_LENGTH = 4
 
 
 class MaskWorkerError(Exception):
@@ -46,10 +42,10 @@ class MaskPool:
         if workers < 1:
             raise ValueError("a masking pool needs at least one worker")
         self.workers = workers
-        self._free: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        self._free: asyncio.Queue[Worker | None] = asyncio.Queue()
         for _ in range(workers):
             self._free.put_nowait(None)  # a slot; the process starts on first use
-        self._running: set[_Worker] = set()
+        self._running: set[Worker] = set()
         self.failed = 0
         """Workers that died or were interrupted, and were replaced (each is logged)."""
 
@@ -79,7 +75,7 @@ class MaskPool:
             return answer[1]  # type: ignore[no-any-return]
         raise RemoteProtocolError(answer[1])
 
-    async def _ask(self, worker: _Worker | None, job: MaskJob) -> Any:
+    async def _ask(self, worker: Worker | None, job: MaskJob) -> Any:
         try:
             if worker is not None and worker.process.returncode is not None:
                 self._kill(worker)  # it died between jobs: none of its rows are lost
@@ -107,19 +103,12 @@ class MaskPool:
             with contextlib.suppress(ProcessLookupError):
                 await worker.process.wait()
 
-    async def _spawn(self) -> _Worker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "steward_proxy.maskworkers",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        worker = _Worker(process)
+    async def _spawn(self) -> Worker:
+        worker = await spawn("steward_proxy.maskworkers")
         self._running.add(worker)
         return worker
 
-    def _kill(self, worker: _Worker | None, *, failed: bool = True) -> None:
+    def _kill(self, worker: Worker | None, *, failed: bool = True) -> None:
         if worker is None:
             return
         if failed:
@@ -130,46 +119,22 @@ class MaskPool:
             worker.process.kill()
 
 
-class _Worker:
-    __slots__ = ("pid", "process")
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.pid = process.pid
-
-    async def ask(self, request: Any) -> Any:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
-        stdin.write(_frame(request))
-        await stdin.drain()
-        size = int.from_bytes(await stdout.readexactly(_LENGTH), "big")
-        return pickle.loads(await stdout.readexactly(size))
-
-
 def _dropped(asked: asyncio.Future[Any]) -> None:
     if not asked.cancelled():
         asked.exception()  # the session that wanted it has ended
 
 
-def _frame(value: Any) -> bytes:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return len(data).to_bytes(_LENGTH, "big") + data
-
-
 def main() -> int:
     """The worker: answer jobs on stdin until it closes."""
-    reader, writer = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        header = reader.read(_LENGTH)
-        if len(header) < _LENGTH:
-            return 0
-        recipe, rows = pickle.loads(reader.read(int.from_bytes(header, "big")))
+    writer = sys.stdout.buffer
+    for recipe, rows in requests(sys.stdin.buffer):
         try:
             answer: tuple[str, Any] = ("ok", run_job(recipe, rows))
         except ProtocolError as exc:
             answer = ("protocol", exc.message)
-        writer.write(_frame(answer))
+        writer.write(frame(answer))
         writer.flush()
+    return 0
 
 
 if __name__ == "__main__":
